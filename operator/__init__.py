@@ -1,0 +1,1 @@
+"""kubellm's operator: the LLMService API, its pure manifest renderer, the Kopf handlers and the CLI."""
