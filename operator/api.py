@@ -1,0 +1,518 @@
+"""The LLMService API (``kubellm.dev/v1alpha1``): pydantic models that are the one source of truth.
+
+The CRD under ``crds/`` is generated from these models (``kubellm crd``), the renderer reads them, and the
+operator validates every object it sees with them. Field names are camelCase on the wire (aliases) and
+snake_case in Python. Constraints that span fields are written twice on purpose: as CEL rules for the
+apiserver (``x-kubernetes-validations``) and as pydantic validators for the CLI, the operator and tests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from kubellm_inference.settings import DType
+
+GROUP = "kubellm.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LLMService"
+PLURAL = "llmservices"
+SINGULAR = "llmservice"
+SHORT_NAMES = ["llms"]
+
+# ---------------------------------------------------------------------------------------------------------
+# Quantities (Kubernetes resource.Quantity), parsed exactly.
+# ---------------------------------------------------------------------------------------------------------
+
+# The apiserver's own pattern for resource.Quantity strings.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3")}
+_DECIMAL |= {"k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12)}
+_DECIMAL |= {"P": Decimal(10**15), "E": Decimal(10**18)}
+
+
+def parse_quantity(value: str | int | float) -> Decimal:
+    """Parse a Kubernetes quantity ("30Gi", "500m", "1e3", 2) into an exact Decimal; ValueError if malformed."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a quantity")
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    text = value.strip()
+    if not _QUANTITY_RE.match(text):
+        raise ValueError(f"{value!r} is not a quantity (examples: 30Gi, 500Mi, 2, 500m, 1e9)")
+    for suffix, factor in _BINARY.items():
+        if text.endswith(suffix):
+            return Decimal(text[: -len(suffix)]) * factor
+    if text[-1] in _DECIMAL:  # "1E3" ends in a digit, so a trailing letter is always a suffix here
+        return Decimal(text[:-1]) * _DECIMAL[text[-1]]
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern already rejects these
+        raise ValueError(f"{value!r} is not a quantity") from exc
+
+
+def format_bytes(value: Decimal | int) -> str:
+    """A byte count as the largest exact binary unit, else rounded to one decimal Gi (for messages)."""
+    number = int(value)
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        factor = _BINARY[suffix]
+        if number and number % factor == 0:
+            return f"{number // factor}{suffix}"
+    if number >= _BINARY["Gi"]:
+        return f"{number / _BINARY['Gi']:.1f}Gi"
+    return str(number)
+
+
+def _check_quantity(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"must be a quantity such as 30Gi or 2, not {type(value).__name__}")
+    parse_quantity(value)
+    return str(value)
+
+
+def _check_nonnegative_quantity(value: Any) -> str:
+    text = _check_quantity(value)
+    if parse_quantity(text) < 0:
+        raise ValueError(f"{text!r} must not be negative")
+    return text
+
+
+# In YAML, `cpu: 2` is an integer and `memory: 8Gi` a string; both are quantities.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_check_nonnegative_quantity),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields rejected (the CRD prunes or rejects them)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Spec
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the LLMService's namespace."""
+
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name")
+    key: str = Field(..., min_length=1, max_length=253, description="Key inside the Secret")
+
+
+class ModelSpec(_Model):
+    """Which model to serve, and the generation defaults for requests that name none."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=512,
+        description=(
+            "Hugging Face repo id (mistralai/Mistral-7B-Instruct-v0.2), a path inside the image or cache "
+            "volume, or embedded:smollm2-135m-instruct for the model shipped in the inference image."
+        ),
+    )
+    revision: str | None = Field(None, max_length=256, description="Hub branch, tag or commit.")
+    dtype: DType = Field(DType.auto, description="Weights dtype; auto picks float32 on CPU, the model's own on GPU.")
+    size_hint: Quantity | None = Field(
+        None, description="Approximate size of the downloaded weights (e.g. 15Gi), used for storage planning."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Default max new tokens per request.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature (0 = greedy).")
+    hub_token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding a Hugging Face token, for gated models such as Mistral."
+    )
+
+
+class ResourceList(_Model):
+    """The resources kubellm lets an LLMService request or limit."""
+
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+    ephemeral_storage: Quantity | None = Field(None, alias="ephemeral-storage")
+    nvidia_gpu: Quantity | None = Field(None, alias="nvidia.com/gpu")
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump(by_alias=True, exclude_none=True).items()}
+
+
+class Resources(_Model):
+    requests: ResourceList = Field(default_factory=ResourceList)
+    limits: ResourceList = Field(default_factory=ResourceList)
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> Resources:
+        for key, request in self.requests.as_dict().items():
+            limit = self.limits.as_dict().get(key)
+            if limit is not None and parse_quantity(limit) < parse_quantity(request):
+                raise ValueError(f"limits.{key} ({limit}) must be at least requests.{key} ({request})")
+        return self
+
+
+class EnvVarSource(_Model):
+    secret_key_ref: SecretKeyRef | None = None
+
+
+class EnvVar(_Model):
+    """An extra environment variable for the inference container (a value, or a Secret key)."""
+
+    name: str = Field(..., min_length=1, max_length=256, pattern=ENV_NAME)
+    value: str | None = None
+    value_from: EnvVarSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError(f"env {self.name}: set exactly one of value or valueFrom")
+        return self
+
+
+class TolerationOperator(StrEnum):
+    exists = "Exists"
+    equal = "Equal"
+
+
+class TaintEffect(StrEnum):
+    no_schedule = "NoSchedule"
+    prefer_no_schedule = "PreferNoSchedule"
+    no_execute = "NoExecute"
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: TolerationOperator = TolerationOperator.equal
+    value: str | None = None
+    effect: TaintEffect | None = None
+    toleration_seconds: int | None = None
+
+
+class ServiceType(StrEnum):
+    cluster_ip = "ClusterIP"
+    node_port = "NodePort"
+    load_balancer = "LoadBalancer"
+
+
+class ServiceSpec(_Model):
+    """How the inference server is exposed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.nodePort) || self.type != 'ClusterIP'",
+                    "message": "nodePort needs service type NodePort or LoadBalancer",
+                    "fieldPath": ".nodePort",
+                }
+            ]
+        }
+    )
+
+    type: ServiceType = Field(ServiceType.cluster_ip, description="ClusterIP, NodePort or LoadBalancer.")
+    port: int = Field(5000, ge=1, le=65535, description="Service port (the seed used 5000).")
+    node_port: int | None = Field(None, ge=30000, le=32767, description="Fixed node port (NodePort/LoadBalancer).")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations for the Service.")
+
+    @model_validator(mode="after")
+    def _node_port_needs_type(self) -> ServiceSpec:
+        if self.node_port is not None and self.type == ServiceType.cluster_ip:
+            raise ValueError("nodePort needs service type NodePort or LoadBalancer")
+        return self
+
+
+class AuthSpec(_Model):
+    """API-key authentication for inference routes; health and metrics stay open."""
+
+    api_key_secret_ref: SecretKeyRef = Field(..., description="Secret key holding the API key (bearer token).")
+
+
+class StartupProbe(_Model):
+    """The startup probe owns the model load window: no guessed initialDelaySeconds."""
+
+    period_seconds: int = Field(10, ge=1, le=3600)
+    timeout_seconds: int = Field(5, ge=1, le=3600)
+    budget_seconds: int = Field(
+        1800, ge=10, le=86400, description="How long the model may take to download and load before a restart."
+    )
+
+
+class ReadinessProbe(_Model):
+    period_seconds: int = Field(10, ge=1, le=3600)
+    timeout_seconds: int = Field(5, ge=1, le=3600)
+    failure_threshold: int = Field(3, ge=1, le=1000)
+
+
+class LivenessMode(StrEnum):
+    http = "http"
+    inference = "inference"
+
+
+class LivenessProbe(_Model):
+    """http: the generation loop is alive (cheap). inference: one short real generation, like the seed's."""
+
+    mode: LivenessMode = Field(LivenessMode.http, description="http (cheap /livez) or inference (a real generation).")
+    period_seconds: int = Field(30, ge=1, le=3600)
+    timeout_seconds: int = Field(10, ge=1, le=3600)
+    failure_threshold: int = Field(3, ge=1, le=1000)
+
+
+class ProbesSpec(_Model):
+    startup: StartupProbe = Field(default_factory=StartupProbe)
+    readiness: ReadinessProbe = Field(default_factory=ReadinessProbe)
+    liveness: LivenessProbe = Field(default_factory=LivenessProbe)
+
+
+class StorageSpec(_Model):
+    """Ephemeral storage: what the pod needs on the node, and what the pre-flight check demands."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.limit) || !has(self.request) || "
+                    "quantity(string(self.limit)).compareTo(quantity(string(self.request))) >= 0",
+                    "message": "storage.limit must be at least storage.request",
+                    "fieldPath": ".limit",
+                },
+                {
+                    "rule": "!has(self.claimName) || !has(self.cacheSize)",
+                    "message": "set either claimName (a PVC holds the cache) or cacheSize (an emptyDir), not both",
+                    "fieldPath": ".claimName",
+                },
+            ]
+        }
+    )
+
+    request: Quantity | None = Field(
+        None,
+        description="ephemeral-storage request of the pod. Default: cacheSize plus 1Gi (or 2Gi with claimName).",
+    )
+    limit: Quantity | None = Field(None, description="ephemeral-storage limit of the pod (eviction above it).")
+    cache_size: Quantity | None = Field(
+        None, description="sizeLimit of the emptyDir model cache. Default: 1.2 x model.sizeHint, else 20Gi."
+    )
+    claim_name: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN, description="Existing PVC for the model cache instead."
+    )
+    min_node_free: Quantity | None = Field(
+        None, description="Free node storage the pre-flight check requires. Default: the request."
+    )
+    enforce: bool = Field(False, description="Hold replicas at 0 while no node passes the storage pre-flight check.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StorageSpec:
+        limit, request = self.limit, self.request
+        if limit is not None and request is not None and parse_quantity(limit) < parse_quantity(request):
+            raise ValueError(f"storage.limit ({limit}) must be at least storage.request ({request})")
+        if self.claim_name is not None and self.cache_size is not None:
+            raise ValueError("set either claimName (a PVC holds the cache) or cacheSize (an emptyDir), not both")
+        return self
+
+
+GIB = 2**30
+DEFAULT_CACHE_SIZE = 20 * GIB
+CACHE_OVER_SIZE_HINT = Decimal("1.2")  # room for tokenizer files, conversions and a partial re-download
+POD_OVERHEAD = 1 * GIB  # logs, /tmp and the container's writable layer beside the cache
+POD_OVERHEAD_WITH_CLAIM = 2 * GIB
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    """The storage an LLMService needs, in bytes, with every default resolved."""
+
+    cache_size: int | None  # emptyDir sizeLimit; None when a PVC holds the cache
+    request: int  # ephemeral-storage request of the pod
+    limit: int  # ephemeral-storage limit of the pod
+    min_node_free: int  # what the pre-flight check requires of a node (before headroom)
+
+
+def _ceil_bytes(value: Decimal) -> int:
+    return math.ceil(value)
+
+
+def _round_up_gib(value: Decimal) -> int:
+    return math.ceil(value / GIB) * GIB
+
+
+class LLMServiceSpec(_Model):
+    """The desired state of one served model."""
+
+    model: ModelSpec
+    replicas: int = Field(1, ge=0, le=1000, description="Inference pods (0 allowed; /scale subresource).")
+    image: str | None = Field(None, max_length=1024, description="Inference image. Default: the operator's.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    resources: Resources = Field(default_factory=Resources)
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment for the inference container.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="A core/v1 Affinity, passed to the pod as written.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    service: ServiceSpec = Field(default_factory=ServiceSpec)
+    auth: AuthSpec | None = None
+    probes: ProbesSpec = Field(default_factory=ProbesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @model_validator(mode="after")
+    def _one_ephemeral_request(self) -> LLMServiceSpec:
+        for kind in ("request", "limit"):
+            in_storage = getattr(self.storage, kind)
+            listed = (self.resources.requests if kind == "request" else self.resources.limits).ephemeral_storage
+            if in_storage is not None and listed is not None and parse_quantity(in_storage) != parse_quantity(listed):
+                raise ValueError(
+                    f"storage.{kind} ({in_storage}) and resources.{kind}s.ephemeral-storage ({listed}) disagree; "
+                    "set one of them"
+                )
+        return self
+
+    def storage_plan(self) -> StoragePlan:
+        """Resolve the storage defaults: the one place the renderer and the pre-flight check read them."""
+        storage = self.storage
+        cache: int | None = None
+        if storage.claim_name is None:
+            if storage.cache_size is not None:
+                cache = _ceil_bytes(parse_quantity(storage.cache_size))
+            elif self.model.size_hint is not None:
+                cache = _round_up_gib(parse_quantity(self.model.size_hint) * CACHE_OVER_SIZE_HINT)
+            else:
+                cache = DEFAULT_CACHE_SIZE
+        explicit_request = storage.request or self.resources.requests.ephemeral_storage
+        if explicit_request is not None:
+            request = _ceil_bytes(parse_quantity(explicit_request))
+        else:
+            request = cache + POD_OVERHEAD if cache is not None else POD_OVERHEAD_WITH_CLAIM
+        explicit_limit = storage.limit or self.resources.limits.ephemeral_storage
+        limit = _ceil_bytes(parse_quantity(explicit_limit)) if explicit_limit is not None else request
+        min_free = storage.min_node_free
+        min_node_free = _ceil_bytes(parse_quantity(min_free)) if min_free is not None else request
+        return StoragePlan(cache_size=cache, request=request, limit=limit, min_node_free=min_node_free)
+
+    def problems(self) -> list[str]:
+        """Constraints the schema accepts but that can never work; the operator reports them as InvalidSpec."""
+        found: list[str] = []
+        plan = self.storage_plan()
+        if self.model.size_hint is not None:
+            size = parse_quantity(self.model.size_hint)
+            if plan.cache_size is not None and plan.cache_size < size:
+                found.append(
+                    f"storage.cacheSize ({format_bytes(plan.cache_size)}) is smaller than model.sizeHint "
+                    f"({self.model.size_hint}): the download cannot fit"
+                )
+            if plan.cache_size is not None and plan.limit < size:  # an emptyDir cache counts toward it
+                found.append(
+                    f"storage.limit ({format_bytes(plan.limit)}) is smaller than model.sizeHint "
+                    f"({self.model.size_hint}): the pod would be evicted while downloading"
+                )
+        if plan.cache_size is not None and plan.limit < plan.cache_size:
+            found.append(
+                f"storage.limit ({format_bytes(plan.limit)}) is smaller than the cache "
+                f"({format_bytes(plan.cache_size)}): a full cache gets the pod evicted"
+            )
+        return found
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Status
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    pending = "Pending"
+    progressing = "Progressing"
+    ready = "Ready"
+    degraded = "Degraded"
+    failed = "Failed"
+
+
+class ConditionStatus(StrEnum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(_Model):
+    """metav1.Condition."""
+
+    type: str
+    status: ConditionStatus
+    reason: str = Field(..., pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class StorageStatus(_Model):
+    """The result of the last storage pre-flight check."""
+
+    required: str | None = Field(None, description="Free node storage needed (request plus headroom).")
+    fitting_nodes: int = Field(0, description="Eligible nodes with enough free storage.")
+    eligible_nodes: int = Field(0, description="Nodes the pods may schedule on.")
+    nodes_seen: int = Field(0, description="All nodes the operator sees.")
+    best_node: str | None = None
+    best_node_free: str | None = None
+
+
+class LLMServiceStatus(_Model):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    updated_replicas: int | None = None
+    ready: str | None = Field(None, description="ready/desired, for kubectl get.")
+    selector: str | None = Field(None, description="Label selector of the pods (for the /scale subresource).")
+    endpoint: str | None = None
+    storage: StorageStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The resource
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata kubellm reads; everything else is kept as it is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(..., min_length=1, max_length=63, pattern=DNS_LABEL)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LLMService(_Model):
+    """A served LLM: one Deployment of the kubellm inference server and one Service in front of it."""
+
+    api_version: Literal["kubellm.dev/v1alpha1"] = API_VERSION
+    kind: Literal["LLMService"] = KIND
+    metadata: ObjectMeta
+    spec: LLMServiceSpec
+    status: LLMServiceStatus | None = None
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> LLMService:
+        """Validate a Kubernetes object (as read from the API or a YAML file)."""
+        return cls.model_validate(obj)
