@@ -15,10 +15,11 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonDict
 
-from kubellm_inference.settings import DType
+from kubellm_inference.settings import DType, env_name
 
 GROUP = "kubellm.dev"
 VERSION = "v1alpha1"
@@ -75,8 +76,19 @@ def format_bytes(value: Decimal | int) -> str:
     return str(number)
 
 
+def to_quantity(value: int) -> str:
+    """A whole number of bytes as an exact quantity string: the largest binary unit that divides it, else plain."""
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        if value and value % _BINARY[suffix] == 0:
+            return f"{value // _BINARY[suffix]}{suffix}"
+    return str(value)
+
+
 def _check_quantity(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    # A CRD int-or-string field rejects YAML floats (0.5), so the model does too, with the spelling that works.
+    if isinstance(value, float):
+        raise ValueError(f"{value!r} is a float; write a quantity string such as 500m or 1.5Gi")
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"must be a quantity such as 30Gi or 2, not {type(value).__name__}")
     parse_quantity(value)
     return str(value)
@@ -89,16 +101,31 @@ def _check_nonnegative_quantity(value: Any) -> str:
     return text
 
 
+# QUANTITY_PATTERN without the sign: the CRD rejects negative quantities just as the model does.
+NONNEGATIVE_QUANTITY_PATTERN = QUANTITY_PATTERN.replace(r"^(\+|-)?", "^")
+
 # In YAML, `cpu: 2` is an integer and `memory: 8Gi` a string; both are quantities.
 Quantity = Annotated[
     str,
     BeforeValidator(_check_nonnegative_quantity),
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": NONNEGATIVE_QUANTITY_PATTERN}),
 ]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+class FieldError(ValueError):
+    """A cross-field error that names the field at fault (a path relative to the model whose validator raised it).
+
+    pydantic reports a model validator's error at the model itself; :func:`validation_messages` appends this path,
+    so the user reads ``spec.storage.limit: ...`` rather than ``spec.storage: ...``.
+    """
+
+    def __init__(self, field: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class _Model(BaseModel):
@@ -164,7 +191,7 @@ class Resources(_Model):
         for key, request in self.requests.as_dict().items():
             limit = self.limits.as_dict().get(key)
             if limit is not None and parse_quantity(limit) < parse_quantity(request):
-                raise ValueError(f"limits.{key} ({limit}) must be at least requests.{key} ({request})")
+                raise FieldError(("limits", key), f"{limit} must be at least requests.{key} ({request})")
         return self
 
 
@@ -198,11 +225,39 @@ class TaintEffect(StrEnum):
 
 
 class Toleration(_Model):
+    """A core/v1 Toleration."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.key) || self.operator == 'Exists'",
+                    "message": "a toleration without key needs operator Exists",
+                    "fieldPath": ".operator",
+                },
+                {
+                    "rule": "self.operator != 'Exists' || !has(self.value)",
+                    "message": "a toleration with operator Exists takes no value",
+                    "fieldPath": ".value",
+                },
+            ]
+        }
+    )
+
     key: str | None = None
     operator: TolerationOperator = TolerationOperator.equal
     value: str | None = None
     effect: TaintEffect | None = None
     toleration_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _operator_fits(self) -> Toleration:
+        # The same rules the apiserver applies to a pod's tolerations, caught here rather than at rollout.
+        if self.key is None and self.operator != TolerationOperator.exists:
+            raise FieldError(("operator",), "a toleration without key needs operator Exists")
+        if self.operator == TolerationOperator.exists and self.value is not None:
+            raise FieldError(("value",), "a toleration with operator Exists takes no value")
+        return self
 
 
 class ServiceType(StrEnum):
@@ -234,7 +289,7 @@ class ServiceSpec(_Model):
     @model_validator(mode="after")
     def _node_port_needs_type(self) -> ServiceSpec:
         if self.node_port is not None and self.type == ServiceType.cluster_ip:
-            raise ValueError("nodePort needs service type NodePort or LoadBalancer")
+            raise FieldError(("nodePort",), "nodePort needs service type NodePort or LoadBalancer")
         return self
 
 
@@ -321,9 +376,11 @@ class StorageSpec(_Model):
     def _consistent(self) -> StorageSpec:
         limit, request = self.limit, self.request
         if limit is not None and request is not None and parse_quantity(limit) < parse_quantity(request):
-            raise ValueError(f"storage.limit ({limit}) must be at least storage.request ({request})")
+            raise FieldError(("limit",), f"storage.limit ({limit}) must be at least storage.request ({request})")
         if self.claim_name is not None and self.cache_size is not None:
-            raise ValueError("set either claimName (a PVC holds the cache) or cacheSize (an emptyDir), not both")
+            raise FieldError(
+                ("claimName",), "set either claimName (a PVC holds the cache) or cacheSize (an emptyDir), not both"
+            )
         return self
 
 
@@ -352,6 +409,35 @@ def _round_up_gib(value: Decimal) -> int:
     return math.ceil(value / GIB) * GIB
 
 
+# The inference server settings the renderer always writes into the container, so a user's `env` cannot
+# override them and silently disagree with the spec (the model, the port, the cache on its volume, the secrets).
+RENDERED_SETTINGS = (
+    "model",
+    "revision",
+    "dtype",
+    "device",
+    "cache_dir",
+    "hub_token",
+    "api_key",
+    "port",
+    "default_max_new_tokens",
+    "default_temperature",
+    "max_new_tokens",
+    "drain_grace_s",
+)
+RESERVED_ENV_NAMES = tuple(sorted([env_name(field) for field in RENDERED_SETTINGS] + ["HF_HOME", "HOME"]))
+_RESERVED_HINT = "set it through the LLMService fields (model, service.port, auth, ...) instead"
+ENV_MAX_ITEMS = 100  # bounds the CEL cost of the reserved-name rule for the apiserver's estimator
+
+
+def _env_rule() -> JsonDict:
+    names = ", ".join(f"'{name}'" for name in RESERVED_ENV_NAMES)
+    return {
+        "rule": f"self.all(e, !(e.name in [{names}]))",
+        "message": f"env names {', '.join(RESERVED_ENV_NAMES)} are set by kubellm; {_RESERVED_HINT}",
+    }
+
+
 class LLMServiceSpec(_Model):
     """The desired state of one served model."""
 
@@ -360,7 +446,16 @@ class LLMServiceSpec(_Model):
     image: str | None = Field(None, max_length=1024, description="Inference image. Default: the operator's.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     resources: Resources = Field(default_factory=Resources)
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment for the inference container.")
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=ENV_MAX_ITEMS,
+        description="Extra environment for the inference container (names kubellm sets itself are refused).",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "x-kubernetes-validations": [_env_rule()],
+        },
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     affinity: dict[str, Any] | None = Field(
@@ -379,10 +474,18 @@ class LLMServiceSpec(_Model):
             in_storage = getattr(self.storage, kind)
             listed = (self.resources.requests if kind == "request" else self.resources.limits).ephemeral_storage
             if in_storage is not None and listed is not None and parse_quantity(in_storage) != parse_quantity(listed):
-                raise ValueError(
+                raise FieldError(
+                    ("storage", kind),
                     f"storage.{kind} ({in_storage}) and resources.{kind}s.ephemeral-storage ({listed}) disagree; "
-                    "set one of them"
+                    "set one of them",
                 )
+        seen: set[str] = set()
+        for index, var in enumerate(self.env):
+            if var.name in RESERVED_ENV_NAMES:
+                raise FieldError(("env", index, "name"), f"{var.name} is set by kubellm; {_RESERVED_HINT}")
+            if var.name in seen:
+                raise FieldError(("env", index, "name"), f"{var.name} is listed twice")
+            seen.add(var.name)
         return self
 
     def storage_plan(self) -> StoragePlan:
@@ -407,6 +510,11 @@ class LLMServiceSpec(_Model):
         min_node_free = _ceil_bytes(parse_quantity(min_free)) if min_free is not None else request
         return StoragePlan(cache_size=cache, request=request, limit=limit, min_node_free=min_node_free)
 
+    def gpu_count(self) -> str | None:
+        """The nvidia.com/gpu count asked for (the limit, else the request); None when no GPU is wanted."""
+        count = self.resources.limits.nvidia_gpu or self.resources.requests.nvidia_gpu
+        return count if count is not None and parse_quantity(count) > 0 else None
+
     def problems(self) -> list[str]:
         """Constraints the schema accepts but that can never work; the operator reports them as InvalidSpec."""
         found: list[str] = []
@@ -423,6 +531,15 @@ class LLMServiceSpec(_Model):
                     f"storage.limit ({format_bytes(plan.limit)}) is smaller than model.sizeHint "
                     f"({self.model.size_hint}): the pod would be evicted while downloading"
                 )
+        gpus = {
+            kind: listed.nvidia_gpu
+            for kind, listed in (("requests", self.resources.requests), ("limits", self.resources.limits))
+            if listed.nvidia_gpu is not None
+        }
+        if any(parse_quantity(count) % 1 for count in gpus.values()):
+            found.append("resources nvidia.com/gpu must be a whole number of GPUs")
+        elif len(gpus) == 2 and parse_quantity(gpus["requests"]) != parse_quantity(gpus["limits"]):
+            found.append("resources.requests and resources.limits of nvidia.com/gpu must be equal (or set only limits)")
         if plan.cache_size is not None and plan.limit < plan.cache_size:
             found.append(
                 f"storage.limit ({format_bytes(plan.limit)}) is smaller than the cache "
@@ -506,8 +623,8 @@ class ObjectMeta(BaseModel):
 class LLMService(_Model):
     """A served LLM: one Deployment of the kubellm inference server and one Service in front of it."""
 
-    api_version: Literal["kubellm.dev/v1alpha1"] = API_VERSION
-    kind: Literal["LLMService"] = KIND
+    api_version: Literal["kubellm.dev/v1alpha1"] = "kubellm.dev/v1alpha1"
+    kind: Literal["LLMService"] = "LLMService"
     metadata: ObjectMeta
     spec: LLMServiceSpec
     status: LLMServiceStatus | None = None
@@ -516,3 +633,60 @@ class LLMService(_Model):
     def from_object(cls, obj: dict[str, Any]) -> LLMService:
         """Validate a Kubernetes object (as read from the API or a YAML file)."""
         return cls.model_validate(obj)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Error messages for people
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The model class found at `path` (wire names) below LLMService, or None when the path leaves the models."""
+    current: Any = LLMService
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = next(
+            (info for name, info in current.model_fields.items() if part in (name, info.alias)),
+            None,
+        )
+        if field is None:
+            return None
+        current = next((t for t in _model_types(field.annotation) if issubclass(t, BaseModel)), None)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _model_types(annotation: Any) -> list[type]:
+    args = getattr(annotation, "__args__", None)
+    if args:  # Optional[X], list[X], X | None
+        return [t for arg in args for t in _model_types(arg)]
+    return [annotation] if isinstance(annotation, type) else []
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    """("spec", "env", 0, "name") -> "spec.env[0].name"."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def validation_messages(error: ValidationError) -> list[str]:
+    """One ``field.path: what is wrong and what is allowed`` line per error, paths spelled as in the YAML."""
+    lines: list[str] = []
+    for item in error.errors():
+        path = tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):
+            path += cause.field
+        if item["type"] == "extra_forbidden":
+            parent = _model_at(path[:-1])
+            allowed = sorted(info.alias or name for name, info in parent.model_fields.items()) if parent else []
+            message = "unknown field" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"{format_path(path) or '(document)'}: {message}")
+    return lines
