@@ -1,0 +1,287 @@
+"""Unit tests of the e2e tier's own logic, run everywhere (no cluster): skip reasons, commands, parsers, processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from e2e_support import (
+    DEFAULT_CLUSTER,
+    INFERENCE_IMAGE,
+    INFERENCE_PORT,
+    KIND_CONFIG,
+    MISSING_TOOLS_PREFIX,
+    OPERATOR_IMAGE,
+    OPT_IN_REASON,
+    REPO_ROOT,
+    CommandFailed,
+    E2ESettings,
+    build_commands,
+    create_cluster_command,
+    dump_commands,
+    free_local_port,
+    in_namespace,
+    install_commands,
+    llmservice,
+    load_images_command,
+    missing_tools,
+    owned_children,
+    port_forward_command,
+    ready_pod_count,
+    run,
+    serving,
+    skip_reason,
+    table_row,
+    tiny_example,
+    warning_lines,
+)
+
+SETTINGS = E2ESettings(cluster="demo")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Skip reasons
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_without_opt_in_the_reason_is_opt_in_and_no_tool_is_probed() -> None:
+    def must_not_probe() -> list[str]:
+        raise AssertionError("tools are probed only on --e2e")
+
+    assert skip_reason(opted_in=False, missing=must_not_probe) == OPT_IN_REASON
+
+
+def test_opted_in_with_every_tool_runs() -> None:
+    assert skip_reason(opted_in=True, missing=lambda: []) is None
+
+
+def test_missing_tools_names_each_one() -> None:
+    found = {"kubectl": "/usr/bin/kubectl"}
+    missing = missing_tools(which=found.get, docker_problem=lambda: pytest.fail("no docker client, no engine probe"))
+    assert missing == ["docker (not on PATH)", "kind (not on PATH)"]
+    reason = skip_reason(opted_in=True, missing=lambda: missing)
+    assert reason == "docker/kind not found: docker (not on PATH); kind (not on PATH)"
+
+
+def test_a_docker_client_without_an_engine_is_missing_the_engine() -> None:
+    def everywhere(tool: str) -> str:
+        return f"/usr/bin/{tool}"
+
+    problem = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+    missing = missing_tools(which=everywhere, docker_problem=lambda: problem)
+    assert missing == [f"a running Docker engine (`docker info` failed: {problem})"]
+    assert missing_tools(which=everywhere, docker_problem=lambda: None) == []
+
+
+def _pytest_scenarios(*options: str) -> subprocess.CompletedProcess[str]:
+    # PATH holds only this Python's directory, so docker, kind and kubectl are missing wherever this runs.
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *options]
+    return subprocess.run(
+        [*command, "tests/e2e/test_kind_scenarios.py"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_scenarios_are_skipped_without_opt_in() -> None:
+    done = _pytest_scenarios()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert OPT_IN_REASON in done.stdout, done.stdout
+    assert " passed" not in done.stdout and " failed" not in done.stdout and " error" not in done.stdout, done.stdout
+
+
+def test_the_scenarios_are_skipped_naming_the_missing_tools_with_opt_in() -> None:
+    done = _pytest_scenarios("--e2e")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{MISSING_TOOLS_PREFIX}docker (not on PATH); kind (not on PATH); kubectl (not on PATH)" in done.stdout
+    assert " passed" not in done.stdout and " failed" not in done.stdout and " error" not in done.stdout, done.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings and commands
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_settings_from_the_environment() -> None:
+    assert E2ESettings.from_env({}) == E2ESettings()
+    assert E2ESettings.from_env({}).cluster == DEFAULT_CLUSTER
+    chosen = E2ESettings.from_env(
+        {"KUBELLM_E2E_CLUSTER": "mine", "KUBELLM_E2E_KEEP": "1", "KUBELLM_E2E_DUMP_DIR": "/tmp/dumps"}
+    )
+    assert (chosen.cluster, chosen.keep, chosen.dump_dir, chosen.context) == (
+        "mine",
+        True,
+        Path("/tmp/dumps"),
+        "kind-mine",
+    )
+    assert not E2ESettings.from_env({"KUBELLM_E2E_KEEP": "0"}).keep
+
+
+def test_every_kubectl_command_names_the_kind_context() -> None:
+    commands = [*install_commands(SETTINGS), *dump_commands(SETTINGS, "ns", ["pod/a"])]
+    commands.append(port_forward_command(SETTINGS, "ns", "tiny", 8080))
+    for command in commands:
+        assert command[:3] == ["kubectl", "--context", "kind-demo"], command
+
+
+def test_the_images_built_are_the_images_loaded_and_installed() -> None:
+    built = [command[command.index("-t") + 1] for command in build_commands()]
+    assert built == [OPERATOR_IMAGE, INFERENCE_IMAGE]
+    for command in build_commands():
+        assert (REPO_ROOT / command[command.index("-f") + 1]).name.startswith("Dockerfile.")
+    assert load_images_command(SETTINGS)[-2:] == built
+    installed = " ".join(" ".join(command) for command in install_commands(SETTINGS))
+    assert f"operator={OPERATOR_IMAGE}" in installed
+    assert f"KUBELLM_OPERATOR_INFERENCE_IMAGE={INFERENCE_IMAGE}" in installed
+    assert install_commands(SETTINGS)[0][-3:] == ["apply", "-k", "deploy/"]
+    assert install_commands(SETTINGS)[-1][5:7] == ["rollout", "status"]
+
+
+def test_the_cluster_comes_from_the_config_in_the_repo() -> None:
+    command = create_cluster_command(SETTINGS)
+    assert command[:5] == ["kind", "create", "cluster", "--name", "demo"]
+    config = yaml.safe_load(Path(command[command.index("--config") + 1]).read_text())
+    assert command[command.index("--config") + 1] == str(KIND_CONFIG)
+    assert config["kind"] == "Cluster"
+    assert [node["role"] for node in config["nodes"]] == ["control-plane", "worker"]
+
+
+def test_the_failure_dump_covers_the_llmservice_workloads_pods_events_and_operator() -> None:
+    commands = [" ".join(command[3:]) for command in dump_commands(SETTINGS, "ns", ["pod/tiny-1", "pod/tiny-2"])]
+    assert "-n ns get llmservices -o yaml" in commands
+    assert "-n ns get deployments,replicasets,services,pods -o wide" in commands
+    assert "-n ns describe pods" in commands
+    assert "-n ns get events --sort-by=.lastTimestamp" in commands
+    assert "-n ns logs pod/tiny-1 --all-containers --tail=200" in commands
+    assert "-n ns logs pod/tiny-2 --all-containers --tail=200" in commands
+    assert "-n kubellm-system logs deployment/kubellm-operator --tail=300" in commands
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsers and manifests
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_table_row_reads_kubectl_get_output() -> None:
+    table = "NAME   MODEL                            READY   PHASE   AGE\ntiny   embedded:smollm2-135m-instruct   1/1     Ready   2m\n"
+    assert table_row(table, "tiny") == {
+        "NAME": "tiny",
+        "MODEL": "embedded:smollm2-135m-instruct",
+        "READY": "1/1",
+        "PHASE": "Ready",
+        "AGE": "2m",
+    }
+    with pytest.raises(AssertionError, match="no row 'other'"):
+        table_row(table, "other")
+    with pytest.raises(AssertionError, match="empty table"):
+        table_row("", "tiny")
+
+
+def test_owned_children_follow_owner_references() -> None:
+    def child(kind: str, name: str, uid: str | None) -> dict[str, object]:
+        meta: dict[str, object] = {"name": name}
+        if uid is not None:
+            meta["ownerReferences"] = [{"kind": "LLMService", "uid": uid}]
+        return {"kind": kind, "metadata": meta}
+
+    items = [child("Service", "tiny", "u1"), child("Deployment", "tiny", "u1"), child("Service", "x", "u2")]
+    items.append(child("Service", "kubernetes", None))
+    assert owned_children(items, "u1") == ["deployment/tiny", "service/tiny"]
+    assert owned_children(items, "u3") == []
+
+
+def test_ready_pods_exclude_unready_and_terminating() -> None:
+    def pod(ready: str, deleting: bool = False) -> dict[str, object]:
+        meta = {"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {}
+        return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+    assert ready_pod_count([pod("True"), pod("True"), pod("False"), pod("True", deleting=True), {}]) == 2
+
+
+def test_warning_lines_name_the_llmservice() -> None:
+    log = "\n".join(
+        [
+            "[2026-11-27 08:00:00,000] kopf.objects [WARNING ] [ns-a/too-big] no eligible node has 100Ti free",
+            "[2026-11-27 08:00:00,000] kopf.objects [INFO    ] [ns-a/too-big] reconciled",
+            "[2026-11-27 08:00:00,000] kopf.objects [WARNING ] [ns-b/too-big] no eligible node has 100Ti free",
+        ]
+    )
+    assert warning_lines(log, "ns-a", "too-big") == [log.splitlines()[0]]
+    assert warning_lines(log, "ns-c", "too-big") == []
+
+
+def test_manifests_land_in_the_scenario_namespace_and_use_loaded_images() -> None:
+    example = tiny_example()
+    placed = in_namespace(example, "e2e-x")
+    assert placed["metadata"]["namespace"] == "e2e-x"
+    assert placed["spec"]["imagePullPolicy"] == "IfNotPresent"
+    assert example["metadata"].get("namespace") != "e2e-x"  # the example itself is untouched
+    assert placed["metadata"]["name"] == "tiny"
+    assert placed["spec"]["model"]["name"] == "embedded:smollm2-135m-instruct"
+    assert placed["spec"]["service"]["port"] == INFERENCE_PORT
+
+    too_big = llmservice("too-big", storage={"request": "100Ti"})
+    assert too_big["spec"] == {"model": {"name": "embedded:smollm2-135m-instruct"}, "storage": {"request": "100Ti"}}
+
+
+def test_scenario_manifests_are_valid_llmservices() -> None:
+    # The scenarios that expect success must send what the API accepts, and the invalid ones what it refuses.
+    from kubellm_operator.api import LLMServiceSpec
+
+    LLMServiceSpec.model_validate(in_namespace(tiny_example(), "e2e-x")["spec"])
+    LLMServiceSpec.model_validate(in_namespace(llmservice("too-big", storage={"request": "100Ti"}), "e2e-x")["spec"])
+    for invalid in ({"replicas": -1}, {"storage": {"request": "2Gi", "limit": "1Gi"}}):
+        with pytest.raises(ValueError):
+            LLMServiceSpec.model_validate(llmservice("invalid", **invalid)["spec"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands and background processes, for real
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_run_reports_the_command_and_its_output_on_failure() -> None:
+    command = [sys.executable, "-c", "import sys; print('out'); sys.exit('went wrong')"]
+    with pytest.raises(CommandFailed, match=r"exited 1[\s\S]*out[\s\S]*went wrong"):
+        run(command)
+    assert run(command, check=False).returncode == 1
+
+
+def test_run_is_bounded() -> None:
+    with pytest.raises(CommandFailed, match="ran past its bound"):
+        run([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=0.5)
+
+
+def test_free_local_port_is_bindable() -> None:
+    port = free_local_port()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+
+
+def test_serving_waits_for_the_port_and_stops_the_process() -> None:
+    port = free_local_port()
+    command = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+    with serving(command, port, timeout_s=30) as process:
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+    assert process.returncode is not None
+
+
+def test_serving_reports_a_process_that_exits_before_listening() -> None:
+    port = free_local_port()
+    command = [sys.executable, "-c", "import sys; print('no such service'); sys.exit(1)"]
+    with (
+        pytest.raises(CommandFailed, match=r"exited 1, port \d+ never accepted:\nno such service"),
+        serving(command, port, timeout_s=30),
+    ):
+        pytest.fail("the block must not run")
