@@ -148,7 +148,8 @@ def list_clusters_command() -> list[str]:
 
 
 def create_cluster_command(settings: E2ESettings) -> list[str]:
-    return ["kind", "create", "cluster", "--name", settings.cluster, "--config", str(KIND_CONFIG), "--wait", "180s"]
+    config = str(KIND_CONFIG.relative_to(REPO_ROOT))  # commands run from the repository root, as a user's would
+    return ["kind", "create", "cluster", "--name", settings.cluster, "--config", config, "--wait", "180s"]
 
 
 def export_kubeconfig_command(settings: E2ESettings) -> list[str]:

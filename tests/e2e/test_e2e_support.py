@@ -24,10 +24,13 @@ from e2e_support import (
     E2ESettings,
     build_commands,
     create_cluster_command,
+    delete_cluster_command,
     dump_commands,
+    export_kubeconfig_command,
     free_local_port,
     in_namespace,
     install_commands,
+    list_clusters_command,
     llmservice,
     load_images_command,
     missing_tools,
@@ -151,8 +154,8 @@ def test_the_images_built_are_the_images_loaded_and_installed() -> None:
 def test_the_cluster_comes_from_the_config_in_the_repo() -> None:
     command = create_cluster_command(SETTINGS)
     assert command[:5] == ["kind", "create", "cluster", "--name", "demo"]
-    config = yaml.safe_load(Path(command[command.index("--config") + 1]).read_text())
-    assert command[command.index("--config") + 1] == str(KIND_CONFIG)
+    assert REPO_ROOT / command[command.index("--config") + 1] == KIND_CONFIG
+    config = yaml.safe_load(KIND_CONFIG.read_text())
     assert config["kind"] == "Cluster"
     assert [node["role"] for node in config["nodes"]] == ["control-plane", "worker"]
 
@@ -285,3 +288,21 @@ def test_serving_reports_a_process_that_exits_before_listening() -> None:
         serving(command, port, timeout_s=30),
     ):
         pytest.fail("the block must not run")
+
+
+def test_docs_list_every_session_and_dump_command() -> None:
+    """docs/e2e.md promises every command the suite runs, so a user can run them by hand; keep it true."""
+    docs = (REPO_ROOT / "docs" / "e2e.md").read_text()
+    settings = E2ESettings()
+    commands = [
+        *build_commands(),
+        list_clusters_command(),
+        export_kubeconfig_command(settings),
+        create_cluster_command(settings),
+        load_images_command(settings),
+        *install_commands(settings),
+        delete_cluster_command(settings),
+        *dump_commands(settings, "$NS", ["pod/<each pod>"]),
+    ]
+    for command in commands:
+        assert " ".join(command) in docs, command
