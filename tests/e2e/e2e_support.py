@@ -180,6 +180,7 @@ def install_commands(settings: E2ESettings) -> list[list[str]]:
             deployment,
             f"--timeout={OPERATOR_ROLLOUT_TIMEOUT_S}s",
         ),
+        kubectl(settings, *in_operator_namespace, "wait", "--for=condition=Available", deployment, "--timeout=60s"),
     ]
 
 

@@ -148,7 +148,8 @@ def test_the_images_built_are_the_images_loaded_and_installed() -> None:
     assert f"operator={OPERATOR_IMAGE}" in installed
     assert f"KUBELLM_OPERATOR_INFERENCE_IMAGE={INFERENCE_IMAGE}" in installed
     assert install_commands(SETTINGS)[0][-3:] == ["apply", "-k", "deploy/"]
-    assert install_commands(SETTINGS)[-1][5:7] == ["rollout", "status"]
+    assert install_commands(SETTINGS)[-2][5:7] == ["rollout", "status"]
+    assert install_commands(SETTINGS)[-1][5:7] == ["wait", "--for=condition=Available"]
 
 
 def test_the_cluster_comes_from_the_config_in_the_repo() -> None:
