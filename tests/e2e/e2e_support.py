@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shlex
 import shutil
 import socket
@@ -302,15 +303,21 @@ class Cluster:
 
 
 def table_row(table: str, name: str) -> dict[str, str]:
-    """The row of `kubectl get` table output whose NAME is `name`, keyed by upper-case column header."""
+    """The row of `kubectl get` table output whose NAME is `name`, keyed by upper-case column header.
+
+    Cells are cut at the headers' offsets (kubectl aligns every column under its header), so an empty cell,
+    such as a condition reason not yet set, stays empty instead of shifting the cells after it.
+    """
     lines = [line for line in table.splitlines() if line.strip()]
     if not lines:
         raise AssertionError(f"empty table, no row {name!r}")
-    headers = lines[0].split()
+    header = lines[0]
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
     for line in lines[1:]:
-        cells = line.split()
-        if cells and cells[0] == name:
-            return dict(zip(headers, cells, strict=False))
+        cells = {header[start:end].strip(): line[start:end].strip() for start, end in bounds}
+        if cells.get("NAME") == name:
+            return cells
     raise AssertionError(f"no row {name!r} in:\n{table}")
 
 

@@ -186,6 +186,8 @@ def test_table_row_reads_kubectl_get_output() -> None:
         "PHASE": "Ready",
         "AGE": "2m",
     }
+    reason_not_set = "NAME   READY   REASON   AGE\nother  0/1              5s\ntiny   1/1     Ready    2m\n"
+    assert table_row(reason_not_set, "other") == {"NAME": "other", "READY": "0/1", "REASON": "", "AGE": "5s"}
     with pytest.raises(AssertionError, match="no row 'other'"):
         table_row(table, "other")
     with pytest.raises(AssertionError, match="empty table"):

@@ -60,8 +60,7 @@ def test_tiny_example_becomes_ready_and_answers(kind_cluster: Cluster, namespace
     wait_ready(kind_cluster, namespace, name, "1/1")
 
     row = listed(kind_cluster, namespace, name)
-    assert "1/1" in row.values(), row
-    assert "Ready" in row.values(), row
+    assert (row.get("READY"), row.get("PHASE")) == ("1/1", "Ready"), row
 
     port = free_local_port()
     with serving(port_forward_command(kind_cluster.settings, namespace, name, port), port, timeout_s=60):
@@ -88,7 +87,8 @@ def test_scale_to_two_replicas(kind_cluster: Cluster, namespace: str) -> None:
     assert status["selector"], status
     pods = kind_cluster.get_json(namespace, "pods", "-l", status["selector"])["items"]
     assert ready_pod_count(pods) == 2, [pod["metadata"]["name"] for pod in pods]
-    assert "2/2" in listed(kind_cluster, namespace, name).values()
+    row = listed(kind_cluster, namespace, name)
+    assert (row.get("READY"), row.get("PHASE")) == ("2/2", "Ready"), row
 
 
 def test_storage_beyond_every_node_is_reported(kind_cluster: Cluster, namespace: str) -> None:
