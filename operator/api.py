@@ -112,6 +112,8 @@ Quantity = Annotated[
 ]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# An LLMService's name becomes its Service's name, and a Service name must start with a letter (RFC 1035).
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
@@ -183,6 +185,8 @@ class ResourceList(_Model):
 
 
 class Resources(_Model):
+    """Container requests and limits (cpu, memory, ephemeral-storage, nvidia.com/gpu)."""
+
     requests: ResourceList = Field(default_factory=ResourceList)
     limits: ResourceList = Field(default_factory=ResourceList)
 
@@ -196,6 +200,8 @@ class Resources(_Model):
 
 
 class EnvVarSource(_Model):
+    """Where a variable's value comes from when it is not written inline."""
+
     secret_key_ref: SecretKeyRef | None = None
 
 
@@ -244,11 +250,11 @@ class Toleration(_Model):
         }
     )
 
-    key: str | None = None
+    key: str | None = Field(None, max_length=317, description="Taint key (prefix/name); empty with operator Exists.")
     operator: TolerationOperator = TolerationOperator.equal
-    value: str | None = None
-    effect: TaintEffect | None = None
-    toleration_seconds: int | None = None
+    value: str | None = Field(None, max_length=63)
+    effect: TaintEffect | None = Field(None, description="Empty matches every effect.")
+    toleration_seconds: int | None = Field(None, description="NoExecute only: how long the pod stays bound.")
 
     @model_validator(mode="after")
     def _operator_fits(self) -> Toleration:
@@ -310,6 +316,8 @@ class StartupProbe(_Model):
 
 
 class ReadinessProbe(_Model):
+    """GET /readyz: the model is loaded and the generation loop answers."""
+
     period_seconds: int = Field(10, ge=1, le=3600)
     timeout_seconds: int = Field(5, ge=1, le=3600)
     failure_threshold: int = Field(3, ge=1, le=1000)
@@ -330,6 +338,8 @@ class LivenessProbe(_Model):
 
 
 class ProbesSpec(_Model):
+    """Probe policy: startup owns the load window, readiness means "can generate now", liveness "loop alive"."""
+
     startup: StartupProbe = Field(default_factory=StartupProbe)
     readiness: ReadinessProbe = Field(default_factory=ReadinessProbe)
     liveness: LivenessProbe = Field(default_factory=LivenessProbe)
@@ -444,8 +454,13 @@ class LLMServiceSpec(_Model):
     model: ModelSpec
     replicas: int = Field(1, ge=0, le=1000, description="Inference pods (0 allowed; /scale subresource).")
     image: str | None = Field(None, max_length=1024, description="Inference image. Default: the operator's.")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    resources: Resources = Field(default_factory=Resources)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Pull policy of the inference image. Default: Kubernetes' (IfNotPresent unless :latest)."
+    )
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="Requests and limits of the inference container; ephemeral-storage is best set in storage.",
+    )
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=ENV_MAX_ITEMS,
@@ -456,17 +471,19 @@ class LLMServiceSpec(_Model):
             "x-kubernetes-validations": [_env_rule()],
         },
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Tolerations for the pods (GPU nodes are often tainted)."
+    )
     affinity: dict[str, Any] | None = Field(
         None,
         description="A core/v1 Affinity, passed to the pod as written.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    service: ServiceSpec = Field(default_factory=ServiceSpec)
-    auth: AuthSpec | None = None
-    probes: ProbesSpec = Field(default_factory=ProbesSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
+    service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service in front of the pods.")
+    auth: AuthSpec | None = Field(None, description="Require an API key on inference routes.")
+    probes: ProbesSpec = Field(default_factory=ProbesSpec, description="Startup, readiness and liveness policy.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Model cache and ephemeral storage.")
 
     @model_validator(mode="after")
     def _one_ephemeral_request(self) -> LLMServiceSpec:
@@ -590,16 +607,21 @@ class StorageStatus(_Model):
 
 
 class LLMServiceStatus(_Model):
-    observed_generation: int | None = None
-    phase: Phase | None = None
-    replicas: int | None = None
-    ready_replicas: int | None = None
-    updated_replicas: int | None = None
+    """What the operator observed; written by the operator only."""
+
+    observed_generation: int | None = Field(None, description="The metadata.generation this status describes.")
+    phase: Phase | None = Field(None, description="A summary for people; the conditions carry the reasons.")
+    replicas: int | None = Field(None, description="Pods of the Deployment (the /scale subresource's status).")
+    ready_replicas: int | None = Field(None, description="Pods that pass readiness (the model can generate).")
+    updated_replicas: int | None = Field(None, description="Pods running the current spec.")
     ready: str | None = Field(None, description="ready/desired, for kubectl get.")
     selector: str | None = Field(None, description="Label selector of the pods (for the /scale subresource).")
-    endpoint: str | None = None
-    storage: StorageStatus | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    endpoint: str | None = Field(None, description="In-cluster address: <name>.<namespace>.svc.cluster.local:<port>.")
+    storage: StorageStatus | None = Field(None, description="The last storage pre-flight check.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -612,7 +634,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(..., min_length=1, max_length=63, pattern=DNS_LABEL)
+    name: str = Field(..., min_length=1, max_length=63, pattern=DNS_1035_LABEL)
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
