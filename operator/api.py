@@ -104,11 +104,17 @@ def _check_nonnegative_quantity(value: Any) -> str:
 # QUANTITY_PATTERN without the sign: the CRD rejects negative quantities just as the model does.
 NONNEGATIVE_QUANTITY_PATTERN = QUANTITY_PATTERN.replace(r"^(\+|-)?", "^")
 
+QUANTITY_MAX_LENGTH = 64
+
 # In YAML, `cpu: 2` is an integer and `memory: 8Gi` a string; both are quantities.
 Quantity = Annotated[
     str,
     BeforeValidator(_check_nonnegative_quantity),
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": NONNEGATIVE_QUANTITY_PATTERN}),
+    # maxLength also bounds the apiserver's cost estimate for the CEL rules that parse quantities.
+    Field(
+        max_length=QUANTITY_MAX_LENGTH,
+        json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": NONNEGATIVE_QUANTITY_PATTERN},
+    ),
 ]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

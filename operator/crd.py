@@ -69,6 +69,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         values = node["enum"] if "enum" in node else [node["const"]]
         out["type"] = node.get("type") or _json_type(values[0])
         out["enum"] = values
+        if out["type"] == "string":
+            # Bounds the apiserver's CEL cost estimate for rules that compare this field.
+            out["maxLength"] = max(len(value) for value in values)
     elif "type" in node:
         out["type"] = node["type"]
     elif node.get("x-kubernetes-preserve-unknown-fields"):
@@ -231,7 +234,7 @@ def _constraints(node: dict[str, Any]) -> str:
         parts.append(f"≥ {node['minimum']}")
     if "maximum" in node:
         parts.append(f"≤ {node['maximum']}")
-    if "maxLength" in node:
+    if "maxLength" in node and "enum" not in node:
         parts.append(f"≤ {node['maxLength']} chars")
     if "maxItems" in node:
         parts.append(f"≤ {node['maxItems']} items")
@@ -257,7 +260,8 @@ def _sections(path: str, node: dict[str, Any], out: list[str]) -> None:
     out.append("|---|---|---|---|")
     for name, child in properties.items():
         default = f"`{child['default']}`" if "default" in child else ("required" if name in required else "")
-        notes = " ".join(filter(None, [child.get("description", ""), _constraints(child)]))
+        limits = _constraints(child)
+        notes = child.get("description", "") + (f" ({limits})" if limits else "")
         out.append(f"| `{name}` | {_type_of(child)} | {default} | {_cell(notes)} |")
     rules = node.get("x-kubernetes-validations", [])
     for child_name, child in properties.items():
