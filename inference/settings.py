@@ -71,9 +71,21 @@ class ServerSettings(BaseSettings):
     stuck_step_timeout_s: float = Field(120.0, gt=0, description="/livez fails when one step runs longer")
     drain_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time given to in-flight requests")
 
+    served_model_name: str | None = Field(
+        None, description="Model id in /v1/models and OpenAI requests; defaults to the model setting"
+    )
+    # Test hook, off by default: every generation step after the warm-up sleeps this long first, which makes
+    # queueing, deadlines and a stuck worker (/livez) reproducible with a fast model.
+    debug_step_delay_s: float = Field(0.0, ge=0, le=3600)
+
     host: str = "0.0.0.0"
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     log_level: str = "info"
+
+    @property
+    def model_id(self) -> str:
+        """The id clients use for the served model (``served_model_name``, else ``model``)."""
+        return self.served_model_name or self.model
 
 
 def env_name(field: str) -> str:

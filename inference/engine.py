@@ -1,0 +1,596 @@
+"""The generation engine: one worker thread that owns the model and runs continuous batching.
+
+Requests wait in a bounded queue. Between decoding steps the worker admits whatever is waiting (up to
+``max_batch_size`` rows), prefills the newcomers as one left-padded batch and merges their KV cache into the
+running batch, so a new request never waits for the others to finish. Every row keeps its own sampling
+parameters (temperature, top_p, seed, max_new_tokens, stop strings), is dropped from the batch as soon as it
+finishes, its client disconnects or its deadline passes, and streams its text through an event sink.
+
+The event loop never runs the model: it only submits requests and reads their events (see ``RequestHandle``).
+The same thread loads the model and runs a warm-up generation, so readiness means "this very loop generated".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kubellm_inference.loading import LoadedModel
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    from kubellm_inference.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+WARMUP_PROMPT = "Hello"
+
+
+class FinishReason(enum.StrEnum):
+    stop = "stop"  # end-of-sequence token or a stop string
+    length = "length"  # max_new_tokens reached
+    cancelled = "cancelled"  # the client went away
+    timeout = "timeout"  # the request's deadline passed
+    shutdown = "shutdown"  # the server stopped before the request finished
+    error = "error"  # the model raised
+
+
+class EngineState(enum.StrEnum):
+    starting = "starting"
+    loading = "loading"
+    ready = "ready"
+    failed = "failed"
+    stopped = "stopped"
+
+
+class QueueFullError(Exception):
+    """The bounded queue is full; the client should retry later."""
+
+
+class NotAcceptingError(Exception):
+    """The engine does not take requests now (loading, draining or stopped); the message says which."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """A piece of a request's output: new text, and on the last event the finish reason and counts."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+EventSink = Callable[[GenerationEvent], None]
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    """One request inside the engine. Only the worker thread mutates it, except ``cancel()``."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    deadline: float  # time.monotonic()
+    sink: EventSink
+    submitted_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    generated: list[int] = field(default_factory=list)
+    emitted_chars: int = 0
+    generator: torch.Generator | None = None
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Ask the worker to drop this request at its next step (thread-safe)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+class RequestHandle:
+    """The event loop's side of a request: an asyncio queue that the worker fills thread-safely."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        self.request: GenerationRequest | None = None
+
+    def sink(self, event: GenerationEvent) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:
+            # The loop is closed: the server is gone and nobody is listening any more.
+            if self.request is not None:
+                self.request.cancel()
+
+    def cancel(self) -> None:
+        if self.request is not None:
+            self.request.cancel()
+
+
+class _Batch:
+    """The running rows: a shared left-padded KV cache with one attention-mask row per request."""
+
+    def __init__(
+        self,
+        rows: list[GenerationRequest],
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        next_tokens: torch.Tensor,
+    ) -> None:
+        self.rows = rows
+        self.cache = cache
+        self.mask = mask  # [rows, cached length], 0 where a row is padded on the left
+        self.positions = positions  # [rows], the position id of each row's next input token
+        self.next_tokens = next_tokens  # [rows], each row's last sampled token, the next step's input
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class GenerationEngine:
+    """Owns the model on one worker thread; see the module docstring."""
+
+    def __init__(
+        self,
+        loader: Callable[[], LoadedModel],
+        *,
+        queue_size: int,
+        max_batch_size: int,
+        stuck_step_timeout_s: float,
+        metrics: ServerMetrics,
+        debug_step_delay_s: float = 0.0,
+    ) -> None:
+        self._loader = loader
+        self._queue_size = queue_size
+        self._max_batch_size = max_batch_size
+        self._stuck_step_timeout_s = stuck_step_timeout_s
+        self._debug_step_delay_s = debug_step_delay_s
+        self._metrics = metrics
+        self._pending: collections.deque[GenerationRequest] = collections.deque()
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._draining = False
+        self._active_count = 0
+        self._step_started_at: float | None = None
+        self._state = EngineState.starting
+        self._failure: str | None = None
+        self._loaded: LoadedModel | None = None
+        self._encode_lock = threading.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kubellm-generation", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker; requests still queued or running finish with ``shutdown``."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def begin_drain(self) -> None:
+        """Stop admitting new requests; the ones already admitted keep running."""
+        self._draining = True
+        self._metrics.ready.set(0)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    @property
+    def ready(self) -> bool:
+        return self._state is EngineState.ready and not self._draining
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            raise NotAcceptingError("the model is still loading")
+        return self._loaded
+
+    def in_flight(self) -> int:
+        """Requests queued or running."""
+        with self._wakeup:
+            return len(self._pending) + self._active_count
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, why): the worker thread runs and no step has been stuck beyond the deadline."""
+        if self._state is EngineState.failed:
+            return False, f"model load failed: {self._failure}"
+        if self._thread is None or not self._thread.is_alive():
+            if self._state is EngineState.stopped:
+                return True, "stopped"
+            return False, "the generation worker is not running"
+        started = self._step_started_at
+        if started is not None:
+            running = time.monotonic() - started
+            if running > self._stuck_step_timeout_s:
+                return False, f"one generation step has run {running:.1f}s (limit {self._stuck_step_timeout_s}s)"
+        return True, self._state.value
+
+    # ---- the event loop's side -------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (thread-safe; call from a worker thread)."""
+        with self._encode_lock:
+            ids: list[int] = self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return ids
+
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, deadline: float, sink: EventSink
+    ) -> GenerationRequest:
+        """Queue a request; raises NotAcceptingError or QueueFullError. Events arrive through ``sink``."""
+        request = GenerationRequest(prompt_ids=prompt_ids, params=params, deadline=deadline, sink=sink)
+        with self._wakeup:
+            if self._state is not EngineState.ready:
+                raise NotAcceptingError(f"the model is not ready ({self._state.value})")
+            if self._draining or self._stopping:
+                raise NotAcceptingError("the server is shutting down")
+            if len(self._pending) >= self._queue_size:
+                raise QueueFullError(f"the request queue is full ({self._queue_size} waiting)")
+            self._pending.append(request)
+            self._metrics.queue_depth.set(len(self._pending))
+            self._wakeup.notify()
+        return request
+
+    # ---- the worker thread -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._state = EngineState.loading
+        try:
+            self._loaded = self._loader()
+            self._metrics.model_load_seconds.set(self._loaded.load_seconds)
+            self._warm_up()
+        except Exception as error:
+            log.exception("loading the model failed")
+            self._failure = f"{type(error).__name__}: {error}"
+            self._state = EngineState.failed
+            return
+        self._state = EngineState.ready
+        if not self._draining:
+            self._metrics.ready.set(1)
+        log.info("generation worker ready (max batch %d, queue %d)", self._max_batch_size, self._queue_size)
+        try:
+            self._loop()
+        finally:
+            self._state = EngineState.stopped
+            self._metrics.ready.set(0)
+
+    def _warm_up(self) -> None:
+        """One short greedy generation through the batching path: readiness proves the model generates."""
+        events: list[GenerationEvent] = []
+        prompt = self.loaded.tokenizer(WARMUP_PROMPT, add_special_tokens=False)["input_ids"]
+        request = GenerationRequest(
+            prompt_ids=list(prompt),
+            params=SamplingParams(max_new_tokens=2, ignore_eos=True),
+            deadline=time.monotonic() + 600,
+            sink=events.append,
+        )
+        batch = self._prefill([request])
+        while batch is not None and len(batch):
+            batch = self._decode(batch)
+        if not events or events[-1].finish_reason is not FinishReason.length:
+            raise RuntimeError(f"warm-up generation did not complete: {events!r}")
+
+    def _loop(self) -> None:
+        import torch
+
+        batch: _Batch | None = None
+        with torch.inference_mode():
+            while True:
+                with self._wakeup:
+                    while not self._stopping and not self._pending and batch is None:
+                        self._wakeup.wait()
+                    if self._stopping:
+                        break
+                    free = self._max_batch_size - (len(batch) if batch is not None else 0)
+                    newcomers = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
+                    self._metrics.queue_depth.set(len(self._pending))
+                    self._active_count = (len(batch) if batch is not None else 0) + len(newcomers)
+                newcomers = [r for r in newcomers if not self._finish_if_done_waiting(r)]
+                try:
+                    if newcomers:
+                        joined = self._prefill(newcomers)
+                        batch = joined if batch is None else self._merge(batch, joined)
+                    elif batch is not None:
+                        batch = self._decode(batch)
+                except Exception as error:
+                    log.exception("generation step failed")
+                    failed = (batch.rows if batch is not None else []) + newcomers
+                    for request in failed:
+                        self._finish(request, FinishReason.error, error=f"{type(error).__name__}: {error}")
+                    batch = None
+                if batch is not None and not len(batch):
+                    batch = None
+                self._metrics.batch_size.set(len(batch) if batch is not None else 0)
+                with self._wakeup:
+                    self._active_count = len(batch) if batch is not None else 0
+        self._shutdown(batch)
+
+    def _shutdown(self, batch: _Batch | None) -> None:
+        with self._wakeup:
+            leftovers = list(self._pending) + (batch.rows if batch is not None else [])
+            self._pending.clear()
+            self._active_count = 0
+        for request in leftovers:
+            self._finish(request, FinishReason.shutdown, error="the server stopped before the request finished")
+        self._metrics.queue_depth.set(0)
+        self._metrics.batch_size.set(0)
+
+    def _finish_if_done_waiting(self, request: GenerationRequest) -> bool:
+        if request.cancelled:
+            self._finish(request, FinishReason.cancelled)
+            return True
+        if time.monotonic() > request.deadline:
+            self._finish(request, FinishReason.timeout, error="the request's deadline passed while it was queued")
+            return True
+        return False
+
+    # ---- model steps -----------------------------------------------------------------------------------------
+
+    def _forward(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """One model call; returns the last position's logits [rows, vocab]. Watched by the liveness check."""
+        self._step_started_at = time.monotonic()
+        try:
+            if self._debug_step_delay_s and self._state is EngineState.ready:
+                time.sleep(self._debug_step_delay_s)  # test hook: a stalled step (settings.debug_step_delay_s)
+            output = self.loaded.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits: torch.Tensor = output.logits[:, -1, :]
+            return logits
+        finally:
+            self._step_started_at = None
+
+    def _prefill(self, rows: list[GenerationRequest]) -> _Batch:
+        import torch
+        from transformers import DynamicCache
+
+        loaded = self.loaded
+        longest = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), longest), loaded.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, request in enumerate(rows):
+            n = len(request.prompt_ids)
+            ids[i, longest - n :] = torch.tensor(request.prompt_ids, dtype=torch.long)
+            mask[i, longest - n :] = 1
+            if request.params.seed is not None:
+                request.generator = torch.Generator().manual_seed(request.params.seed)
+            self._metrics.prompt_tokens.inc(n)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        # A config-less cache holds plain full-length layers, which the padding and merging below rely on.
+        cache = DynamicCache()
+        device = loaded.device
+        logits = self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
+        batch = _Batch(
+            rows=list(rows),
+            cache=cache,
+            mask=mask.to(device),
+            positions=positions[:, -1].to(device) + 1,
+            next_tokens=torch.zeros(len(rows), dtype=torch.long, device=device),
+        )
+        return self._accept(batch, logits)
+
+    def _decode(self, batch: _Batch) -> _Batch:
+        import torch
+
+        ones = torch.ones((len(batch), 1), dtype=batch.mask.dtype, device=batch.mask.device)
+        batch.mask = torch.cat([batch.mask, ones], dim=1)
+        logits = self._forward(batch.next_tokens[:, None], batch.mask, batch.positions[:, None], batch.cache)
+        batch.positions = batch.positions + 1
+        return self._accept(batch, logits)
+
+    def _accept(self, batch: _Batch, logits: torch.Tensor) -> _Batch:
+        """Sample each row's next token, emit text, and drop the rows that finished."""
+        tokens = self._sample(batch.rows, logits)
+        batch.next_tokens = tokens.to(batch.next_tokens.device)
+        keep: list[int] = []
+        for i, (request, token) in enumerate(zip(batch.rows, tokens.tolist(), strict=True)):
+            if not self._advance(request, int(token)):
+                keep.append(i)
+        if len(keep) < len(batch):
+            batch = self._select(batch, keep)
+        return batch
+
+    def _sample(self, rows: list[GenerationRequest], logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        logits = logits.float()
+        tokens = logits.argmax(dim=-1).cpu()
+        for i, request in enumerate(rows):
+            params = request.params
+            if params.temperature <= 0:
+                continue
+            row = logits[i].cpu() / params.temperature
+            if params.top_p < 1.0:
+                ordered, order = torch.sort(row, descending=True)
+                probs = torch.softmax(ordered, dim=-1)
+                # Keep the smallest prefix whose mass reaches top_p (always at least the most likely token).
+                outside = probs.cumsum(dim=-1) - probs > params.top_p
+                ordered = ordered.masked_fill(outside, float("-inf"))
+                row = torch.full_like(row, float("-inf")).scatter(0, order, ordered)
+            probs = torch.softmax(row, dim=-1)
+            tokens[i] = int(torch.multinomial(probs, 1, generator=request.generator).item())
+        return tokens
+
+    def _advance(self, request: GenerationRequest, token: int) -> bool:
+        """Append one sampled token to a request and stream its new text; True when the request is done."""
+        loaded = self.loaded
+        now = time.monotonic()
+        if request.cancelled:
+            self._finish(request, FinishReason.cancelled)
+            return True
+        if now > request.deadline:
+            self._finish(request, FinishReason.timeout, error="the request's deadline passed during generation")
+            return True
+        if request.first_token_at is None:
+            request.first_token_at = now
+            self._metrics.time_to_first_token.observe(now - request.submitted_at)
+        if token in loaded.eos_token_ids and not request.params.ignore_eos:
+            self._finish(request, FinishReason.stop)
+            return True
+        request.generated.append(token)
+        self._metrics.generated_tokens.inc()
+        text = str(loaded.tokenizer.decode(request.generated, skip_special_tokens=True))
+        stop_at = _find_stop(text, request.params.stop, request.emitted_chars)
+        if stop_at is not None:
+            self._emit_text(request, text[:stop_at])
+            self._finish(request, FinishReason.stop)
+            return True
+        if len(request.generated) >= request.params.max_new_tokens:
+            self._emit_text(request, text)
+            self._finish(request, FinishReason.length)
+            return True
+        self._emit_text(request, text[: _safe_end(text, request.params.stop)])
+        return False
+
+    def _emit_text(self, request: GenerationRequest, text: str) -> None:
+        if len(text) > request.emitted_chars:
+            request.sink(GenerationEvent(text=text[request.emitted_chars :]))
+            request.emitted_chars = len(text)
+
+    def _finish(self, request: GenerationRequest, reason: FinishReason, error: str | None = None) -> None:
+        request.sink(
+            GenerationEvent(
+                text="",
+                finish_reason=reason,
+                prompt_tokens=len(request.prompt_ids),
+                completion_tokens=len(request.generated),
+                error=error,
+            )
+        )
+
+    @staticmethod
+    def _select(batch: _Batch, keep: list[int]) -> _Batch:
+        """Keep only the rows ``keep``, and cut the left columns that every remaining row has as padding."""
+        import torch
+
+        if not keep:
+            return _Batch([], batch.cache, batch.mask[:0], batch.positions[:0], batch.next_tokens[:0])
+        index = torch.tensor(keep, dtype=torch.long, device=batch.mask.device)
+        mask = batch.mask.index_select(0, index)
+        first_used = int(mask.any(dim=0).int().argmax().item())
+        mask = mask[:, first_used:]
+        for layer in _layers(batch.cache):
+            layer.keys = _tensor(layer.keys).index_select(0, index)[:, :, first_used:, :]
+            layer.values = _tensor(layer.values).index_select(0, index)[:, :, first_used:, :]
+        return _Batch(
+            rows=[batch.rows[i] for i in keep],
+            cache=batch.cache,
+            mask=mask,
+            positions=batch.positions.index_select(0, index),
+            next_tokens=batch.next_tokens.index_select(0, index),
+        )
+
+    @staticmethod
+    def _merge(running: _Batch, joined: _Batch) -> _Batch:
+        """One batch from two: the shorter cache is padded on the left (masked out) to the longer one's length."""
+        import torch
+        import torch.nn.functional as F
+
+        if not len(joined):
+            return running
+        if not len(running):
+            return joined
+        length = max(running.mask.shape[1], joined.mask.shape[1])
+
+        def left_pad(tensor: torch.Tensor, dim_from_end: int) -> torch.Tensor:
+            missing = length - tensor.shape[-dim_from_end]
+            if missing == 0:
+                return tensor
+            padding = [0, 0] * (dim_from_end - 1) + [missing, 0]
+            return F.pad(tensor, padding)
+
+        for mine, theirs in zip(_layers(running.cache), _layers(joined.cache), strict=True):
+            mine.keys = torch.cat([left_pad(_tensor(mine.keys), 2), left_pad(_tensor(theirs.keys), 2)], dim=0)
+            mine.values = torch.cat([left_pad(_tensor(mine.values), 2), left_pad(_tensor(theirs.values), 2)], dim=0)
+        return _Batch(
+            rows=running.rows + joined.rows,
+            cache=running.cache,
+            mask=torch.cat([left_pad(running.mask, 1), left_pad(joined.mask, 1)], dim=0),
+            positions=torch.cat([running.positions, joined.positions]),
+            next_tokens=torch.cat([running.next_tokens, joined.next_tokens]),
+        )
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers; the padding and merging above only know plain full-attention layers."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = list(cache.layers)
+    for layer in layers:
+        if type(layer) is not DynamicLayer:
+            raise TypeError(f"unsupported KV cache layer {type(layer).__name__}")
+    return layers  # type: ignore[return-value]
+
+
+def _tensor(value: torch.Tensor | None) -> torch.Tensor:
+    assert value is not None, "a cache layer without keys/values"
+    return value
+
+
+def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
+    """Where the first stop string starts in ``text``, looking only where a new match can be."""
+    found: int | None = None
+    for stop in stops:
+        at = text.find(stop, max(0, emitted - len(stop) + 1))
+        if at != -1 and (found is None or at < found):
+            found = at
+    return found
+
+
+def _safe_end(text: str, stops: tuple[str, ...]) -> int:
+    """How much of ``text`` can be streamed now: not a trailing partial character (the tokenizer shows an
+    incomplete UTF-8 sequence as U+FFFD) and not a tail that may grow into a stop string."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    held = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, end), held, -1):
+            if text.endswith(stop[:size], 0, end):
+                held = size
+                break
+    return end - held

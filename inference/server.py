@@ -1,0 +1,101 @@
+"""``kubellm serve``: run the inference server with uvicorn, draining gracefully on SIGTERM.
+
+On SIGTERM the server stops admitting requests (new ones get 503, /readyz says 503 so the Service stops
+routing here), keeps the port open while the requests already admitted finish, for at most ``drain_grace_s``,
+then shuts down and exits 0. A second SIGTERM or a SIGINT during the drain exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from kubellm_inference.app import create_app
+from kubellm_inference.settings import ServerSettings
+from kubellm_inference.state import app_state
+
+log = logging.getLogger("kubellm_inference")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with SIGTERM turned into a drain instead of an immediate close of the listening socket."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_grace_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain_grace_s = drain_grace_s
+        self._drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in uvicorn's captured signals: uvicorn would re-raise them after shutdown and the process
+        # would die by the signal instead of exiting 0.
+        if self._drain_deadline is not None or sig != signal.SIGTERM:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+            return
+        log.info("SIGTERM: draining (no new requests; up to %.0fs for the ones in flight)", self._drain_grace_s)
+        app_state(self._app).engine.begin_drain()
+        self._drain_deadline = time.monotonic() + self._drain_grace_s
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None and not self.should_exit:
+            in_flight = app_state(self._app).engine.in_flight()
+            if in_flight == 0:
+                log.info("drained: no request in flight")
+                self.should_exit = True
+            elif time.monotonic() > self._drain_deadline:
+                log.warning("drain grace period over with %d request(s) in flight; stopping them", in_flight)
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubellm serve",
+        description="Run the inference server. Settings come from KUBELLM_* environment variables; "
+        "the options below override them.",
+    )
+    parser.add_argument("--model", help="hub id, local folder, or the embedded model (KUBELLM_MODEL)")
+    parser.add_argument("--host", help="listen address (KUBELLM_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (KUBELLM_PORT)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as error:
+        print(f"kubellm serve: invalid settings:\n{error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # After the drain, connections still open (idle keep-alives, a stream past the grace) get a few
+        # seconds, then the process goes: kubelet's SIGKILL must never be what ends it.
+        timeout_graceful_shutdown=5,
+    )
+    server = DrainingServer(config, app, settings.drain_grace_s)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
