@@ -1,0 +1,114 @@
+"""`kubellm operator`: run the Kopf operator with its work queue, kubelet-summary refresher and health endpoint.
+
+:func:`run` is the whole operator as a coroutine (``stop_flag``/``ready_flag`` as in ``kopf.operator``), for
+embedding; :func:`main` is the command: settings from flags and environment, logging, then :func:`run` until
+SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import kopf
+import kubernetes.config
+
+from kubellm_operator.cluster import Cluster, load_configuration
+from kubellm_operator.config import LogFormat, OperatorSettings, SettingsError, load_settings
+from kubellm_operator.handlers import register
+from kubellm_operator.metrics import OperatorMetrics, start_health_server
+from kubellm_operator.reconcile import Operator
+
+logger = logging.getLogger("kubellm.operator")
+
+
+def configure_logging(settings: OperatorSettings) -> None:
+    log_format = kopf.LogFormat.JSON if settings.log_format == LogFormat.json else kopf.LogFormat.FULL
+    kopf.configure(log_format=log_format, log_refkey="object")
+    logging.getLogger().setLevel(settings.log_level.value)
+    # The client logs every request at DEBUG; keep that for --log-level DEBUG only.
+    for noisy in ("urllib3", "kubernetes"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+@contextmanager
+def background(op: Operator) -> Iterator[None]:
+    """The work-queue thread and the kubelet-summary refresher thread, stopped on exit."""
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.wait(op.settings.summary_refresh_s):
+            if op.refresh_summaries():
+                op.requeue_all()
+
+    threads = [threading.Thread(target=op.run_queue, name="kubellm-queue", daemon=True)]
+    if op.settings.summary_refresh_s > 0:
+        threads.append(threading.Thread(target=refresh, name="kubellm-summaries", daemon=True))
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        op.queue.close()
+        for thread in threads:
+            thread.join(timeout=10)
+
+
+async def run(
+    settings: OperatorSettings,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    metrics: OperatorMetrics | None = None,
+) -> None:
+    """The operator until ``stop_flag`` is set (or a signal arrives, when run in the main thread)."""
+    config = load_configuration(settings.kubeconfig)
+    cluster = Cluster(config)
+    op = Operator(settings, cluster, metrics or OperatorMetrics())
+    registry = kopf.OperatorRegistry()
+    register(registry, op, config)
+    health = (
+        await start_health_server(op.metrics, settings.health_host, settings.health_port)
+        if settings.health_port
+        else None
+    )
+    try:
+        with background(op):
+            await kopf.operator(
+                registry=registry,
+                clusterwide=settings.clusterwide,
+                namespaces=settings.namespaces,
+                standalone=settings.standalone,
+                peering_name=settings.peering_name,
+                priority=settings.priority,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
+    finally:
+        if health is not None:
+            await health.cleanup()
+        cluster.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`kubellm operator [flags]`: exit 2 on bad settings or no cluster credentials."""
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"kubellm operator: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    try:
+        load_configuration(settings.kubeconfig)
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        print(f"kubellm operator: no cluster credentials: {exc}", file=sys.stderr)
+        return 2
+    logger.info("starting: %s", settings.describe())
+    with suppress(KeyboardInterrupt):
+        asyncio.run(run(settings))
+    return 0

@@ -1,0 +1,120 @@
+"""The operator's Prometheus metrics and its HTTP endpoint (``/metrics`` and the liveness ``/healthz``).
+
+The metrics live in their own registry, so an operator embedded in a test or the sandbox does not collide
+with other collectors in the same process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from kubellm_operator.api import Phase
+
+HEALTHZ_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+
+# Reconcile outcomes.
+CHANGED = "changed"  # a child or the status was written
+UNCHANGED = "unchanged"  # nothing to write
+INVALID = "invalid"  # the spec can never work (InvalidSpec)
+WAITING = "waiting"  # held for the world to change (storage.enforce)
+ERROR = "error"  # an API error; Kopf retries
+
+
+class OperatorMetrics:
+    """Counters and gauges of one operator instance."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reconciles = Counter(
+            "kubellm_operator_reconciles",
+            "Reconcile passes by outcome (changed, unchanged, invalid, waiting, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "kubellm_operator_errors",
+            "Errors during reconciles by kind (conflict, server, client, other).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "kubellm_operator_reconcile_duration_seconds",
+            "Duration of reconcile passes.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.storage_warnings = Counter(
+            "kubellm_operator_storage_warnings",
+            "Storage pre-flight warnings raised (InsufficientStorage, once per change).",
+            registry=self.registry,
+        )
+        self.writes = Counter(
+            "kubellm_operator_writes",
+            "Writes to the API by what was written (deployment, service, status, event).",
+            ["target"],
+            registry=self.registry,
+        )
+        self._phases = Gauge(
+            "kubellm_operator_llmservices",
+            "LLMServices by phase, as last computed by this operator.",
+            ["phase"],
+            registry=self.registry,
+        )
+        self._lock = threading.Lock()
+        self._phase_of: dict[tuple[str, str], str] = {}
+        self._refresh_phases()
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.duration.observe(time.perf_counter() - started)
+
+    def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        with self._lock:
+            if phase is None:
+                self._phase_of.pop((namespace, name), None)
+            else:
+                self._phase_of[(namespace, name)] = phase
+            self._refresh_phases()
+
+    def _refresh_phases(self) -> None:
+        for phase in Phase:
+            self._phases.labels(phase=phase.value).set(sum(1 for p in self._phase_of.values() if p == phase.value))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def health_app(metrics: OperatorMetrics) -> web.Application:
+    """/healthz answers while the operator's event loop runs; /metrics serves the registry."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def serve_metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app = web.Application()
+    app.router.add_get(HEALTHZ_PATH, healthz)
+    app.router.add_get(METRICS_PATH, serve_metrics)
+    return app
+
+
+async def start_health_server(metrics: OperatorMetrics, host: str, port: int) -> web.AppRunner:
+    """Start the endpoint on the running loop; the caller calls ``cleanup()`` on the runner to stop it."""
+    runner = web.AppRunner(health_app(metrics), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

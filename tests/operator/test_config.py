@@ -1,0 +1,86 @@
+"""Operator settings: environment, flags, validation with the field named (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubellm_operator.config import LogFormat, OperatorSettings, SettingsError, load_settings
+from kubellm_operator.main import main
+from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("KUBELLM_OPERATOR_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults() -> None:
+    settings = load_settings([])
+    assert settings.clusterwide and settings.namespaces == []
+    assert settings.inference_image == DEFAULT_INFERENCE_IMAGE == "ghcr.io/kubellm/inference:0.1.0"
+    assert settings.headroom_bytes == 2 * 2**30
+    assert (settings.log_format, settings.standalone, settings.health_port) == (LogFormat.text, True, 8080)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("team-a", ["team-a"]), ("team-a, team-b", ["team-a", "team-b"]), ("*", []), ("", [])]
+)
+def test_namespaces_from_env(monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]) -> None:
+    monkeypatch.setenv("KUBELLM_OPERATOR_NAMESPACES", value)
+    assert load_settings([]).namespaces == expected
+
+
+def test_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBELLM_OPERATOR_STORAGE_HEADROOM", "5Gi")
+    monkeypatch.setenv("KUBELLM_OPERATOR_STANDALONE", "true")
+    settings = load_settings(
+        ["--storage-headroom", "1Gi", "--no-standalone", "--namespaces", "a,b", "--log-format", "json"]
+    )
+    assert (settings.headroom_bytes, settings.standalone, settings.namespaces) == (2**30, False, ["a", "b"])
+    assert settings.log_format == LogFormat.json
+    assert not settings.clusterwide
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--storage-headroom", "lots"], "--storage-headroom / KUBELLM_OPERATOR_STORAGE_HEADROOM"),
+        (["--storage-headroom=-1Gi"], "--storage-headroom"),
+        (["--log-format", "xml"], "--log-format / KUBELLM_OPERATOR_LOG_FORMAT"),
+        (["--health-port", "70000"], "--health-port"),
+        (["--summary-refresh-s=-1"], "--summary-refresh-s"),
+        (["--inference-image", ""], "--inference-image"),
+    ],
+)
+def test_bad_settings_name_the_field(argv: list[str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings(argv)
+
+
+def test_bad_env_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBELLM_OPERATOR_WORKERS", "zero")
+    with pytest.raises(SettingsError, match="KUBELLM_OPERATOR_WORKERS"):
+        load_settings([])
+
+
+def test_main_fails_fast_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--log-level", "loud"]) == 2
+    err = capsys.readouterr().err
+    assert "--log-level / KUBELLM_OPERATOR_LOG_LEVEL" in err and "Traceback" not in err
+
+
+def test_main_without_credentials_exits_2(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--kubeconfig", "/nonexistent/kubeconfig", "--health-port", "0"]) == 2
+    assert "no cluster credentials" in capsys.readouterr().err
+
+
+def test_describe_is_one_line() -> None:
+    line = OperatorSettings(namespaces=["a"], standalone=False).describe()
+    assert line == (
+        "watching namespaces a; default image ghcr.io/kubellm/inference:0.1.0; storage headroom 2Gi; "
+        "kubelet summaries every 60s; peering kubellm priority 0"
+    )
