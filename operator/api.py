@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonDict
 
@@ -122,6 +122,24 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# Label and annotation keys (an optional DNS-subdomain prefix and a name), and label values: the apiserver
+# refuses a pod or Service whose nodeSelector or annotations break these, so the LLMService refuses them first.
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# What the patterns mean, for messages the CRD's generated CEL rules give people.
+PATTERN_MEANINGS = {
+    QUALIFIED_NAME: "a label or annotation key: an optional DNS prefix and '/', then a name such as gpu.present",
+    LABEL_VALUE: "a label value: letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+    DNS_SUBDOMAIN: "a DNS subdomain: lowercase letters, digits, '-' and '.', such as hf-token",
+    DNS_1035_LABEL: "a DNS label: lowercase letters, digits and '-', starting with a letter, such as mistral-7b",
+    ENV_NAME: "an environment variable name: letters, digits, '_', '-' and '.', not starting with a digit",
+}
+MAP_MAX_PROPERTIES = 64  # bounds the CEL cost of the key-format rule
+
+QualifiedName = Annotated[str, StringConstraints(min_length=1, max_length=317, pattern=QUALIFIED_NAME)]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
 
 
 class FieldError(ValueError):
@@ -296,7 +314,9 @@ class ServiceSpec(_Model):
     type: ServiceType = Field(ServiceType.cluster_ip, description="ClusterIP, NodePort or LoadBalancer.")
     port: int = Field(5000, ge=1, le=65535, description="Service port (the seed used 5000).")
     node_port: int | None = Field(None, ge=30000, le=32767, description="Fixed node port (NodePort/LoadBalancer).")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations for the Service.")
+    annotations: dict[QualifiedName, str] = Field(
+        default_factory=dict, max_length=MAP_MAX_PROPERTIES, description="Annotations for the Service."
+    )
 
     @model_validator(mode="after")
     def _node_port_needs_type(self) -> ServiceSpec:
@@ -477,7 +497,9 @@ class LLMServiceSpec(_Model):
             "x-kubernetes-validations": [_env_rule()],
         },
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
+    node_selector: dict[QualifiedName, LabelValue] = Field(
+        default_factory=dict, max_length=MAP_MAX_PROPERTIES, description="Node labels the pods require."
+    )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations for the pods (GPU nodes are often tainted)."
     )
@@ -694,10 +716,15 @@ def _model_types(annotation: Any) -> list[type]:
 
 
 def format_path(path: tuple[str | int, ...]) -> str:
-    """("spec", "env", 0, "name") -> "spec.env[0].name"."""
+    """("spec", "env", 0, "name") -> "spec.env[0].name"; a map key pydantic marks "[key]" reads "(key)"."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part == "[key]":
+            text += " (key)"
+        else:
+            text += f".{part}" if text else part
     return text
 
 
@@ -716,5 +743,8 @@ def validation_messages(error: ValidationError) -> list[str]:
             message = "unknown field" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
         elif item["type"] == "missing":
             message = "required field is missing"
+        elif item["type"] == "string_pattern_mismatch":
+            pattern = (item.get("ctx") or {}).get("pattern", "")
+            message = f"must be {PATTERN_MEANINGS[pattern]}" if pattern in PATTERN_MEANINGS else message
         lines.append(f"{format_path(path) or '(document)'}: {message}")
     return lines

@@ -17,6 +17,7 @@ from kubellm_operator.api import (
     DNS_1035_LABEL,
     GROUP,
     KIND,
+    PATTERN_MEANINGS,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
@@ -92,6 +93,26 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["properties"] = {name: structural(child, defs) for name, child in value.items()}
         elif key == "items":
             out["items"] = structural(value, defs)
+        elif key == "patternProperties":
+            # Not structural: the values' schema becomes additionalProperties, the key pattern a CEL rule.
+            if len(value) != 1:
+                raise SchemaError("patternProperties with several patterns cannot be made structural")
+            ((pattern, values),) = value.items()
+            out["additionalProperties"] = structural(values, defs)
+            out.setdefault("x-kubernetes-validations", []).append(
+                {
+                    "rule": f"self.all(k, k.matches({_cel_string(pattern)}))",
+                    "message": f"every key must be {PATTERN_MEANINGS.get(pattern, 'matched by ' + pattern)}",
+                }
+            )
+        elif key == "propertyNames":
+            if "maxLength" in value:
+                out.setdefault("x-kubernetes-validations", []).append(
+                    {
+                        "rule": f"self.all(k, size(k) <= {value['maxLength']})",
+                        "message": f"keys must be at most {value['maxLength']} characters",
+                    }
+                )
         elif key == "additionalProperties":
             # `false` beside properties is not structural (the apiserver prunes or, with strict field validation,
             # rejects unknown fields instead); `true` is spelled x-kubernetes-preserve-unknown-fields.
@@ -106,6 +127,13 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if node.get("x-kubernetes-int-or-string"):
         out["x-kubernetes-int-or-string"] = True
     return out
+
+
+def _cel_string(text: str) -> str:
+    """A CEL string literal: a raw single-quoted string unless the text holds a quote."""
+    if "'" in text:
+        raise SchemaError(f"cannot quote {text!r} for CEL")
+    return f"r'{text}'"
 
 
 def _json_type(value: Any) -> str:

@@ -60,6 +60,14 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("secret-ref-missing-key", minimal(auth={"apiKeySecretRef": {"name": "s"}}), "spec.auth.apiKeySecretRef.key"),
     ("name-not-dns-1035", _with_metadata(name="7b-model"), "metadata.name"),
+    ("node-selector-bad-key", minimal(nodeSelector={"bad key": "x"}), "spec.nodeSelector"),
+    ("node-selector-bad-value", minimal(nodeSelector={"gpu": "yes please"}), "spec.nodeSelector.gpu"),
+    ("annotation-bad-key", minimal(service={"annotations": {"-lb": "x"}}), "spec.service.annotations"),
+    (
+        "secret-name-not-dns",
+        minimal(auth={"apiKeySecretRef": {"name": "My_Secret", "key": "k"}}),
+        "spec.auth.apiKeySecretRef.name",
+    ),
 ]
 
 
@@ -121,3 +129,26 @@ def test_unworkable_specs_are_problems(spec: dict[str, Any], problem: str) -> No
     doc["spec"] = spec
     problems = LLMService.from_object(doc).spec.problems()
     assert any(problem in text for text in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("spec", "line"),
+    [
+        (
+            {"nodeSelector": {"bad key": "x"}},
+            "spec.nodeSelector.bad key (key): must be a label or annotation key: an optional DNS prefix and '/', "
+            "then a name such as gpu.present",
+        ),
+        (
+            {"auth": {"apiKeySecretRef": {"name": "My_Secret", "key": "k"}}},
+            "spec.auth.apiKeySecretRef.name: must be a DNS subdomain: lowercase letters, digits, '-' and '.', "
+            "such as hf-token",
+        ),
+        ({"env": [{"name": "A"}]}, "spec.env[0]: env A: set exactly one of value or valueFrom"),
+        ({"replicas": None}, "spec.replicas: Input should be a valid integer"),
+    ],
+)
+def test_messages_say_what_is_allowed(spec: dict[str, Any], line: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        LLMService.from_object(minimal(**spec))
+    assert validation_messages(caught.value) == [line]
