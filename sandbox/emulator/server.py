@@ -25,6 +25,7 @@ from kmock._internal import rendering
 from kubellm_sandbox.emulator import errors
 from kubellm_sandbox.emulator.errors import ApiError
 from kubellm_sandbox.emulator.faults import FaultInjector
+from kubellm_sandbox.emulator.nodes import node_manifest, stats_summary
 from kubellm_sandbox.emulator.resources import ResourceType, storage_key
 from kubellm_sandbox.emulator.selectors import label_matcher, parse_field_selector
 from kubellm_sandbox.emulator.store import PATCH_APPLY, ObjectStore, WriteOptions
@@ -191,6 +192,31 @@ class Emulator(kmock.KubernetesEmulator):
         documents = yaml.safe_load_all(pathlib.Path(path).read_text())
         return [self.apply_manifest(document) for document in documents if document]
 
+    def seed_node(self, name: str, **fields: Any) -> JsonObject:
+        """Creates or updates a Node (see `nodes.node_manifest` for the fields), status included."""
+        manifest = node_manifest(name, **fields)
+        rtype = self.store.type_for("", "v1", "nodes")
+        with self.store._lock:
+            try:
+                self.store.get(rtype, None, name)
+            except ApiError:
+                return self.store.create(rtype, None, manifest, WriteOptions(field_manager="kubellm-emulator"))
+            self.apply_manifest(manifest)
+            return self.store.patch(
+                rtype,
+                None,
+                name,
+                "application/merge-patch+json",
+                {"status": manifest["status"]},
+                subresource="status",
+                options=WriteOptions(field_manager="kubellm-emulator"),
+            )
+
+    def seed_node_stats(self, name: str, **fields: Any) -> JsonObject:
+        """Sets what the node's kubelet summary endpoint answers (see `nodes.stats_summary` for the fields)."""
+        self.node_stats[name] = stats_summary(name, **fields)
+        return self.node_stats[name]
+
     def cut_watches(self) -> None:
         """Ends every open watch stream now, as a dropped connection or an apiserver restart would."""
         self._watch_epoch += 1
@@ -336,7 +362,12 @@ class Emulator(kmock.KubernetesEmulator):
                 from kubellm_sandbox.emulator.tables import render_table
 
                 return _json(
-                    render_table(rtype, [obj], list_metadata={"resourceVersion": obj["metadata"]["resourceVersion"]})
+                    render_table(
+                        rtype,
+                        [obj],
+                        list_metadata={"resourceVersion": obj["metadata"]["resourceVersion"]},
+                        include_object=raw.query.get("includeObject", "Metadata"),
+                    )
                 )
             return _json(obj)
         if method == "PUT":
@@ -400,7 +431,11 @@ class Emulator(kmock.KubernetesEmulator):
         if _wants_table(raw):
             from kubellm_sandbox.emulator.tables import render_table
 
-            return _json(render_table(rtype, items, list_metadata=metadata))
+            return _json(
+                render_table(
+                    rtype, items, list_metadata=metadata, include_object=raw.query.get("includeObject", "Metadata")
+                )
+            )
         return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": metadata, "items": items})
 
     def _answer_scale(
@@ -463,7 +498,19 @@ class Emulator(kmock.KubernetesEmulator):
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
 
+        as_table = _wants_table(raw)
+        include_object = params.get("includeObject", "Metadata")
+
         async def send(event_type: str, obj: JsonObject) -> None:
+            if as_table and event_type in ("ADDED", "MODIFIED", "DELETED"):
+                from kubellm_sandbox.emulator.tables import render_table
+
+                obj = render_table(
+                    rtype,
+                    [obj],
+                    list_metadata={"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+                    include_object=include_object,
+                )
             await response.write(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
 
         def bookmark(resource_version: int, *, initial_end: bool = False) -> JsonObject:
