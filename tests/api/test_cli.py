@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,22 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for command in ["render", "crd", *cli.DELEGATES]:
         assert command in out
+
+
+@pytest.mark.kubectl
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_reads_the_rendered_stream(tmp_path: Path) -> None:
+    """kubectl's own decoder (via kustomize, which needs no cluster) accepts every rendered document."""
+    paths = [str(path) for path in sorted((REPO / "examples").glob("*.yaml"))]
+    stream = "---\n".join(path.read_text() for path in map(Path, paths))
+    result = run_kubellm("render", "-f", "-", stdin=stream)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "rendered.yaml").write_text(result.stdout)
+    (tmp_path / "kustomization.yaml").write_text("resources:\n- rendered.yaml\n")
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert built.returncode == 0, built.stderr
+    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(built.stdout))
+    names = sorted(yaml.safe_load(Path(path).read_text())["metadata"]["name"] for path in paths)
+    assert kinds == sorted([("Deployment", name) for name in names] + [("Service", name) for name in names])
