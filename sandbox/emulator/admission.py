@@ -8,6 +8,7 @@ A rejection is the apiserver's 422: `Kind.group "name" is invalid: spec.replicas
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -388,10 +389,8 @@ def _run_rules(value: Any, old: Any, schema: JsonObject, path: str, problems: li
             continue
         message = rule.get("message") or f"failed rule: {source}"
         if rule.get("messageExpression"):
-            try:
+            with contextlib.suppress(KeyError, ValueError, TypeError, RuntimeError):
                 message = str(_program(rule["messageExpression"]).execute(_cel_context(variables)))
-            except (KeyError, ValueError, TypeError, RuntimeError):
-                pass
         reason = {"FieldValueForbidden": "Forbidden", "FieldValueRequired": "Required value"}.get(
             rule.get("reason", "")
         )

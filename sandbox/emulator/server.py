@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import pathlib
 from collections.abc import Callable
 from types import TracebackType
@@ -31,6 +32,7 @@ from kubellm_sandbox.emulator.selectors import label_matcher, parse_field_select
 from kubellm_sandbox.emulator.store import PATCH_APPLY, ObjectStore, WriteOptions
 
 JsonObject = dict[str, Any]
+logger = logging.getLogger("kubellm_sandbox.emulator")
 SERVER_VERSION = {
     "major": "1",
     "minor": "32",
@@ -283,6 +285,7 @@ class Emulator(kmock.KubernetesEmulator):
                 pass
             return await self._answer_api(raw, request.body)
         except ApiError as error:
+            logger.info("%s %s -> %d %s", raw.method, raw.path_qs, error.code, error.message)
             return aiohttp.web.json_response(error.status(), status=error.code)
 
     async def _answer_api(self, raw: aiohttp.web.BaseRequest, body: bytes) -> aiohttp.web.StreamResponse:

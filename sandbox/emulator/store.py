@@ -283,6 +283,7 @@ class ObjectStore:
                 obj = self.admission(rtype, obj, None)
             if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
                 obj = self._admit_crd(obj)
+            metadata = obj["metadata"]  # admission returns a new object
             _record_manager(metadata, options.field_manager, "Update", rtype.api_version)
             if options.dry_run:
                 return self.present(rtype, obj)
