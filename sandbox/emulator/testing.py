@@ -113,6 +113,7 @@ async def kopf_operator(
         yield task
     finally:
         stop_flag.set()
+        emulator.close_idle_connections()
         try:
             await asyncio.wait_for(task, timeout=stop_timeout)
         except (asyncio.CancelledError, TimeoutError):
