@@ -207,7 +207,7 @@ async def test_finalizers_defer_deletion_and_owners_collect_dependents(api: Any)
     await api.post(CM, {"metadata": {"name": "held", "ownerReferences": [ref], "finalizers": ["example.dev/hold"]}})
     await api.post(CM, {"metadata": {"name": "orphan-candidate"}})
 
-    status, deleting = await api.delete(f"{DEPLOY}/web")
+    status, _ = await api.delete(f"{DEPLOY}/web")
     assert status == 200
     assert (await api.get(f"{DEPLOY}/web"))[0] == 404
     assert (await api.get(f"{CM}/child"))[0] == 404
@@ -215,7 +215,7 @@ async def test_finalizers_defer_deletion_and_owners_collect_dependents(api: Any)
     assert held["metadata"]["deletionTimestamp"]
     status, error = await api.patch(f"{CM}/held", {"metadata": {"finalizers": ["example.dev/hold", "new/one"]}})
     assert status == 422 and "no new finalizers" in error["message"]
-    status, released = await api.patch(f"{CM}/held", {"metadata": {"finalizers": None}})
+    status, _ = await api.patch(f"{CM}/held", {"metadata": {"finalizers": None}})
     assert status == 200
     assert (await api.get(f"{CM}/held"))[0] == 404
 
