@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -20,6 +22,7 @@ from e2e_support import (
     OPERATOR_IMAGE,
     OPT_IN_REASON,
     REPO_ROOT,
+    Cluster,
     CommandFailed,
     E2ESettings,
     build_commands,
@@ -44,6 +47,8 @@ from e2e_support import (
     tiny_example,
     warning_lines,
 )
+
+from kubellm_sandbox.emulator.server import Emulator
 
 SETTINGS = E2ESettings(cluster="demo")
 
@@ -309,3 +314,46 @@ def test_docs_list_every_session_and_dump_command() -> None:
     ]
     for command in commands:
         assert " ".join(command) in docs, command
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Cluster helper with real kubectl, against the in-repo API emulator instead of kind
+# ---------------------------------------------------------------------------------------------------------
+
+
+async def test_cluster_helper_drives_real_kubectl(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apply, get, wait, the table, rejections and the dump, as the scenarios use them, minus kind."""
+    kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig", context=SETTINGS.context)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("KUBECACHEDIR", str(tmp_path / "kube-cache"))
+    emulator.apply_manifests(REPO_ROOT / "crds" / "kubellm.dev_llmservices.yaml")
+    cluster = Cluster(SETTINGS)
+
+    def scenario() -> None:
+        # `kubectl create namespace` sends protobuf, which the emulator does not read; apply sends JSON.
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "e2e-x"}})
+        cluster.apply(in_namespace(tiny_example(), "e2e-x"))
+        status = {"status": {"phase": "Ready", "ready": "1/1"}}
+        patch = ["patch", "llmservices/tiny", "--subresource=status", "--type=merge", "-p", json.dumps(status)]
+        cluster.kubectl("-n", "e2e-x", *patch)
+        cluster.wait("e2e-x", "jsonpath={.status.ready}=1/1", "llmservices/tiny", timeout_s=20)
+
+        row = table_row(cluster.kubectl("-n", "e2e-x", "get", "llmservices").stdout, "tiny")
+        assert (row["READY"], row["PHASE"], row["REASON"]) == ("1/1", "Ready", ""), row
+        assert cluster.get_json("e2e-x", "llmservices/tiny")["spec"]["imagePullPolicy"] == "IfNotPresent"
+
+        rejected = cluster.apply(in_namespace(llmservice("invalid", replicas=-1), "e2e-x"), check=False)
+        assert rejected.returncode != 0 and "spec.replicas" in rejected.stderr, rejected.stderr
+        rejected = cluster.apply(
+            in_namespace(llmservice("invalid", storage={"request": "2Gi", "limit": "1Gi"}), "e2e-x"), check=False
+        )
+        assert rejected.returncode != 0 and "spec.storage.limit" in rejected.stderr, rejected.stderr
+
+        dump = cluster.dump("e2e-x")
+        assert "$ kubectl --context kind-demo -n e2e-x get llmservices -o yaml\n" in dump
+        assert "name: tiny" in dump
+        assert "logs deployment/kubellm-operator" in dump  # shown even though it fails here (no operator)
+
+    await asyncio.to_thread(scenario)
