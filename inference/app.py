@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kubellm_inference.engine import GenerationEngine
 from kubellm_inference.errors import install_error_handlers
-from kubellm_inference.loading import load_model
+from kubellm_inference.loading import LoadedModel, load_model
 from kubellm_inference.metrics import ServerMetrics
 from kubellm_inference.routes import health, metrics, openai_api, seed
 from kubellm_inference.settings import HEALTHZ_PATH, LIVEZ_PATH, METRICS_PATH, READYZ_PATH, ServerSettings
@@ -27,11 +27,14 @@ log = logging.getLogger(__name__)
 _PROBE_PATHS = frozenset({HEALTHZ_PATH, READYZ_PATH, LIVEZ_PATH, METRICS_PATH})
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
-    """The server for ``settings``; nothing loads until the app's lifespan starts."""
+def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | None = None) -> FastAPI:
+    """The server for ``settings``; nothing loads until the app's lifespan starts.
+
+    ``loader`` replaces ``load_model(settings)``; tests use it to hold the real load back behind a gate.
+    """
     server_metrics = ServerMetrics()
     engine = GenerationEngine(
-        lambda: load_model(settings),
+        loader or (lambda: load_model(settings)),
         queue_size=settings.queue_size,
         max_batch_size=settings.max_batch_size,
         stuck_step_timeout_s=settings.stuck_step_timeout_s,

@@ -188,11 +188,15 @@ class GenerationEngine:
         self._thread = threading.Thread(target=self._run, name="kubellm-generation", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker; requests still queued or running finish with ``shutdown``."""
+    def request_stop(self) -> None:
+        """Ask the worker to stop after its current step (non-blocking); see ``stop``."""
         with self._wakeup:
             self._stopping = True
             self._wakeup.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker; requests still queued or running finish with ``shutdown``."""
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -474,7 +478,8 @@ class GenerationEngine:
         request.generated.append(token)
         self._metrics.generated_tokens.inc()
         text = str(loaded.tokenizer.decode(request.generated, skip_special_tokens=True))
-        stop_at = _find_stop(text, request.params.stop, request.emitted_chars)
+        # A trailing U+FFFD is an incomplete character that the next token may complete: never match on it.
+        stop_at = _find_stop(text.rstrip("\ufffd"), request.params.stop, request.emitted_chars)
         if stop_at is not None:
             self._emit_text(request, text[:stop_at])
             self._finish(request, FinishReason.stop)
@@ -584,9 +589,7 @@ def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
 def _safe_end(text: str, stops: tuple[str, ...]) -> int:
     """How much of ``text`` can be streamed now: not a trailing partial character (the tokenizer shows an
     incomplete UTF-8 sequence as U+FFFD) and not a tail that may grow into a stop string."""
-    end = len(text)
-    while end and text[end - 1] == "\ufffd":
-        end -= 1
+    end = len(text.rstrip("\ufffd"))
     held = 0
     for stop in stops:
         for size in range(min(len(stop) - 1, end), held, -1):

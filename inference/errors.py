@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,10 +58,40 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+_FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
+def _field_path(loc: Sequence[Any]) -> list[str]:
+    """A pydantic error location without "body" and without the union member tags ("str", "list[str]") that
+    pydantic inserts: what a client calls the field."""
+    path: list[str] = []
+    for part in loc:
+        if isinstance(part, int) or (part != "body" and _FIELD_NAME.match(str(part)) and part not in _TYPE_TAGS):
+            path.append(str(part))
+    return path
+
+
+def _most_telling(errors: Sequence[Any]) -> dict[str, Any]:
+    """The error to report: the first, unless it is a union member's type mismatch and another member of the
+    same field says something more specific (a list that is too long rather than "not a string")."""
+    if not errors:
+        return {}
+    first: dict[str, Any] = dict(errors[0])
+    if not str(first.get("type", "")).endswith("_type"):
+        return first
+    prefix = _field_path(first.get("loc", ()))
+    for other in errors[1:]:
+        same_field = _field_path(other.get("loc", ()))[: len(prefix)] == prefix
+        if same_field and not str(other.get("type", "")).endswith("_type"):
+            return dict(other)
+    return first
+
+
 def describe_validation_error(errors: Sequence[Any]) -> APIError:
-    """The first pydantic error as a 400 that names the field and says what is wrong with it."""
-    first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    """A pydantic error as a 400 that names the field and says what is wrong with it."""
+    first = _most_telling(errors)
+    loc = _field_path(first.get("loc", ()))
     param = ".".join(loc) or None
     kind = first.get("type", "")
     if kind == "json_invalid":

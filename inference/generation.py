@@ -70,7 +70,10 @@ def sampling_params(
     ignore_eos: bool = False,
 ) -> SamplingParams:
     settings = state.settings
-    limit = max_new_tokens if max_new_tokens is not None else settings.default_max_new_tokens
+    if max_new_tokens is None:
+        # The default never exceeds the limit, even when an operator lowered only the limit.
+        max_new_tokens = min(settings.default_max_new_tokens, settings.max_new_tokens)
+    limit = max_new_tokens
     if limit > settings.max_new_tokens:
         raise APIError(
             400,
@@ -79,7 +82,7 @@ def sampling_params(
             code="invalid_value",
         )
     return SamplingParams(
-        max_new_tokens=min(limit, settings.max_new_tokens),
+        max_new_tokens=limit,
         temperature=float(temperature if temperature is not None else settings.default_temperature),
         top_p=float(top_p if top_p is not None else 1.0),
         stop=stop,

@@ -54,6 +54,8 @@ class DrainingServer(uvicorn.Server):
                 self.should_exit = True
             elif time.monotonic() > self._drain_deadline:
                 log.warning("drain grace period over with %d request(s) in flight; stopping them", in_flight)
+                # The worker answers them "shutting down" (503) while uvicorn closes the connections.
+                app_state(self._app).engine.request_stop()
                 self.should_exit = True
         return await super().on_tick(counter)
 

@@ -1,0 +1,78 @@
+"""Running the inference server for tests: uvicorn on 127.0.0.1 in a thread, started and stopped by the caller,
+every wait bounded."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+
+from kubellm_inference.app import create_app
+from kubellm_inference.loading import LoadedModel
+from kubellm_inference.settings import ServerSettings
+from kubellm_inference.state import ServerState, app_state
+
+START_TIMEOUT_S = 30.0
+
+
+class RunningServer:
+    def __init__(self, base_url: str, state: ServerState) -> None:
+        self.base_url = base_url
+        self.state = state
+
+    @property
+    def model_id(self) -> str:
+        return self.state.settings.model_id
+
+    def client(self, timeout: float = 30.0, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout, **kwargs)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.state.metrics.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` until true; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextmanager
+def serve(
+    settings: ServerSettings,
+    *,
+    loader: Callable[[], LoadedModel] | None = None,
+    wait_ready: bool = True,
+) -> Iterator[RunningServer]:
+    """The server for ``settings`` on a free 127.0.0.1 port, in a thread; stopped on exit."""
+    app = create_app(settings, loader=loader)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), START_TIMEOUT_S, "uvicorn to start")
+        assert server.started, "uvicorn did not start"
+        running = RunningServer(f"http://127.0.0.1:{port}", app_state(app))
+        if wait_ready:
+            wait_until(lambda: running.state.engine.ready, START_TIMEOUT_S, "the model to load")
+        yield running
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not stop"

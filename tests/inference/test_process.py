@@ -1,0 +1,131 @@
+"""`kubellm serve`, `kubellm probe live` and `kubellm tiny-model` as processes: SIGTERM drains and exits 0,
+the probe generates or fails, the tiny model command writes a loadable folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from inference_support import RunningServer, wait_until
+
+from kubellm_inference.probe import main as probe_main
+from kubellm_inference.settings import env_name
+
+# A process needs a few seconds to import torch and transformers on this kind of machine.
+PROCESS_START_TIMEOUT_S = 90
+
+
+def kubellm_command(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "kubellm"
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "kubellm_operator.cli", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve_process(tiny_model: Path, **settings: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        env_name("model"): str(tiny_model),
+        env_name("served_model_name"): "tiny",
+        env_name("host"): "127.0.0.1",
+        env_name("port"): str(port),
+        **{env_name(k): v for k, v in settings.items()},
+    }
+    process = subprocess.Popen(
+        kubellm_command("serve"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, f"the server exited early: {process.stdout.read() if process.stdout else ''}"
+            try:
+                return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, PROCESS_START_TIMEOUT_S, "the server process to become ready")
+        yield process, base_url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(tiny_model: Path) -> None:
+    with serve_process(tiny_model, debug_step_delay_s="0.05", drain_grace_s="30") as (process, base_url):
+        lines: list[str] = []
+        first_line = threading.Event()
+
+        def stream() -> None:
+            request = {"model": "tiny", "prompt": "hi", "max_tokens": 40, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{base_url}/v1/completions", json=request, timeout=30) as response:
+                for line in response.iter_lines():
+                    if line:  # events are separated by blank lines
+                        lines.append(line)
+                        first_line.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert first_line.wait(30), "the stream never started"
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: httpx.get(f"{base_url}/readyz", timeout=2).status_code == 503, 10, "/readyz to say 503")
+        refused = httpx.post(f"{base_url}/ask", json={"text": "hi"}, timeout=5)
+        assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
+        assert httpx.get(f"{base_url}/livez", timeout=2).status_code == 200
+        reader.join(30)
+        assert not reader.is_alive()
+        assert process.wait(30) == 0
+    events = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: {")]
+    assert lines[-1] == "data: [DONE]"
+    assert events[-1]["choices"][0]["finish_reason"] == "length", "the in-flight request finished normally"
+
+
+def test_sigterm_stops_requests_still_running_after_the_grace_period(tiny_model: Path) -> None:
+    with serve_process(tiny_model, debug_step_delay_s="0.1", drain_grace_s="0.5") as (process, base_url):
+        outcome: list[httpx.Response] = []
+        request = {"text": "hi", "max_new_tokens": 200}
+        worker = threading.Thread(
+            target=lambda: outcome.append(httpx.post(f"{base_url}/ask", json=request, timeout=30))
+        )
+        worker.start()
+        wait_until(lambda: "kubellm_batch_size 1.0" in httpx.get(f"{base_url}/metrics").text, 10, "generation")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        worker.join(10)
+    (response,) = outcome
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "shutting_down"
+
+
+def test_probe_live_generates_against_the_server(server: RunningServer, capsys: object) -> None:
+    port = server.base_url.rsplit(":", 1)[1]
+    assert probe_main(["live", "--port", port, "--timeout", "10"]) == 0
+
+
+def test_probe_live_fails_without_a_server() -> None:
+    assert probe_main(["live", "--port", str(free_port()), "--timeout", "2"]) == 1
+
+
+def test_tiny_model_command_writes_a_model_folder(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    result = subprocess.run(kubellm_command("tiny-model", str(target)), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (target / name).is_file(), name
