@@ -279,6 +279,13 @@ def _check_object(value: JsonObject, schema: JsonObject, path: str, problems: li
     properties = schema.get("properties") or {}
     additional = schema.get("additionalProperties")
     for key, child in value.items():
+        if not path and key == "metadata" and isinstance(child, dict):
+            # A CRD may restrict only metadata.name and metadata.generateName; other metadata is not its business.
+            declared = (properties.get("metadata") or {}).get("properties") or {}
+            for field in ("name", "generateName"):
+                if field in declared and field in child:
+                    _validate(child[field], declared[field], f"metadata.{field}", problems)
+            continue
         if not path and key in _ROOT_KEPT:
             continue
         if key in properties:
