@@ -101,6 +101,10 @@ class Cluster:
         items: list[dict[str, Any]] = listing.get("items") or []
         return items
 
+    def node_names(self) -> list[str]:
+        listing = _loads(self.core.list_node(_preload_content=False))
+        return sorted(str(item["metadata"]["name"]) for item in listing.get("items") or [])
+
     def node_summary(self, name: str) -> dict[str, Any]:
         """The kubelet's ``stats/summary`` through the apiserver's node proxy (RBAC: nodes/proxy get)."""
         response = self.core.connect_get_node_proxy_with_path(name, "stats/summary", _preload_content=False)

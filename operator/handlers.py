@@ -36,7 +36,7 @@ PROGRESS_PREFIX = GROUP  # Kopf's bookkeeping annotations: kubellm.dev/..., not 
 def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.client.Configuration) -> None:
     """Register every handler of ``op`` in ``registry``."""
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=registry, id="configure")
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Events are posted by kubellm itself, once per change; Kopf would post one per handler log line.
         settings.posting.enabled = False
@@ -50,7 +50,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         # Read the kubelet summaries before the first reconcile, so a restart computes the same status as before.
         if op.settings.summary_refresh_s > 0:
             try:
-                names = [n.metadata.name for n in op.cluster.core.list_node().items if n.metadata and n.metadata.name]
+                names = op.cluster.node_names()
             except ApiException as exc:
                 logger.warning(
                     "cannot list nodes (%s %s); storage pre-flight sees no nodes yet", exc.status, exc.reason
@@ -59,27 +59,27 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
                 op.refresh_summaries(names)
         logger.info("kubellm operator: %s", op.settings.describe())
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(registry=registry, id="login")
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(config)
 
-    @kopf.index("nodes", registry=registry)
+    @kopf.index("nodes", registry=registry, id="node_index")
     def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeFacts]:
         return {name: node_facts(body)}
 
-    @kopf.on.event("nodes", registry=registry)
+    @kopf.on.event("nodes", registry=registry, id="node_changed")
     def node_changed(**kwargs: Any) -> None:
         node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
         op.nodes.replace(node_index)
         op.requeue_all()
 
-    @kopf.on.event(*LLMSERVICES, registry=registry)
+    @kopf.on.event(*LLMSERVICES, registry=registry, id="llmservice_seen")
     def llmservice_seen(type: str, namespace: str | None, name: str, **_: Any) -> None:
         op.remember((namespace or "default", name), exists=type != "DELETED")
 
-    @kopf.on.resume(*LLMSERVICES, registry=registry)
-    @kopf.on.create(*LLMSERVICES, registry=registry)
-    @kopf.on.update(*LLMSERVICES, registry=registry)
+    @kopf.on.resume(*LLMSERVICES, registry=registry, id="reconcile")
+    @kopf.on.create(*LLMSERVICES, registry=registry, id="reconcile")
+    @kopf.on.update(*LLMSERVICES, registry=registry, id="reconcile")
     def reconcile(namespace: str | None, name: str, reason: str, **kwargs: Any) -> None:
         namespace = namespace or "default"
         op.nodes.replace(kwargs["node_index"])
@@ -99,9 +99,9 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
                 delay=op.settings.storage_retry_s,
             )
 
-    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry)
-    @kopf.on.event("", "v1", "services", labels=OWNED, registry=registry)
-    @kopf.on.event("", "v1", "pods", labels=OWNED, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry, id="child_changed")
+    @kopf.on.event("", "v1", "services", labels=OWNED, registry=registry, id="child_changed")
+    @kopf.on.event("", "v1", "pods", labels=OWNED, registry=registry, id="child_changed")
     def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
         owner = labels.get(SELECTOR_LABEL)
         if namespace and owner:

@@ -84,7 +84,8 @@ async def run(
                 clusterwide=settings.clusterwide,
                 namespaces=settings.namespaces,
                 standalone=settings.standalone,
-                peering_name=settings.peering_name,
+                # Naming a peering makes Kopf wait for its CRD: only when peering is wanted.
+                peering_name=None if settings.standalone else settings.peering_name,
                 priority=settings.priority,
                 stop_flag=stop_flag,
                 ready_flag=ready_flag,
