@@ -82,11 +82,15 @@ def resolve_device(setting: Device) -> torch.device:
     return torch.device(setting.value)
 
 
-def converted_embedded_folder(cache_dir: Path) -> Path:
-    """The save_pretrained folder of the embedded model in ``cache_dir``, converted on first use."""
+def converted_embedded_folder(cache_dir: Path, prebuilt_dir: Path | None = None) -> Path:
+    """The save_pretrained folder of the embedded model: the image's prebuilt copy when there is one, else the
+    one in ``cache_dir``, converted on first use."""
     gguf = embedded_gguf_path()
     version = importlib.metadata.version(EMBEDDED_DISTRIBUTION)
-    target = cache_dir / "embedded" / f"{gguf.stem}-{version}-c{_CONVERSION_VERSION}"
+    name = f"{gguf.stem}-{version}-c{_CONVERSION_VERSION}"
+    if prebuilt_dir is not None and (prebuilt_dir / "embedded" / name / "config.json").is_file():
+        return prebuilt_dir / "embedded" / name
+    target = cache_dir / "embedded" / name
     if (target / "config.json").is_file():
         return target
     log.info("converting the embedded model %s into %s (once)", gguf.name, target)
@@ -122,9 +126,11 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 def model_source(settings: ServerSettings) -> tuple[str, dict[str, Any]]:
     """Where from_pretrained loads from, and the hub keyword arguments it needs."""
     if settings.model == EMBEDDED_MODEL:
-        return str(converted_embedded_folder(settings.cache_dir)), {}
+        return str(converted_embedded_folder(settings.cache_dir, settings.prebuilt_dir)), {}
     if Path(settings.model).is_dir():
         return settings.model, {}
+    if settings.model.startswith(("/", "./", "../", "~")):
+        raise ModelLoadError(f"no model folder at {settings.model}")
     hub: dict[str, Any] = {"cache_dir": str(settings.cache_dir / "hub")}
     if settings.revision:
         hub["revision"] = settings.revision

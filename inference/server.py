@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from kubellm_inference.app import create_app
+from kubellm_inference.loading import ModelLoadError, load_model
 from kubellm_inference.settings import ServerSettings
 from kubellm_inference.state import app_state
 
@@ -69,12 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="hub id, local folder, or the embedded model (KUBELLM_MODEL)")
     parser.add_argument("--host", help="listen address (KUBELLM_HOST)")
     parser.add_argument("--port", type=int, help="listen port (KUBELLM_PORT)")
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="load the model (converting the embedded one into the cache) and exit: for image builds",
+    )
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    prepare_only = args.prepare
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "prepare"}
     try:
         settings = ServerSettings(**overrides)
     except ValidationError as error:
@@ -84,6 +91,14 @@ def main(argv: list[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if prepare_only:
+        try:
+            loaded = load_model(settings)
+        except ModelLoadError as error:
+            print(f"kubellm serve --prepare: {error}", file=sys.stderr)
+            return 1
+        log.info("model %s prepared in %.1fs", settings.model, loaded.load_seconds)
+        return 0
     app = create_app(settings)
     config = uvicorn.Config(
         app,

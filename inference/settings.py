@@ -71,6 +71,9 @@ class ServerSettings(BaseSettings):
     stuck_step_timeout_s: float = Field(120.0, gt=0, description="/livez fails when one step runs longer")
     drain_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time given to in-flight requests")
 
+    prebuilt_dir: Path | None = Field(
+        None, description="Read-only folder with models converted at image build time, searched before cache_dir"
+    )
     served_model_name: str | None = Field(
         None, description="Model id in /v1/models and OpenAI requests; defaults to the model setting"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from inference_support import serve
 
-from kubellm_inference.loading import converted_embedded_folder, embedded_gguf_path
+from kubellm_inference.loading import converted_embedded_folder, embedded_gguf_path, model_source
 from kubellm_inference.settings import EMBEDDED_MODEL, ServerSettings
 
 
@@ -24,3 +24,8 @@ def test_embedded_smollm2_answers_a_real_question(tmp_path: Path) -> None:
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     # The conversion wrote into a temporary folder and renamed it: nothing half-written is left behind.
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+    # An image converts it at build time into a prebuilt folder, which wins over an empty cache volume.
+    fresh_cache = tmp_path / "volume"
+    image_settings = ServerSettings(cache_dir=fresh_cache, prebuilt_dir=tmp_path)
+    assert model_source(image_settings) == (str(folder), {})
+    assert not fresh_cache.exists()

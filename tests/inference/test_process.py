@@ -18,6 +18,7 @@ import httpx
 from inference_support import RunningServer, wait_until
 
 from kubellm_inference.probe import main as probe_main
+from kubellm_inference.server import main as serve_main
 from kubellm_inference.settings import env_name
 
 # A process needs a few seconds to import torch and transformers on this kind of machine.
@@ -129,3 +130,8 @@ def test_tiny_model_command_writes_a_model_folder(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
         assert (target / name).is_file(), name
+
+
+def test_serve_prepare_loads_the_model_and_exits(tiny_model: Path) -> None:
+    assert serve_main(["--prepare", "--model", str(tiny_model)]) == 0
+    assert serve_main(["--prepare", "--model", str(tiny_model / "missing")]) != 0
