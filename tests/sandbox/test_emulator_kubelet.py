@@ -1,0 +1,136 @@
+"""The Deployment-controller and kubelet stand-in: pods, their fates, and the Deployment status roll-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubellm_sandbox.emulator import Emulator
+from kubellm_sandbox.kubelet import EVICTED_MESSAGE, Kubelet, PodOutcome
+
+DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
+PODS = "/api/v1/namespaces/default/pods"
+
+
+def deployment(replicas: int = 2, image: str = "kubellm/inference:dev") -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "tiny"}},
+            "template": {
+                "metadata": {"labels": {"app": "tiny"}},
+                "spec": {"containers": [{"name": "inference", "image": image}]},
+            },
+        },
+    }
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c.get("reason", "")) for c in obj["status"]["conditions"]}
+
+
+async def pods(api: Any) -> list[dict[str, Any]]:
+    _, listing = await api.get(PODS, params={"labelSelector": "app=tiny"})
+    return list(listing["items"])
+
+
+async def test_ready_pods_roll_up_into_an_available_deployment(emulator: Emulator, api: Any) -> None:
+    emulator.seed_node("node-1")
+    await api.post(DEPLOY, deployment())
+    async with Kubelet(emulator.api_url) as kubelet:
+        rolled = await kubelet.reconcile("default", "tiny")
+    assert rolled["status"]["replicas"] == 2 and rolled["status"]["readyReplicas"] == 2
+    assert rolled["status"]["updatedReplicas"] == 2 and rolled["status"]["availableReplicas"] == 2
+    assert rolled["status"]["observedGeneration"] == 1
+    assert conditions(rolled) == {
+        "Available": ("True", "MinimumReplicasAvailable"),
+        "Progressing": ("True", "NewReplicaSetAvailable"),
+    }
+    found = await pods(api)
+    assert len(found) == 2
+    for pod in found:
+        assert pod["metadata"]["labels"]["pod-template-hash"]
+        assert pod["metadata"]["name"].startswith(f"tiny-{pod['metadata']['labels']['pod-template-hash']}-")
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+        assert pod["spec"]["nodeName"] == "node-1"
+        assert pod["status"]["phase"] == "Running" and pod["status"]["containerStatuses"][0]["ready"] is True
+
+    # Deleting the Deployment collects its ReplicaSet and, through it, the pods.
+    await api.delete(f"{DEPLOY}/tiny")
+    assert await pods(api) == []
+
+
+async def test_failing_pods_show_their_reasons(emulator: Emulator, api: Any) -> None:
+    await api.post(DEPLOY, deployment(replicas=1))
+    async with Kubelet(emulator.api_url) as kubelet:
+        rolled = await kubelet.reconcile("default", "tiny", PodOutcome.crash_loop())
+        (pod,) = await pods(api)
+        container = pod["status"]["containerStatuses"][0]
+        assert container["state"]["waiting"]["reason"] == "CrashLoopBackOff" and container["restartCount"] == 3
+        assert conditions(rolled)["Available"] == ("False", "MinimumReplicasUnavailable")
+        assert "readyReplicas" not in rolled["status"]
+
+        await kubelet.reconcile("default", "tiny", PodOutcome.oom_killed())
+        (pod,) = await pods(api)
+        assert pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] == "OOMKilled"
+
+        await kubelet.reconcile("default", "tiny", PodOutcome.image_pull_backoff())
+        (pod,) = await pods(api)
+        assert pod["status"]["phase"] == "Pending"
+        assert pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+
+        rolled = await kubelet.reconcile("default", "tiny", PodOutcome.starting(), deadline_exceeded=True)
+        assert conditions(rolled)["Progressing"] == ("False", "ProgressDeadlineExceeded")
+
+    _, events = await api.get(
+        "/api/v1/namespaces/default/events", params={"fieldSelector": f"involvedObject.name={pod['metadata']['name']}"}
+    )
+    assert {"BackOff", "Failed"} <= {event["reason"] for event in events["items"]}
+
+
+async def test_eviction_for_ephemeral_storage_and_replacement(emulator: Emulator, api: Any) -> None:
+    await api.post(DEPLOY, deployment(replicas=1))
+    async with Kubelet(emulator.api_url) as kubelet:
+        await kubelet.reconcile("default", "tiny")
+        (pod,) = await pods(api)
+        evicted = await kubelet.evict("default", pod["metadata"]["name"])
+        assert evicted["status"]["phase"] == "Failed" and evicted["status"]["reason"] == "Evicted"
+        assert evicted["status"]["message"] == EVICTED_MESSAGE
+        rolled = await kubelet.reconcile("default", "tiny")
+    phases = sorted(p["status"]["phase"] for p in await pods(api))
+    assert phases == ["Failed", "Running"]
+    assert rolled["status"]["readyReplicas"] == 1
+
+
+async def test_unschedulable_pods_stay_pending(emulator: Emulator, api: Any) -> None:
+    await api.post(DEPLOY, deployment(replicas=1))
+    message = "0/2 nodes are available: 2 Insufficient ephemeral-storage."
+    async with Kubelet(emulator.api_url) as kubelet:
+        await kubelet.reconcile("default", "tiny", PodOutcome.unschedulable(message))
+    (pod,) = await pods(api)
+    assert pod["status"]["phase"] == "Pending" and "nodeName" not in pod["spec"]
+    scheduled = pod["status"]["conditions"][0]
+    assert (scheduled["type"], scheduled["status"], scheduled["reason"]) == ("PodScheduled", "False", "Unschedulable")
+    assert "Insufficient ephemeral-storage" in scheduled["message"]
+
+
+async def test_scaling_and_template_changes_replace_pods(emulator: Emulator, api: Any) -> None:
+    await api.post(DEPLOY, deployment(replicas=2))
+    async with Kubelet(emulator.api_url) as kubelet:
+        await kubelet.reconcile("default", "tiny")
+        first_hash = (await pods(api))[0]["metadata"]["labels"]["pod-template-hash"]
+        await api.patch(f"{DEPLOY}/tiny/scale", {"spec": {"replicas": 1}})
+        rolled = await kubelet.reconcile("default", "tiny")
+        assert len(await pods(api)) == 1 and rolled["status"]["replicas"] == 1
+        await api.patch(
+            f"{DEPLOY}/tiny",
+            {"spec": {"template": {"spec": {"containers": [{"name": "inference", "image": "kubellm/inference:v2"}]}}}},
+            kind="strategic",
+        )
+        rolled = await kubelet.reconcile("default", "tiny")
+    (pod,) = await pods(api)
+    assert pod["metadata"]["labels"]["pod-template-hash"] != first_hash
+    assert pod["spec"]["containers"][0]["image"] == "kubellm/inference:v2"
+    assert rolled["status"]["observedGeneration"] == 3
