@@ -31,7 +31,6 @@ from e2e_support import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 READY_TIMEOUT_S = 600  # image already on the node; SmolLM2-135M loads in seconds, CPU runners can be slow
-SCALE_TIMEOUT_S = 600
 OPERATOR_TIMEOUT_S = 180  # the operator's reaction: a status write, an Event, a log line
 DELETE_TIMEOUT_S = 180
 ASK_TIMEOUT_S = 180  # one CPU generation of up to maxNewTokens (64 in the example)
@@ -45,8 +44,9 @@ def apply_tiny(cluster: Cluster, namespace: str) -> dict[str, Any]:
 
 def wait_ready(cluster: Cluster, namespace: str, name: str, ready: str) -> None:
     target = f"llmservices/{name}"
-    cluster.wait(namespace, "jsonpath={.status.phase}=Ready", target, timeout_s=READY_TIMEOUT_S)
+    # The count first: right after a scale, phase and condition still say Ready from before.
     cluster.wait(namespace, f"jsonpath={{.status.ready}}={ready}", target, timeout_s=READY_TIMEOUT_S)
+    cluster.wait(namespace, "jsonpath={.status.phase}=Ready", target, timeout_s=READY_TIMEOUT_S)
     cluster.wait(namespace, "condition=Ready", target, timeout_s=READY_TIMEOUT_S)
 
 
