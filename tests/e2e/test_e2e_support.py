@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -357,3 +358,14 @@ async def test_cluster_helper_drives_real_kubectl(
         assert "logs deployment/kubellm-operator" in dump  # shown even though it fails here (no operator)
 
     await asyncio.to_thread(scenario)
+
+
+def test_the_ci_workflow_runs_make_e2e_with_pinned_tools() -> None:
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "e2e.yml").read_text())
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", workflow["env"]["KIND_VERSION"]), workflow["env"]
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", workflow["env"]["KUBECTL_VERSION"]), workflow["env"]
+    steps = workflow["jobs"]["kind"]["steps"]
+    python = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python@"))
+    assert python["with"]["python-version"] == "3.11"
+    assert [step["run"] for step in steps if step.get("name") == "make e2e"] == ["make e2e"]
+    assert any("sha256sum --check" in step.get("run", "") and "kind" in step["run"] for step in steps)
