@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -384,19 +384,20 @@ class Operator:
         """Log and post an Event when a warning appears or changes, never on a pass where nothing changed."""
         metadata = obj.get("metadata") or {}
         who = f"{metadata.get('namespace')}/{metadata.get('name')}"
-        generation = metadata.get("generation")
 
-        def is_new(kind: str, reason: str) -> bool:
+        def is_new(kind: str, reason: str, same: Callable[[Mapping[str, Any]], bool]) -> bool:
             before = condition(previous, kind) or {}
-            return (
-                before.get("status") != "False"
-                or before.get("reason") != reason
-                or before.get("observedGeneration") != generation
-            )
+            return before.get("status") != "False" or before.get("reason") != reason or not same(before)
 
         storage_now = condition(status, STORAGE_READY) or {}
         if storage is not None and storage_now.get("reason") == INSUFFICIENT_STORAGE:
-            fresh = is_new(STORAGE_READY, INSUFFICIENT_STORAGE)
+            # Announced again only when the need changes, not when a node's free space moves a little.
+            required = (status.get("storage") or {}).get("required")
+            fresh = is_new(
+                STORAGE_READY,
+                INSUFFICIENT_STORAGE,
+                lambda _: (previous.get("storage") or {}).get("required") == required,
+            )
             if fresh or announce:
                 best = (
                     f"best node {storage.best_node} has {format_bytes(storage.best_node_free)} free"
@@ -419,7 +420,7 @@ class Operator:
                 self._post_event(obj, "Warning", INSUFFICIENT_STORAGE, str(storage_now.get("message", "")))
         elif storage is not None and (condition(previous, STORAGE_READY) or {}).get("reason") == INSUFFICIENT_STORAGE:
             logger.info("LLMService %s: storage pre-flight passes now: %s", who, storage.message)
-        if invalid is not None and is_new(READY, INVALID_SPEC):
+        if invalid is not None and is_new(READY, INVALID_SPEC, lambda before: invalid in str(before.get("message"))):
             logger.warning("LLMService %s has an invalid spec: %s", who, invalid)
             self._post_event(obj, "Warning", INVALID_SPEC, invalid)
 

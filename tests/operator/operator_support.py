@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import shutil
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -165,6 +166,30 @@ class Kube:
         before = len(self.writes())
         await asyncio.sleep(seconds)
         return self.writes()[before:]
+
+
+async def kubectl(kube: Kube, *args: str, timeout: float = 30.0) -> str | None:
+    """Run kubectl against the emulator without blocking the loop that serves it; None when there is no kubectl."""
+    binary = shutil.which("kubectl")
+    if binary is None:
+        return None
+    cache = kube.kubeconfig.parent / "kubectl-cache"  # kubectl caches discovery per server: one cache per test
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        f"--kubeconfig={kube.kubeconfig}",
+        f"--cache-dir={cache}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"kubectl {' '.join(args)} did not finish within {timeout}s")
+    assert process.returncode == 0, f"kubectl {' '.join(args)}: {err.decode()}"
+    return out.decode()
 
 
 @contextlib.asynccontextmanager
