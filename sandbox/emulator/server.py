@@ -97,6 +97,7 @@ class Emulator(kmock.KubernetesEmulator):
     requested_port: int | None = None  # None or 0: a free port
     bookmark_interval: float = 5.0
     default_watch_timeout: float = 1800.0
+    max_recorded_requests: int | None = 10_000  # kmock's `emulator.requests` history; None keeps all
     store: ObjectStore = attrs.field(factory=ObjectStore)
     faults: FaultInjector = attrs.field(factory=FaultInjector)
     node_stats: dict[str, JsonObject] = attrs.field(factory=dict)  # node name -> kubelet stats/summary body
@@ -273,6 +274,9 @@ class Emulator(kmock.KubernetesEmulator):
                 text=body.decode(errors="replace"),
             )
         self._requests.append(request)
+        if self.max_recorded_requests is not None and len(self._requests) > self.max_recorded_requests:
+            # kmock records every request for assertions; a long-running sandbox keeps only the recent ones.
+            del self._requests[: len(self._requests) - self.max_recorded_requests]
         try:
             return await self._handle(request)
         except rendering.StreamingError as error:  # a test-defined kmock stream failed after it started

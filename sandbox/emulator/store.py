@@ -71,7 +71,7 @@ Admission = Callable[[ResourceType, JsonObject, JsonObject | None], JsonObject]
 class ObjectStore:
     """The in-memory etcd plus the apiserver's registry logic."""
 
-    def __init__(self, *, event_log_limit: int = 100_000) -> None:
+    def __init__(self, *, event_log_limit: int = 20_000) -> None:
         self._lock = threading.RLock()
         self._objects: dict[ObjectKey, JsonObject] = {}
         self._types: dict[tuple[str, str, str], ResourceType] = {}
