@@ -84,3 +84,21 @@ def test_describe_is_one_line() -> None:
         "watching namespaces a; default image ghcr.io/kubellm/inference:0.1.0; storage headroom 2Gi; "
         "kubelet summaries every 60s; peering kubellm priority 0"
     )
+
+
+def test_json_log_format_writes_one_json_object_per_line() -> None:
+    import json
+    import subprocess
+    import sys
+
+    program = (
+        "import logging\n"
+        "from kubellm_operator.config import OperatorSettings\n"
+        "from kubellm_operator.main import configure_logging\n"
+        "configure_logging(OperatorSettings(log_format='json'))\n"
+        "logging.getLogger('kubellm.operator').warning('LLMService %s needs %s', 'default/tiny', '4Gi')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    record = json.loads((result.stdout + result.stderr).strip().splitlines()[-1])
+    assert record["message"] == "LLMService default/tiny needs 4Gi"
+    assert record["severity"] == "warn"

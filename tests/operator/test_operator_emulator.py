@@ -256,3 +256,44 @@ async def test_injected_conflicts_and_server_errors_are_retried(kube: Kube) -> N
     assert len(faults.served) == 5
     assert metrics.reconciles.labels(outcome="error")._value.get() >= 1
     assert len(kube.list("Deployment")) == 1
+
+
+async def test_namespaced_mode_ignores_other_namespaces_but_sees_nodes(kube: Kube) -> None:
+    kube.emulator.seed_node("small", ephemeral_storage="3Gi")
+    kube.emulator.apply_manifest({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
+    async with operator_running(kube, namespaces=["team-a"]):
+        await kube.create(llmservice("mine", namespace="team-a"))
+        await kube.create(llmservice("theirs", namespace="default"))
+        await kube.wait(
+            lambda: (
+                kube.get("Deployment", "mine", "team-a") is not None
+                and (kube.get("LLMService", "mine", "team-a") or {})
+                .get("status", {})
+                .get("storage", {})
+                .get("nodesSeen")
+                == 1
+            ),
+            "the watched namespace's LLMService, with the (cluster-scoped) nodes seen",
+        )
+        kube.emulator.seed_node("big", ephemeral_storage="100Gi")
+        await kube.wait(
+            lambda: (
+                (kube.get("LLMService", "mine", "team-a") or {}).get("status", {}).get("storage", {}).get("nodesSeen")
+                == 2
+            ),
+            "a new node to be seen in namespaced mode",
+        )
+        assert kube.get("Deployment", "theirs") is None
+        assert "status" not in (kube.get("LLMService", "theirs") or {})
+
+
+async def test_cut_watches_are_resumed(kube: Kube) -> None:
+    kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
+    async with operator_running(kube):
+        await kube.create(llmservice())
+        await kube.wait(lambda: converged(kube), "the first LLMService")
+        kube.emulator.cut_watches()
+        await kube.create(llmservice("second"))
+        await kube.wait(lambda: converged(kube, "second"), "an LLMService created after the watches were cut")
+        await kube.delete("Deployment", "tiny")
+        await kube.wait(lambda: converged(kube), "drift repaired after the watches were cut")
