@@ -24,12 +24,15 @@ import yaml
 from kmock._internal import rendering
 
 from kubellm_sandbox.emulator import errors
+from kubellm_sandbox.emulator.admission import unknown_fields
 from kubellm_sandbox.emulator.errors import ApiError
 from kubellm_sandbox.emulator.faults import FaultInjector
 from kubellm_sandbox.emulator.nodes import node_manifest, stats_summary
+from kubellm_sandbox.emulator.openapi import openapi_document
 from kubellm_sandbox.emulator.resources import ResourceType, storage_key
 from kubellm_sandbox.emulator.selectors import label_matcher, parse_field_selector
 from kubellm_sandbox.emulator.store import PATCH_APPLY, ObjectStore, WriteOptions
+from kubellm_sandbox.emulator.tables import render_table
 
 JsonObject = dict[str, Any]
 logger = logging.getLogger("kubellm_sandbox.emulator")
@@ -112,9 +115,6 @@ class Emulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         # kmock's fallbacks (plain-dict storage) are replaced by `_serve_api`; test-defined reactions still apply.
         self.store.add_listener(self._on_change)
-        from kubellm_sandbox.emulator.admission import admit_custom_resource
-
-        self.store.admission = admit_custom_resource
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -199,7 +199,7 @@ class Emulator(kmock.KubernetesEmulator):
         """Creates or updates a Node (see `nodes.node_manifest` for the fields), status included."""
         manifest = node_manifest(name, **fields)
         rtype = self.store.type_for("", "v1", "nodes")
-        with self.store._lock:
+        with self.store.lock:
             try:
                 self.store.get(rtype, None, name)
             except ApiError:
@@ -315,8 +315,6 @@ class Emulator(kmock.KubernetesEmulator):
             if path in ("/healthz", "/livez", "/readyz"):
                 return aiohttp.web.Response(text="ok")
             if path.startswith("/openapi/"):
-                from kubellm_sandbox.emulator.openapi import openapi_document
-
                 document = openapi_document(self.store, path, raw.query)
                 if document is None:
                     raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
@@ -379,8 +377,6 @@ class Emulator(kmock.KubernetesEmulator):
         if method == "GET":
             obj = store.get(rtype, ns, name)
             if _wants_table(raw):
-                from kubellm_sandbox.emulator.tables import render_table
-
                 return _json(
                     render_table(
                         rtype,
@@ -451,8 +447,6 @@ class Emulator(kmock.KubernetesEmulator):
         items, resource_version = self.store.list_objects(rtype, namespace, self._matcher(raw.query))
         metadata = {"resourceVersion": str(resource_version)}
         if _wants_table(raw):
-            from kubellm_sandbox.emulator.tables import render_table
-
             return _json(
                 render_table(
                     rtype, items, list_metadata=metadata, include_object=raw.query.get("includeObject", "Metadata")
@@ -525,8 +519,6 @@ class Emulator(kmock.KubernetesEmulator):
 
         async def send(event_type: str, obj: JsonObject) -> None:
             if as_table and event_type in ("ADDED", "MODIFIED", "DELETED"):
-                from kubellm_sandbox.emulator.tables import render_table
-
                 obj = render_table(
                     rtype,
                     [obj],
@@ -578,8 +570,7 @@ class Emulator(kmock.KubernetesEmulator):
         return response
 
     def _events_after(self, last: int, storage: tuple[str, str]) -> tuple[list[Any], int]:
-        with self.store._lock:
-            return self.store.events_after(last, storage), self.store.resource_version
+        return self.store.events_since(last, storage)
 
     async def _send_event(
         self,
@@ -704,8 +695,6 @@ def _check_strict(rtype: ResourceType, obj: Any, strict: bool) -> None:
     """`fieldValidation=Strict` rejects unknown fields of custom resources (admission prunes them otherwise)."""
     if not strict or not rtype.custom or rtype.schema is None or not isinstance(obj, dict):
         return
-    from kubellm_sandbox.emulator.admission import unknown_fields
-
     unknown = unknown_fields(rtype.schema, obj)
     if unknown:
         raise errors.bad_request("; ".join(f'strict decoding error: unknown field "{field}"' for field in unknown))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kubellm_sandbox.emulator import errors
+from kubellm_sandbox.emulator.admission import admit_custom_resource
 from kubellm_sandbox.emulator.errors import ApiError, FieldError
 from kubellm_sandbox.emulator.patching import (
     PatchError,
@@ -26,6 +27,7 @@ from kubellm_sandbox.emulator.patching import (
     apply_strategic_merge_patch,
 )
 from kubellm_sandbox.emulator.resources import BUILTIN_TYPES, ResourceType, storage_key, types_from_crd
+from kubellm_sandbox.emulator.selectors import selector_from_match_labels
 
 JsonObject = dict[str, Any]
 ObjectKey = tuple[str, str, str, str]  # (storage group, storage plural, namespace or "", name)
@@ -79,7 +81,7 @@ class ObjectStore:
         self._log: list[WatchEvent] = []
         self._log_limit = event_log_limit
         self._listeners: list[Callable[[], None]] = []
-        self.admission: Admission | None = None  # validation/defaulting of custom resources, set by the server
+        self.admission: Admission | None = admit_custom_resource  # validation and defaulting of custom resources
         for rtype in BUILTIN_TYPES:
             self._types[(rtype.group, rtype.version, rtype.plural)] = rtype
         for namespace in DEFAULT_NAMESPACES:
@@ -113,6 +115,16 @@ class ObjectStore:
     def resource_version(self) -> int:
         with self._lock:
             return self._resource_version
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every store operation; hold it to make several operations one atomic step."""
+        return self._lock
+
+    def events_since(self, resource_version: int, storage: tuple[str, str]) -> tuple[list[WatchEvent], int]:
+        """The events of one resource after `resource_version`, and the resourceVersion they bring a watcher to."""
+        with self._lock:
+            return self.events_after(resource_version, storage), self._resource_version
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener` is called (under the lock, from the writing thread) after every committed change."""
@@ -696,12 +708,8 @@ class ObjectStore:
         meta = obj["metadata"]
         selector = get_path(obj, rtype.scale.label_selector_path) if rtype.scale.label_selector_path else None
         if isinstance(selector, dict):
-            from kubellm_sandbox.emulator.selectors import selector_from_match_labels
-
             selector = selector_from_match_labels(selector)
         if selector is None and rtype.group == "apps":
-            from kubellm_sandbox.emulator.selectors import selector_from_match_labels
-
             selector = selector_from_match_labels(get_path(obj, ".spec.selector"))
         status: JsonObject = {"replicas": get_path(obj, rtype.scale.status_replicas_path) or 0}
         if selector:

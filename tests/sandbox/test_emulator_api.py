@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from kubellm_sandbox.emulator import Emulator
@@ -344,3 +345,24 @@ async def test_node_stats_summary_serves_what_the_test_seeds(emulator: Emulator,
     assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["DiskPressure"] == "False"
     assert node["spec"]["taints"] == [{"key": "gpu", "effect": "NoSchedule"}]
     assert (await api.get("/api/v1/nodes/missing/proxy/stats/summary"))[0] == 404
+
+
+async def test_concurrent_read_modify_write_loses_no_update(api: Any) -> None:
+    await api.post(CM, {"metadata": {"name": "counter"}, "data": {"n": "0"}})
+    conflicts = 0
+
+    async def increment() -> None:
+        nonlocal conflicts
+        for _ in range(50):  # bounded optimistic-concurrency retries
+            _, current = await api.get(f"{CM}/counter")
+            current["data"]["n"] = str(int(current["data"]["n"]) + 1)
+            status, _ = await api.put(f"{CM}/counter", current)
+            if status == 200:
+                return
+            assert status == 409
+            conflicts += 1
+        raise AssertionError("no update went through in 50 tries")
+
+    await asyncio.gather(*(increment() for _ in range(8)))
+    assert (await api.get(f"{CM}/counter"))[1]["data"]["n"] == "8"
+    assert conflicts > 0
