@@ -576,3 +576,19 @@ def _status_essence(status: JsonObject) -> Any:
         return value
 
     return strip(status)
+
+
+def reconcile_sync(
+    api_url: str, namespace: str, name: str, outcome: PodOutcome | None = None, *, deadline_exceeded: bool = False
+) -> JsonObject:
+    """`Kubelet.reconcile` for synchronous callers (a sync test against `kubellm emulator`, a script).
+
+    It runs its own event loop, so it cannot be called from a coroutine, nor against an in-process `Emulator`
+    served by the calling thread's loop: use `await Kubelet(...).reconcile(...)` there.
+    """
+
+    async def once() -> JsonObject:
+        async with Kubelet(api_url) as kubelet:
+            return await kubelet.reconcile(namespace, name, outcome, deadline_exceeded=deadline_exceeded)
+
+    return asyncio.run(once())

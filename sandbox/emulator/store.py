@@ -160,11 +160,12 @@ class ObjectStore:
     ) -> tuple[list[JsonObject], int]:
         with self._lock:
             group, plural = storage_key(rtype.group, rtype.plural)
-            items = [
-                self.present(rtype, obj)
-                for (g, p, ns, _), obj in sorted(self._objects.items())
-                if g == group and p == plural and (not namespace or ns == namespace)
+            selected = [
+                (key, obj)
+                for key, obj in self._objects.items()
+                if key[0] == group and key[1] == plural and (not namespace or key[2] == namespace)
             ]
+            items = [self.present(rtype, obj) for _, obj in sorted(selected, key=lambda pair: pair[0])]
             return [item for item in items if matches(item)], self._resource_version
 
     def events_after(self, resource_version: int, storage: tuple[str, str]) -> list[WatchEvent]:

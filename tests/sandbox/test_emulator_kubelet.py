@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
+import requests
+
 from kubellm_sandbox.emulator import Emulator
-from kubellm_sandbox.kubelet import EVICTED_MESSAGE, Kubelet, PodOutcome
+from kubellm_sandbox.kubelet import EVICTED_MESSAGE, Kubelet, PodOutcome, reconcile_sync
 
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 PODS = "/api/v1/namespaces/default/pods"
@@ -134,3 +138,28 @@ async def test_scaling_and_template_changes_replace_pods(emulator: Emulator, api
     assert pod["metadata"]["labels"]["pod-template-hash"] != first_hash
     assert pod["spec"]["containers"][0]["image"] == "kubellm/inference:v2"
     assert rolled["status"]["observedGeneration"] == 3
+
+
+def test_sync_reconcile_against_a_standalone_emulator() -> None:
+    """The synchronous facade, against an emulator served by another thread's loop (as by `kubellm emulator`)."""
+    started, stop = threading.Event(), threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def serve() -> None:
+        async with Emulator() as emulator:
+            holder["url"] = emulator.api_url
+            started.set()
+            await asyncio.to_thread(stop.wait)
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10)
+        url = holder["url"]
+        created = requests.post(f"{url}{DEPLOY}", json=deployment(replicas=1), timeout=10)
+        assert created.status_code == 201
+        rolled = reconcile_sync(url, "default", "tiny")
+        assert rolled["status"]["readyReplicas"] == 1
+    finally:
+        stop.set()
+        thread.join(10)
