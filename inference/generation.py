@@ -106,6 +106,8 @@ async def encode_prompt(state: ServerState, text: str, param: str) -> list[int]:
     if len(text) > limit * 64:
         raise APIError(413, f"{param} is too long (limit: {limit} tokens)", param=param, code="input_too_long")
     ids = await asyncio.to_thread(state.engine.encode, text)
+    if not ids:
+        raise APIError(400, f"{param} is empty once tokenized", param=param, code="invalid_value")
     if len(ids) > limit:
         raise APIError(
             413, f"{param} has {len(ids)} tokens, over the limit of {limit}", param=param, code="input_too_long"
