@@ -23,13 +23,26 @@ from kubellm_operator.handlers import register
 from kubellm_operator.metrics import OperatorMetrics, start_health_server
 from kubellm_operator.reconcile import Operator
 
-logger = logging.getLogger("kubellm.operator")
+
+
+# Watch handlers run on every event of kubellm's pods, children, Nodes and LLMServices; their routine
+# "succeeded" lines would drown the log (failures are still logged at ERROR).
+QUIET_HANDLERS = ("child_changed", "node_changed", "llmservice_seen")
+
+
+class RoutineSuccessFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        return not any(message == f"Handler {handler!r} succeeded." for handler in QUIET_HANDLERS)
 
 
 def configure_logging(settings: OperatorSettings) -> None:
     log_format = kopf.LogFormat.JSON if settings.log_format == LogFormat.json else kopf.LogFormat.FULL
     kopf.configure(log_format=log_format, log_refkey="object")
     logging.getLogger().setLevel(settings.log_level.value)
+    logging.getLogger("kopf.objects").addFilter(RoutineSuccessFilter())
     # The client logs every request at DEBUG; keep that for --log-level DEBUG only.
     for noisy in ("urllib3", "kubernetes"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
@@ -109,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     except (kubernetes.config.ConfigException, OSError) as exc:
         print(f"kubellm operator: no cluster credentials: {exc}", file=sys.stderr)
         return 2
-    logger.info("starting: %s", settings.describe())
     with suppress(KeyboardInterrupt):
         asyncio.run(run(settings))
     return 0

@@ -326,10 +326,11 @@ class Operator:
                 kind = child["kind"]
                 actual = self.cluster.get_child(kind, namespace, name)
                 if not self._applied(child, actual):
+                    verb = "created" if actual is None else "updated (spec changed or edited by hand)"
                     actual = self.cluster.apply(child)
                     writes.append(kind)
                     self.metrics.writes.labels(target=kind.lower()).inc()
-                    logger.info("LLMService %s/%s: applied %s", namespace, name, kind)
+                    logger.info("LLMService %s/%s: %s %s", namespace, name, kind, verb)
                 if kind == "Deployment":
                     deployment = actual
         else:

@@ -102,3 +102,17 @@ def test_json_log_format_writes_one_json_object_per_line() -> None:
     record = json.loads((result.stdout + result.stderr).strip().splitlines()[-1])
     assert record["message"] == "LLMService default/tiny needs 4Gi"
     assert record["severity"] == "warn"
+
+
+def test_routine_watch_successes_are_filtered_but_failures_are_not() -> None:
+    import logging
+
+    from kubellm_operator.main import RoutineSuccessFilter
+
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", level, __file__, 1, message, None, None)
+
+    routine = RoutineSuccessFilter()
+    assert not routine.filter(record(logging.INFO, "Handler 'child_changed' succeeded."))
+    assert routine.filter(record(logging.INFO, "Handler 'reconcile' succeeded."))
+    assert routine.filter(record(logging.ERROR, "Handler 'child_changed' failed with an exception."))
