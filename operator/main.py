@@ -23,8 +23,6 @@ from kubellm_operator.handlers import register
 from kubellm_operator.metrics import OperatorMetrics, start_health_server
 from kubellm_operator.reconcile import Operator
 
-
-
 # Watch handlers run on every event of kubellm's pods, children, Nodes and LLMServices; their routine
 # "succeeded" lines would drown the log (failures are still logged at ERROR).
 QUIET_HANDLERS = ("child_changed", "node_changed", "llmservice_seen")
