@@ -19,6 +19,15 @@ from typing import Any
 
 from kubellm_sandbox.emulator import errors
 from kubellm_sandbox.emulator.admission import admit_custom_resource
+from kubellm_sandbox.emulator.apply import (
+    FieldPath,
+    builtin_list_rule,
+    decode_fields,
+    encode_fields,
+    field_paths,
+    schema_list_rule,
+    server_side_apply,
+)
 from kubellm_sandbox.emulator.errors import ApiError, FieldError
 from kubellm_sandbox.emulator.patching import (
     PatchError,
@@ -365,25 +374,56 @@ class ObjectStore:
                     body.setdefault("metadata", {})["name"] = name
                     created = self.create(rtype, namespace, body, options)
                     if not options.dry_run:
+                        rule = schema_list_rule(rtype.schema) if rtype.custom else builtin_list_rule
                         _record_manager(
                             self._objects[key]["metadata"],
                             options.field_manager,
                             "Apply",
                             rtype.api_version,
                             replace=True,
+                            fields=field_paths(body, rule),
                         )
                         created = self.present(rtype, self._objects[key])
                     return created
                 raise errors.not_found(rtype.plural, rtype.group, name)
             current = self.present(rtype, self._objects[key])
-            candidate = self.patched(rtype, current, patch_type, patch)
-            if patch_type == PATCH_APPLY and not options.field_manager:
-                raise errors.bad_request("PATCH /apply requires fieldManager")
+            owned: set[FieldPath] | None = None
+            if patch_type == PATCH_APPLY:
+                if not options.field_manager:
+                    raise errors.bad_request("PATCH /apply requires fieldManager")
+                candidate, owned = self._applied(rtype, current, patch, options.field_manager)
+            else:
+                candidate = self.patched(rtype, current, patch_type, patch)
             wanted = (candidate.get("metadata") or {}).get("resourceVersion")
             if wanted and wanted != current["metadata"]["resourceVersion"]:
                 raise errors.stale(rtype.plural, rtype.group, name)
             operation = "Apply" if patch_type == PATCH_APPLY else "Update"
-            return self._commit_update(rtype, namespace, name, current, candidate, subresource, options, operation)
+            return self._commit_update(
+                rtype, namespace, name, current, candidate, subresource, options, operation, owned_fields=owned
+            )
+
+    def _applied(
+        self, rtype: ResourceType, current: JsonObject, config: Any, manager: str
+    ) -> tuple[JsonObject, set[FieldPath]]:
+        """Server-side apply of `config` by `manager` onto `current`: the result and the fields it now owns."""
+        if not isinstance(config, dict):
+            raise errors.bad_request("an applied configuration must be an object")
+        for field in ("apiVersion", "kind"):
+            if config.get(field) not in (None, current.get(field)):
+                raise errors.bad_request(
+                    f"{field} of the applied configuration ({config.get(field)}) does not match the object's "
+                    f"({current.get(field)})"
+                )
+        previous = next(
+            (
+                decode_fields(entry.get("fieldsV1") or {})
+                for entry in current["metadata"].get("managedFields") or []
+                if (entry.get("manager"), entry.get("operation")) == (manager, "Apply")
+            ),
+            set(),
+        )
+        rule = schema_list_rule(rtype.schema) if rtype.custom else builtin_list_rule
+        return server_side_apply(current, config, previous, rule)
 
     def patched(self, rtype: ResourceType, current: JsonObject, patch_type: str, patch: Any) -> JsonObject:
         """`current` with a patch applied, by the patch type's rules (nothing stored)."""
@@ -401,19 +441,7 @@ class ObjectStore:
                     raise errors.unsupported_media_type(patch_type, [PATCH_JSON, PATCH_MERGE, PATCH_APPLY])
                 return apply_strategic_merge_patch(current, patch)
             if patch_type == PATCH_APPLY:
-                applied = copy.deepcopy(patch)
-                for field in ("apiVersion", "kind"):
-                    if applied.get(field) not in (None, current.get(field)):
-                        raise errors.bad_request(
-                            f"{field} of the applied configuration ({applied.get(field)}) does not match the object's "
-                            f"({current.get(field)})"
-                        )
-                # Server-side apply is emulated with merge semantics: built-in lists merge by their keys.
-                if rtype.custom:
-                    result = apply_merge_patch(current, applied)
-                    assert isinstance(result, dict)
-                    return result
-                return apply_strategic_merge_patch(current, applied)
+                return self._applied(rtype, current, patch, "")[0]
         except PatchError as error:
             if error.test_failed:
                 raise ApiError(422, "Invalid", str(error)) from None
@@ -431,6 +459,8 @@ class ObjectStore:
         subresource: str | None,
         options: WriteOptions,
         operation: str = "Update",
+        *,
+        owned_fields: set[FieldPath] | None = None,
     ) -> JsonObject:
         old_meta = current["metadata"]
         if subresource == "status":
@@ -487,9 +517,12 @@ class ObjectStore:
         if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
             updated = self._admit_crd(updated, current)
             meta = updated["metadata"]
-        if _comparable(updated) == _comparable(current):
+        if owned_fields is not None:
+            _record_manager(meta, options.field_manager, operation, rtype.api_version, fields=owned_fields)
+        if _comparable(updated, ignore_times=True) == _comparable(current, ignore_times=True):
             return current  # a no-op write changes nothing, not even the resourceVersion
-        _record_manager(meta, options.field_manager, operation, rtype.api_version)
+        if owned_fields is None:
+            _record_manager(meta, options.field_manager, operation, rtype.api_version)
         if options.dry_run:
             return self.present(rtype, updated)
         key = self._key(rtype, namespace, name)
@@ -766,11 +799,14 @@ def _spec_of(obj: JsonObject) -> JsonObject:
     return {key: value for key, value in obj.items() if key not in ("metadata", "status", "apiVersion", "kind")}
 
 
-def _comparable(obj: JsonObject) -> JsonObject:
+def _comparable(obj: JsonObject, *, ignore_times: bool = False) -> JsonObject:
+    """What decides whether a write changed anything: not the resourceVersion, nor managedFields' timestamps."""
     comparable = copy.deepcopy(obj)
     meta = comparable.get("metadata") or {}
-    for volatile in ("resourceVersion", "managedFields"):
-        meta.pop(volatile, None)
+    meta.pop("resourceVersion", None)
+    managed = meta.pop("managedFields", None) or []
+    if ignore_times:
+        meta["managedFields"] = [{k: v for k, v in entry.items() if k != "time"} for entry in managed]
     return comparable
 
 
@@ -783,7 +819,13 @@ def _storage_form(rtype: ResourceType, obj: JsonObject) -> JsonObject:
 
 
 def _record_manager(
-    metadata: JsonObject, manager: str | None, operation: str, api_version: str, *, replace: bool = False
+    metadata: JsonObject,
+    manager: str | None,
+    operation: str,
+    api_version: str,
+    *,
+    replace: bool = False,
+    fields: set[FieldPath] | None = None,
 ) -> None:
     if not manager:
         return
@@ -803,7 +845,7 @@ def _record_manager(
             "apiVersion": api_version,
             "time": now_rfc3339(),
             "fieldsType": "FieldsV1",
-            "fieldsV1": {},
+            "fieldsV1": encode_fields(fields or set()),
         }
     )
     metadata["managedFields"] = entries

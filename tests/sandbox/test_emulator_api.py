@@ -149,17 +149,39 @@ async def test_strategic_merge_patch_merges_named_lists_and_never_stores_directi
     assert [c["name"] for c in replaced["spec"]["template"]["spec"]["containers"]] == ["only"]
 
 
-async def test_server_side_apply_creates_then_merges_and_records_the_manager(api: Any) -> None:
+async def test_server_side_apply_creates_merges_and_drops_what_its_manager_dropped(api: Any) -> None:
     body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"a": "1"}}
     status, error = await api.patch(f"{CM}/applied", body, kind="apply")
     assert status == 400 and "fieldManager" in error["message"]
     status, created = await api.patch(f"{CM}/applied", body, kind="apply", params={"fieldManager": "me"})
     assert status == 200 and created["data"] == {"a": "1"}
+    await api.patch(f"{CM}/applied", {"data": {"theirs": "x"}})  # another manager's field
     status, merged = await api.patch(
         f"{CM}/applied", {**body, "data": {"b": "2"}}, kind="apply", params={"fieldManager": "me", "force": "true"}
     )
-    assert merged["data"] == {"a": "1", "b": "2"}
-    assert [(m["manager"], m["operation"]) for m in merged["metadata"]["managedFields"]] == [("me", "Apply")]
+    assert merged["data"] == {"b": "2", "theirs": "x"}
+    entry = next(m for m in merged["metadata"]["managedFields"] if m["manager"] == "me")
+    assert entry["operation"] == "Apply" and entry["fieldsV1"] == {"f:data": {"f:b": {}}}
+    status, again = await api.patch(
+        f"{CM}/applied", {**body, "data": {"b": "2"}}, kind="apply", params={"fieldManager": "me"}
+    )
+    assert again["metadata"]["resourceVersion"] == merged["metadata"]["resourceVersion"]  # a no-op apply
+
+
+async def test_server_side_apply_of_a_deployment_merges_containers_by_name(api: Any) -> None:
+    applied = deployment()
+    params = {"fieldManager": "kubellm", "force": "true"}
+    await api.patch(f"{DEPLOY}/web", applied, kind="apply", params=params)
+    await api.patch(f"{DEPLOY}/web", {"metadata": {"annotations": {"note": "by hand"}}})
+    containers = applied["spec"]["template"]["spec"]["containers"]
+    containers[0]["env"] = [{"name": "A", "value": "1"}]  # B dropped
+    del containers[1]  # sidecar dropped
+    status, result = await api.patch(f"{DEPLOY}/web", applied, kind="apply", params=params)
+    assert status == 200, result
+    stored = result["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in stored] == ["main"]
+    assert stored[0]["env"] == [{"name": "A", "value": "1"}] and stored[0]["ports"] == [{"containerPort": 80}]
+    assert result["metadata"]["annotations"] == {"note": "by hand"}
 
 
 async def test_dry_run_stores_nothing(api: Any) -> None:
