@@ -241,3 +241,14 @@ async def test_install_manifests_apply_with_kustomize(emulator: Emulator, kubect
     out = await kubectl.ok("apply", "-k", str(ROOT / "deploy"))
     assert "namespace/kubellm-system" in out and "deployment.apps/kubellm-operator" in out
     assert "kubellm-operator" in await kubectl.ok("get", "deploy", "-n", "kubellm-system")
+
+
+async def test_server_side_apply_drops_fields_the_manager_stopped_applying(
+    emulator: Emulator, kubectl: Kubectl
+) -> None:
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "default"}}
+    path = kubectl.write("cm.yaml", {**config, "data": {"a": "1", "b": "2"}})
+    assert "serverside-applied" in await kubectl.ok("apply", "--server-side", "-f", path)
+    await kubectl.ok("apply", "--server-side", "-f", kubectl.write("cm.yaml", {**config, "data": {"a": "1"}}))
+    stored = json.loads(await kubectl.ok("get", "cm", "settings", "-o", "json"))
+    assert stored["data"] == {"a": "1"}
