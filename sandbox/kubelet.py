@@ -363,6 +363,9 @@ class Kubelet:
             return
         await self._merge_patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": status})
         for event_type, reason, message in outcome.events:
+            if reason == "Scheduled":
+                node = (pod.get("spec") or {}).get("nodeName") or "the emulated node"
+                message = f"Successfully assigned {namespace}/{name} to {node}"
             await self._event(pod, event_type, reason, message)
 
     @staticmethod
