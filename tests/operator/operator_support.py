@@ -24,7 +24,7 @@ from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.main import run
 from kubellm_operator.metrics import OperatorMetrics
-from kubellm_sandbox.emulator import Emulator
+from kubellm_sandbox.emulator import ApiError, Emulator
 from kubellm_sandbox.emulator.testing import kubernetes_configuration
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -70,8 +70,10 @@ class Kube:
     def get(self, kind: str, name: str, namespace: str | None = "default") -> dict[str, Any] | None:
         try:
             return self.emulator.store.get(self._type(kind), namespace if kind != "Node" else None, name)
-        except Exception:
-            return None
+        except ApiError as error:
+            if error.code == 404:
+                return None
+            raise
 
     def list(self, kind: str, namespace: str | None = "default") -> list[dict[str, Any]]:
         items, _ = self.emulator.store.list_objects(self._type(kind), namespace)
@@ -140,7 +142,7 @@ class Kube:
         """Everything that explains a failed wait: LLMServices, children, pods, events, nodes."""
         parts = []
         for kind in ("LLMService", "Deployment", "Service", "Pod", "Event"):
-            for obj in self.list(kind):
+            for obj in self.list(kind, None):
                 shown = {k: obj.get(k) for k in ("metadata", "spec", "status") if k in obj}
                 if kind == "Event":
                     shown = {k: obj.get(k) for k in ("reason", "message", "involvedObject", "type")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -95,8 +96,6 @@ async def test_reconcile_children_drift_and_garbage_collection(kube: Kube) -> No
 
 
 async def _hand_edit_deployment(kube: Kube) -> None:
-    import asyncio
-
     patch = {"spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "inference", "image": "evil"}]}}}}
     await asyncio.to_thread(
         kube.apps.patch_namespaced_deployment,
@@ -117,8 +116,6 @@ def storage_nodes(kube: Kube) -> None:
 
 
 async def cordon(kube: Kube, name: str) -> None:
-    import asyncio
-
     await asyncio.to_thread(kube.core.patch_node, name, {"spec": {"unschedulable": True}}, _preload_content=False)
 
 
