@@ -322,29 +322,42 @@ class GenerationEngine:
                         self._wakeup.wait()
                     if self._stopping:
                         break
+                    # Requests whose client left or whose deadline passed while queued free their place now.
+                    given_up = [r for r in self._pending if r.cancelled or time.monotonic() > r.deadline]
+                    for request in given_up:
+                        self._pending.remove(request)
                     free = self._max_batch_size - (len(batch) if batch is not None else 0)
                     newcomers = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
                     self._metrics.queue_depth.set(len(self._pending))
                     self._active_count = (len(batch) if batch is not None else 0) + len(newcomers)
+                for request in given_up:
+                    self._finish_if_done_waiting(request)
                 newcomers = [r for r in newcomers if not self._finish_if_done_waiting(r)]
-                try:
-                    if newcomers:
+                if newcomers:
+                    try:
                         joined = self._prefill(newcomers)
+                    except Exception as error:
+                        # Only the newcomers fail: the running batch's cache is untouched by their prefill.
+                        self._fail(newcomers, error)
+                    else:
                         batch = joined if batch is None else self._merge(batch, joined)
-                    elif batch is not None:
+                elif batch is not None:
+                    try:
                         batch = self._decode(batch)
-                except Exception as error:
-                    log.exception("generation step failed")
-                    failed = (batch.rows if batch is not None else []) + newcomers
-                    for request in failed:
-                        self._finish(request, FinishReason.error, error=f"{type(error).__name__}: {error}")
-                    batch = None
+                    except Exception as error:
+                        self._fail(batch.rows, error)
+                        batch = None
                 if batch is not None and not len(batch):
                     batch = None
                 self._metrics.batch_size.set(len(batch) if batch is not None else 0)
                 with self._wakeup:
                     self._active_count = len(batch) if batch is not None else 0
         self._shutdown(batch)
+
+    def _fail(self, requests: list[GenerationRequest], error: Exception) -> None:
+        log.exception("generation step failed for %d request(s)", len(requests), exc_info=error)
+        for request in requests:
+            self._finish(request, FinishReason.error, error=f"{type(error).__name__}: {error}")
 
     def _shutdown(self, batch: _Batch | None) -> None:
         with self._wakeup:
