@@ -22,7 +22,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
@@ -328,13 +327,12 @@ class Kubelet:
         template = (replica_set.get("spec") or {}).get("template") or {}
         node = await self._pick_node() if schedule else None
         while len(pods) < desired:
-            suffix = "".join(random.choices(_ALPHABET, k=5))
             body = {
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {
                     **copy.deepcopy(template.get("metadata") or {}),
-                    "name": f"{replica_set['metadata']['name']}-{suffix}",
+                    "generateName": f"{replica_set['metadata']['name']}-",
                     "namespace": namespace,
                     "ownerReferences": [_owner_reference(replica_set)],
                 },

@@ -113,7 +113,7 @@ class Emulator(kmock.KubernetesEmulator):
     _open_watches: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
-        # kmock's fallbacks (plain-dict storage) are replaced by `_serve_api`; test-defined reactions still apply.
+        # kmock's fallbacks (plain-dict storage) are replaced by `_answer_api`; test-defined reactions still apply.
         self.store.add_listener(self._on_change)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
