@@ -128,6 +128,33 @@ def test_deadline_answers_504_and_stops_the_generation(tiny_settings: ServerSett
         assert server.state.engine.in_flight() == 0
 
 
+def test_deadline_ends_a_started_stream_with_an_error_event(tiny_settings: ServerSettings) -> None:
+    settings = tiny_settings.model_copy(update={"debug_step_delay_s": 0.05, "request_timeout_s": 0.6})
+    with serve(settings) as server, server.client() as client:
+        request = {"model": "tiny", "prompt": "hi", "max_tokens": 60, "ignore_eos": True, "stream": True}
+        with client.stream("POST", "/v1/completions", json=request) as streaming:
+            assert streaming.status_code == 200
+            lines = [line for line in streaming.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert '"deadline_exceeded"' in lines[-2], "a stream past its deadline ends with an error event"
+
+
+def test_deadline_applies_to_queued_requests(tiny_settings: ServerSettings) -> None:
+    # One slot, and a first step longer than the deadline: the second request expires while it waits.
+    settings = tiny_settings.model_copy(
+        update={"debug_step_delay_s": 1.0, "request_timeout_s": 0.5, "max_batch_size": 1}
+    )
+    with serve(settings) as server, server.client() as client, ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(client.post, "/ask", json={"text": "hi", "max_new_tokens": 5})
+        engine = server.state.engine
+        admitted = lambda: engine.in_flight() == 1 and server.metric("kubellm_queue_depth") == 0  # noqa: E731
+        wait_until(admitted, 5, "the first request to run")
+        queued = client.post("/ask", json={"text": "hi", "max_new_tokens": 5})
+        assert queued.status_code == 504
+        assert "queued" in queued.json()["error"]["message"]
+        assert running.result(timeout=10).status_code == 504
+
+
 def test_client_disconnect_frees_the_slot(tiny_settings: ServerSettings) -> None:
     settings = tiny_settings.model_copy(update={"debug_step_delay_s": 0.05, "max_batch_size": 1})
     with serve(settings) as server, server.client() as client:
