@@ -192,7 +192,11 @@ def server_side_apply(
     result = copy.deepcopy(current)
     for path in sorted(previously_owned - owned, key=len):
         # Remove at the highest level the new configuration no longer mentions (a whole dropped list item).
-        cut = next((path[:length] for length in range(1, len(path) + 1) if path[:length] not in kept_prefixes), None)
+        # Metadata itself is never removed, only the owned fields in it (labels, annotations, ...).
+        shortest = 2 if path[0] == "f:metadata" else 1
+        cut = next(
+            (path[:length] for length in range(shortest, len(path) + 1) if path[:length] not in kept_prefixes), None
+        )
         if cut is not None:
             _remove(result, cut[:-1] if cut[-1] == "." else cut)
     merged = _merge(result, {k: v for k, v in applied.items() if k != "status"}, rule, ())
