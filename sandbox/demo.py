@@ -1,0 +1,367 @@
+"""`kubellm demo` (what `make demo` runs): an LLMService applied with kubectl becomes a model that answers.
+
+In the local sandbox by default: start it (or reuse the running one), `kubectl apply -f examples/tiny-smollm2.yaml`,
+wait for Ready with a progress line, show `kubectl get llmservices`, ask one question through the Service on
+127.0.0.1 and print the answer, then the commands to try next. The sandbox keeps running for those commands
+(``--down-after`` stops it). ``--cluster kind`` runs the same on a kind cluster when Docker and kind are present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import yaml
+
+from kubellm_sandbox import cli
+from kubellm_sandbox.runner import FORWARDING_ANNOTATION, PORTS_ANNOTATION
+from kubellm_sandbox.supervisor import Layout
+
+EXAMPLE = pathlib.Path("examples/tiny-smollm2.yaml")
+QUESTION = "What is Kubernetes? Answer in one sentence."
+READY_TIMEOUT_S = 900.0  # the first start converts the embedded model into the cache (tens of seconds on a laptop)
+KIND_CLUSTER = "kubellm-demo"
+FIELD_MANAGER = "kubellm-demo"
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says why and what to look at."""
+
+
+def step(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def find_example(path: pathlib.Path) -> pathlib.Path:
+    """The example manifest: as given (relative to the current directory), else in this source tree."""
+    if path.is_file():
+        return path
+    in_tree = pathlib.Path(__file__).resolve().parent.parent / path
+    if not path.is_absolute() and in_tree.is_file():
+        return in_tree
+    raise DemoError(f"{path}: no such file (run the demo from the kubellm repository, or pass --file)")
+
+
+def load_llmservice(path: pathlib.Path) -> dict[str, Any]:
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    services = [doc for doc in documents if doc.get("kind") == "LLMService"]
+    if len(services) != 1:
+        raise DemoError(f"{path}: expected exactly one LLMService, found {len(services)}")
+    return services[0]
+
+
+class Api:
+    """The few API calls the demo makes, over plain HTTP to the sandbox (no client configuration needed)."""
+
+    def __init__(self, api_url: str) -> None:
+        self.api_url = api_url
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        request = urllib.request.Request(
+            self.api_url + path, data=data, method=method, headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def llmservice_path(self, namespace: str, name: str = "") -> str:
+        return f"/apis/kubellm.dev/v1alpha1/namespaces/{namespace}/llmservices" + (f"/{name}" if name else "")
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        namespace = obj["metadata"].get("namespace") or "default"
+        path = self.llmservice_path(namespace, obj["metadata"]["name"]) + f"?fieldManager={FIELD_MANAGER}&force=true"
+        self.request("PATCH", path, yaml.safe_dump(obj).encode(), "application/apply-patch+yaml")
+
+
+def kubectl(kubeconfig: pathlib.Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        check=False,
+        text=True,
+        capture_output=capture,
+        timeout=120,
+    )
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return dict(condition)
+    return {}
+
+
+def wait_ready(api: Api, namespace: str, name: str, timeout: float, layout: Layout) -> dict[str, Any]:
+    """Polls the LLMService until Ready, printing a line whenever its state changes; raises DemoError on timeout."""
+    began = time.monotonic()
+    shown = ""
+    tty = sys.stdout.isatty()
+    obj: dict[str, Any] = {}
+    while True:
+        elapsed = time.monotonic() - began
+        try:
+            obj = api.request("GET", api.llmservice_path(namespace, name))
+        except (urllib.error.URLError, OSError) as error:
+            raise DemoError(f"the sandbox's API does not answer ({error}); see {layout.sandbox_log}") from error
+        status = obj.get("status") or {}
+        ready = _condition(obj, "Ready")
+        phase = status.get("phase") or "Pending"
+        if status.get("observedGeneration") != obj["metadata"].get("generation"):
+            # A status from before this apply says nothing about the spec just applied.
+            phase, ready = "Pending", {"reason": "Waiting", "message": "the operator has not seen this change yet"}
+        line = f"{phase:<11} {status.get('ready') or '0/?':>5}  {ready.get('reason') or 'Waiting'}: "
+        line += str(ready.get("message") or "the operator has not reported yet")
+        if tty:
+            print(f"\r\033[K  [{elapsed:4.0f}s] {line[:150]}", end="", flush=True)
+        elif line != shown:
+            print(f"  [{elapsed:4.0f}s] {line}", flush=True)
+        shown = line
+        if phase == "Ready":
+            if tty:
+                print()
+            return obj
+        if phase == "Failed":
+            break
+        if elapsed > timeout:
+            break
+        time.sleep(1.0)
+    if tty:
+        print()
+    raise DemoError(
+        f"LLMService {name} is {phase} after {time.monotonic() - began:.0f}s: {ready.get('message')}\n"
+        f"  look at: kubectl describe llms {name}; kubectl get pods; the pod logs under {layout.root / 'pods'}"
+    )
+
+
+def ask(port: int, question: str) -> str:
+    body = json.dumps({"text": question}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/ask", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return str(json.load(response)["response"])
+
+
+def service_port(api: Api, namespace: str, name: str, port: int) -> tuple[int, str]:
+    """The local port to ask on: the Service's (forwarded by the sandbox), else a pod's when that port is taken."""
+    service = api.request("GET", f"/api/v1/namespaces/{namespace}/services/{name}")
+    forwarding = (service["metadata"].get("annotations") or {}).get(FORWARDING_ANNOTATION, "")
+    if not forwarding.startswith("unavailable"):
+        return port, f"the Service {name} on 127.0.0.1:{port}"
+    pods = api.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=kubellm.dev/llmservice={name}")
+    for pod in pods["items"]:
+        ports = (pod["metadata"].get("annotations") or {}).get(PORTS_ANNOTATION)
+        if ports:
+            local = int(ports.split(",")[0].rsplit(":", 1)[1])
+            print(f"  note: {forwarding.removeprefix('unavailable: ')}; asking the pod directly on 127.0.0.1:{local}")
+            return local, f"pod {pod['metadata']['name']} on 127.0.0.1:{local}"
+    raise DemoError(f"the Service port {port} is taken and no pod reports a local port")
+
+
+def run_sandbox(args: argparse.Namespace) -> int:
+    layout = Layout(args.data_dir)
+    example = find_example(args.file)
+    manifest = load_llmservice(example)
+    name = manifest["metadata"]["name"]
+    namespace = manifest["metadata"].get("namespace") or "default"
+    port = int(((manifest.get("spec") or {}).get("service") or {}).get("port") or 5000)
+
+    step("Starting the kubellm sandbox: Kubernetes API emulator, kubellm operator, local runner (pods = processes)")
+    running = cli.read_state(layout)
+    state = cli.up(layout, api_port=args.api_port, quiet=True)
+    if running is not None and not running.get("starting"):
+        print(f"  reusing the sandbox already running in {layout.root} (pid {state['pid']})")
+    else:
+        print(f"  API {state['api_url']} (pid {state['pid']}); node {state['node']}; logs in {layout.logs}")
+    kubeconfig = layout.kubeconfig.resolve()
+    print(f"  export KUBECONFIG={kubeconfig}")
+    api = Api(state["api_url"])
+
+    has_kubectl = shutil.which("kubectl") is not None
+    shown_example = os.path.relpath(example) if not example.is_absolute() else str(example)
+    step(f"kubectl apply -f {shown_example}")
+    if has_kubectl:
+        if kubectl(kubeconfig, "apply", "-f", str(example)).returncode != 0:
+            raise DemoError(f"kubectl apply -f {example} failed (see above)")
+    else:
+        api.apply(manifest)
+        print(f"  llmservice.kubellm.dev/{name} applied (kubectl is not on PATH: applied through the API directly)")
+
+    step(f"Waiting for LLMService {name} to be Ready (the first start converts the model into the cache)")
+    wait_ready(api, namespace, name, args.timeout, layout)
+
+    step("kubectl get llmservices")
+    if has_kubectl:
+        kubectl(kubeconfig, "get", "llmservices", "-n", namespace)
+    else:
+        obj = api.request("GET", api.llmservice_path(namespace, name))
+        print(f"NAME   READY   PHASE\n{name}   {obj['status'].get('ready')}   {obj['status'].get('phase')}")
+
+    local, where = service_port(api, namespace, name, port)
+    step(f"Asking {where}: POST /ask")
+    print(f"  Q: {args.question}")
+    began = time.monotonic()
+    try:
+        answer = ask(local, args.question)
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
+        raise DemoError(f"no answer from 127.0.0.1:{local}/ask: {error}") from error
+    print(f"  A: {answer.strip()}")
+    print(f"  ({time.monotonic() - began:.1f}s)")
+
+    data_dir_flag = "" if layout.root == cli.DEFAULT_DATA_DIR else f" --data-dir {layout.root}"
+    if args.down_after:
+        step("Stopping the sandbox (--down-after)")
+        cli.down(layout)
+        return 0
+    print(
+        f"""
+Try next (the sandbox keeps running):
+  export KUBECONFIG={kubeconfig}
+  kubectl get llmservices,deployments,pods,services
+  kubectl describe llmservice {name}
+  curl -s 127.0.0.1:{local}/ask -H 'Content-Type: application/json' -d '{{"text": "Why is the sky blue?"}}'
+  curl -s 127.0.0.1:{local}/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "{(manifest.get("spec") or {}).get("model", {}).get("name", "")}", "messages": [{{"role": "user", "content": "Hi!"}}]}}'
+  kubectl scale llmservice {name} --replicas 2      # a second local inference process
+  kubellm sandbox status{data_dir_flag}
+
+Stop it: make sandbox-down   (or: kubellm sandbox down{data_dir_flag})"""
+    )
+    return 0
+
+
+def _missing_for_kind() -> list[str]:
+    missing = [tool for tool in ("docker", "kind", "kubectl") if shutil.which(tool) is None]
+    if "docker" not in missing:
+        probe = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False, timeout=60)
+        if probe.returncode != 0:
+            detail = (probe.stderr or probe.stdout).strip().splitlines()
+            missing.append(f"a running Docker engine (`docker info` failed: {detail[-1] if detail else 'no output'})")
+    return missing
+
+
+def _run(command: list[str], *, input_text: str | None = None) -> None:
+    print("  $ " + " ".join(command), flush=True)
+    result = subprocess.run(command, input=input_text, text=True, check=False)
+    if result.returncode != 0:
+        raise DemoError(f"`{' '.join(command)}` failed with exit code {result.returncode}")
+
+
+def run_kind(args: argparse.Namespace) -> int:
+    """The same loop on a kind cluster, with the install steps of docs/e2e.md."""
+    missing = _missing_for_kind()
+    if missing:
+        print(
+            "kubellm demo --cluster kind needs Docker, kind and kubectl; missing: "
+            + "; ".join(missing)
+            + "\n  Without them, `make demo` (no CLUSTER) runs the same loop in the local sandbox.",
+            file=sys.stderr,
+        )
+        return 2
+    example = find_example(args.file)
+    manifest = load_llmservice(example)
+    name = manifest["metadata"]["name"]
+    port = int(((manifest.get("spec") or {}).get("service") or {}).get("port") or 5000)
+    context = f"kind-{KIND_CLUSTER}"
+    step("Building the images")
+    _run(["docker", "build", "-f", "Dockerfile.operator", "-t", "kubellm/operator:dev", "."])
+    _run(["docker", "build", "-f", "Dockerfile.inference", "-t", "kubellm/inference:dev", "."])
+    step(f"kind cluster {KIND_CLUSTER}")
+    clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, check=False).stdout.split()
+    if KIND_CLUSTER in clusters:
+        _run(["kind", "export", "kubeconfig", "--name", KIND_CLUSTER])
+    else:
+        _run(["kind", "create", "cluster", "--name", KIND_CLUSTER, "--wait", "180s"])
+    _run(["kind", "load", "docker-image", "--name", KIND_CLUSTER, "kubellm/operator:dev", "kubellm/inference:dev"])
+    step("Installing the operator (deploy/)")
+    k = ["kubectl", "--context", context]
+    _run([*k, "apply", "-k", "deploy/"])
+    _run([*k, "wait", "--for=condition=Established", "crd/llmservices.kubellm.dev", "--timeout=60s"])
+    system = [*k, "-n", "kubellm-system"]
+    _run([*system, "set", "image", "deployment/kubellm-operator", "operator=kubellm/operator:dev"])
+    _run(
+        [*system, "set", "env", "deployment/kubellm-operator", "KUBELLM_OPERATOR_INFERENCE_IMAGE=kubellm/inference:dev"]
+    )
+    _run([*system, "rollout", "restart", "deployment/kubellm-operator"])
+    _run([*system, "rollout", "status", "deployment/kubellm-operator", "--timeout=300s"])
+    step(f"kubectl apply -f {example} (imagePullPolicy IfNotPresent: the images loaded into kind)")
+    manifest.setdefault("spec", {})["imagePullPolicy"] = "IfNotPresent"
+    _run([*k, "apply", "-f", "-"], input_text=yaml.safe_dump(manifest))
+    step(f"Waiting for LLMService {name} to be Ready")
+    _run([*k, "wait", "--for=condition=Ready", f"llmservice/{name}", f"--timeout={int(args.timeout)}s"])
+    step("kubectl get llmservices")
+    _run([*k, "get", "llmservices"])
+    step(f"Asking the Service through kubectl port-forward svc/{name} {port}")
+    forward = subprocess.Popen([*k, "port-forward", f"svc/{name}", f"{port}:{port}"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = ask(port, args.question)
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise DemoError(f"no answer through port-forward on 127.0.0.1:{port}") from None
+                time.sleep(1)
+        print(f"  Q: {args.question}\n  A: {answer.strip()}")
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+    print(
+        f"\nTry next: kubectl --context {context} get llmservices,pods\n"
+        f"Stop it: kind delete cluster --name {KIND_CLUSTER}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubellm demo",
+        description="Apply the tiny SmolLM2 LLMService, wait for Ready, and ask it a question: in the local sandbox "
+        "(default) or on a kind cluster.",
+    )
+    parser.add_argument(
+        "--cluster", choices=["sandbox", "kind"], default="sandbox", help="where (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--file", type=pathlib.Path, default=EXAMPLE, help="the LLMService manifest (default: %(default)s)"
+    )
+    parser.add_argument("--question", default=QUESTION, help="what to ask (default: %(default)r)")
+    parser.add_argument(
+        "--timeout", type=float, default=READY_TIMEOUT_S, help="seconds to wait for Ready (default: %(default)g)"
+    )
+    parser.add_argument(
+        "--data-dir", type=pathlib.Path, default=cli.DEFAULT_DATA_DIR, help="the sandbox's data directory"
+    )
+    parser.add_argument("--api-port", type=int, default=0, help="the sandbox API's port when it starts (default: free)")
+    parser.add_argument("--down-after", action="store_true", help="stop the sandbox at the end")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cluster == "kind":
+            return run_kind(args)
+        return run_sandbox(args)
+    except (DemoError, cli.SandboxError) as error:
+        print(f"\nkubellm demo: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "\nkubellm demo: interrupted; the sandbox keeps running (stop it with: kubellm sandbox down)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,73 @@
+"""`kubellm demo` end to end on the tiny random model (a free service port, a temporary sandbox), and its kind mode's
+refusal without Docker and kind."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import socket
+
+import pytest
+import yaml
+
+from kubellm_inference.tinymodel import build_tiny_model
+from kubellm_sandbox import demo
+from kubellm_sandbox.supervisor import Layout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_demo_applies_waits_asks_and_stops(tmp_path: pathlib.Path, capfd: pytest.CaptureFixture[str]) -> None:
+    example = yaml.safe_load((pathlib.Path(__file__).parents[2] / "examples/tiny-smollm2.yaml").read_text())
+    example["spec"]["model"]["name"] = str(build_tiny_model(tmp_path / "model"))
+    example["spec"]["service"]["port"] = port = free_port()
+    example["spec"]["probes"]["startup"] = {"periodSeconds": 1, "budgetSeconds": 60}
+    manifest = tmp_path / "tiny.yaml"
+    manifest.write_text(yaml.safe_dump(example))
+    layout = Layout(tmp_path / "sandbox")
+    code = demo.main(
+        [
+            "--file",
+            str(manifest),
+            "--data-dir",
+            str(layout.root),
+            "--timeout",
+            "120",
+            "--down-after",
+            "--question",
+            "Hi",
+        ]
+    )
+    out = capfd.readouterr().out  # capfd: kubectl writes to the inherited stdout
+    assert code == 0, out
+    assert "Ready" in out and "1/1" in out
+    assert f"Asking the Service tiny on 127.0.0.1:{port}: POST /ask" in out
+    answer = next(line for line in out.splitlines() if line.startswith("  A: "))
+    assert len(answer) > len("  A: ")
+    if shutil.which("kubectl"):
+        assert "kubellm.dev/tiny created" in out  # real kubectl applied it
+        assert "MinimumReplicasAvailable" in out  # `kubectl get llmservices` printed the Reason column
+    assert not layout.pid_file.exists(), "--down-after must stop the sandbox"
+
+
+def test_kind_mode_without_docker_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("docker") and shutil.which("kind"):
+        pytest.skip("docker and kind are present: the kind demo would really run")
+    assert demo.main(["--cluster", "kind"]) == 2
+    err = capsys.readouterr().err
+    assert "needs Docker, kind and kubectl; missing:" in err
+    assert "make demo" in err
+
+
+def test_a_missing_manifest_is_a_clear_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = demo.main(["--file", str(tmp_path / "nope.yaml"), "--data-dir", str(tmp_path / "sandbox")])
+    assert code == 1
+    assert "nope.yaml: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "sandbox").exists(), "nothing starts for a manifest that is not there"
