@@ -563,7 +563,7 @@ class Emulator(kmock.KubernetesEmulator):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=max(wait, 0.001))
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the client went away; asyncio.CancelledError propagates
             pass
         finally:
             self._open_watches -= 1
