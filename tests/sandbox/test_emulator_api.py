@@ -388,3 +388,10 @@ async def test_concurrent_read_modify_write_loses_no_update(api: Any) -> None:
     await asyncio.gather(*(increment() for _ in range(8)))
     assert (await api.get(f"{CM}/counter"))[1]["data"]["n"] == "8"
     assert conflicts > 0
+
+
+async def test_kmock_reactions_still_take_precedence(emulator: Emulator, api: Any) -> None:
+    emulator["get /version"] << 503
+    status, _ = await api.get("/version")
+    assert status == 503
+    assert (await api.get("/api/v1"))[0] == 200
