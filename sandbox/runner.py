@@ -202,6 +202,8 @@ class ContainerRunner:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
+            # A stopped (SIGSTOP) process would only see its SIGTERM after the grace period's SIGKILL; wake it.
+            os.killpg(process.pid, signal.SIGCONT)
         try:
             await asyncio.wait_for(process.wait(), timeout=grace_s)
         except TimeoutError:

@@ -218,6 +218,21 @@ def test_apply_ready_ask_scale_kill_delete(sandbox: Sandbox, tiny_model_folder: 
     assert (last["exitCode"], last["reason"]) == (137, "Error")
     sandbox.wait(lambda: phase("tiny") == "Ready", timeout=30, what="tiny to be Ready again")
 
+    # A hung process (stopped, so its port accepts but never answers) is restarted by the liveness probe.
+    hung = pods[1]
+    [hung_pid] = running_pids(hung)
+    os.kill(hung_pid, signal.SIGSTOP)
+
+    def killed_by_liveness() -> dict[str, Any] | None:
+        pod = next(p for p in sandbox.pods("tiny") if p["metadata"]["name"] == hung["metadata"]["name"])
+        [status] = pod["status"]["containerStatuses"]
+        return status if status["restartCount"] == 1 and status["ready"] else None
+
+    status = sandbox.wait(killed_by_liveness, timeout=60, what="the hung pod to be restarted by its liveness probe")
+    assert "failed liveness probe" in status["lastState"]["terminated"]["message"]
+    assert not alive(hung_pid)
+    sandbox.wait(lambda: phase("tiny") == "Ready", timeout=30, what="tiny to be Ready after the liveness restart")
+
     def degraded() -> dict[str, Any] | None:
         status = sandbox.llms("broken").get("status") or {}
         condition = next((c for c in status.get("conditions") or [] if c["type"] == "Degraded"), {})
