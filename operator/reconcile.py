@@ -53,6 +53,7 @@ logger = logging.getLogger("kubellm.operator")
 APPLIED_HASH_ANNOTATION = "kubellm.dev/applied-hash"
 _QUANTITY_PARENTS = frozenset({"requests", "limits", "capacity", "allocatable"})
 _QUANTITY_KEYS = frozenset({"sizeLimit"})
+CHILD_KINDS = ("Deployment", "Service")  # what render.render() returns, in that order
 
 Key = tuple[str, str]  # (namespace, name) of an LLMService
 
@@ -287,6 +288,9 @@ class Operator:
         return result
 
     def _converge(self, namespace: str, name: str, *, announce: bool) -> Result:
+        # The children are read before their owner: a child missing because the garbage collector removed it
+        # then comes with a 404 for the owner, never with an owner that looks alive (and would be re-created).
+        live = {kind: self.cluster.get_child(kind, namespace, name) for kind in CHILD_KINDS}
         obj = self.cluster.get_llmservice(namespace, name)
         if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
             # Deleted: ownerReferences make the children garbage.
@@ -324,7 +328,7 @@ class Operator:
             deployment = None
             for child in (with_applied_hash(c) for c in children):
                 kind = child["kind"]
-                actual = self.cluster.get_child(kind, namespace, name)
+                actual = live[kind]
                 if not self._applied(child, actual):
                     verb = "created" if actual is None else "updated (spec changed or edited by hand)"
                     actual = self.cluster.apply(child)
@@ -334,7 +338,7 @@ class Operator:
                 if kind == "Deployment":
                     deployment = actual
         else:
-            deployment = self.cluster.get_child("Deployment", namespace, name)
+            deployment = live["Deployment"]
         pods = self.cluster.list_pods(namespace, render.selector_string(name))
         spec_replicas = (obj.get("spec") or {}).get("replicas", 1)
         seen = Observed(

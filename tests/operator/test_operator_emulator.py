@@ -35,12 +35,18 @@ def owned_by(child: dict[str, Any], owner: dict[str, Any]) -> bool:
     ]
 
 
+def kopf_handled(kube: Kube, name: str = "tiny") -> bool:
+    """Kopf has recorded the last change as handled (its own write after a handler ends, even a failed one)."""
+    obj = kube.get("LLMService", name) or {}
+    return "kubellm.dev/last-handled-configuration" in ((obj.get("metadata") or {}).get("annotations") or {})
+
+
 def converged(kube: Kube, name: str = "tiny") -> bool:
     """Children as rendered, status for the current generation, and Kopf's own bookkeeping written."""
     obj = kube.get("LLMService", name)
     if obj is None or (obj.get("status") or {}).get("observedGeneration") != obj["metadata"]["generation"]:
         return False
-    if "kubellm.dev/last-handled-configuration" not in (obj["metadata"].get("annotations") or {}):
+    if not kopf_handled(kube, name):
         return False
     return all(is_applied(child, kube.get(child["kind"], name)) for child in rendered(kube, name))
 
@@ -88,6 +94,7 @@ async def test_reconcile_children_drift_and_garbage_collection(kube: Kube) -> No
         assert len(kube.list("Deployment")) == len(kube.list("Service")) == 1
 
         # Deleting the LLMService garbage-collects its children (ownerReferences, no finalizer needed).
+        await kube.quiet(0.3)  # let the passes the re-creations triggered finish first
         await kube.delete("LLMService", "tiny")
         await kube.wait(
             lambda: not kube.list("Deployment") and not kube.list("Service"), "the children to be garbage-collected"
@@ -156,6 +163,7 @@ async def test_storage_warning_then_a_big_node_fixes_it(kube: Kube, caplog: pyte
         assert (event["type"], event["message"]) == ("Warning", expected)
 
         # An unrelated node change re-evaluates, but nothing changed: no new Event, no new log line, no write.
+        await kube.wait(lambda: converged(kube), "Kopf's own bookkeeping of the create")
         kube.emulator.seed_node("tainted", ephemeral_storage="600Gi", taints=[{"key": "gpu", "effect": "NoSchedule"}])
         writes = await kube.quiet(1.0)
         assert [w for w in writes if "llmservices" in w[1] or "/events" in w[1]] == []
@@ -207,6 +215,7 @@ async def test_impossible_spec_is_reported_once_without_a_crash_loop(kube: Kube)
         assert status["phase"] == "Failed"
         assert "storage.limit (2Gi) is smaller than model.sizeHint (10Gi)" in kube.condition("tiny", "Ready")["message"]
         assert kube.get("Deployment", "tiny") is None, "nothing is rolled out for a spec that cannot work"
+        await kube.wait(lambda: kopf_handled(kube), "Kopf to record the permanent failure")
         passes = metrics.reconciles.labels(outcome="invalid")._value.get()
         assert not await kube.quiet(1.5), "a permanent error is not retried"
         assert metrics.reconciles.labels(outcome="invalid")._value.get() == passes
