@@ -309,15 +309,9 @@ class Operator:
             invalid = _describe_validation(exc)
 
         storage = check_storage(llms.spec, self.nodes.facts(), self.settings.headroom_bytes) if llms else None
-        held = (
-            storage
-            if llms is not None
-            and llms.spec.storage.enforce
-            and storage is not None
-            and storage.nodes_seen
-            and not storage.ok
-            else None
-        )
+        # storage.enforce holds the replicas at 0 only when the check knows some nodes and none fits.
+        enforced = llms is not None and llms.spec.storage.enforce
+        held = storage if enforced and storage is not None and storage.nodes_seen and not storage.ok else None
         writes: list[str] = []
         deployment: dict[str, Any] | None
         if llms is not None and invalid is None:
@@ -340,14 +334,10 @@ class Operator:
         else:
             deployment = live["Deployment"]
         pods = self.cluster.list_pods(namespace, render.selector_string(name))
-        spec_replicas = (obj.get("spec") or {}).get("replicas", 1)
+        raw_replicas = (obj.get("spec") or {}).get("replicas", 1)
         seen = Observed(
             generation=generation,
-            desired=llms.spec.replicas
-            if llms is not None
-            else int(spec_replicas)
-            if isinstance(spec_replicas, int)
-            else 0,
+            desired=llms.spec.replicas if llms is not None else raw_replicas if isinstance(raw_replicas, int) else 0,
             deployment=deployment,
             pods=pods,
             storage=storage,
