@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import json
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -118,6 +119,15 @@ class ProbeResult:
     message: str
 
 
+def _error_text(body: str) -> str:
+    """A failed probe's body for messages: the `error.message` of a JSON error envelope (kubellm's), else the text."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        message = json.loads(body)["error"]["message"]
+        if isinstance(message, str):
+            return message
+    return body.strip()[:300]
+
+
 async def _http_get(url: str, headers: Mapping[str, str], timeout: float) -> ProbeResult:
     # The kubelet counts 200-399 as success; redirects are not followed to another host (none exist locally).
     client_timeout = aiohttp.ClientTimeout(total=timeout)
@@ -129,7 +139,7 @@ async def _http_get(url: str, headers: Mapping[str, str], timeout: float) -> Pro
             body = (await response.content.read(OUTPUT_LIMIT)).decode(errors="replace")
             if 200 <= response.status < 400:
                 return ProbeResult(True, f"HTTP probe succeeded with statuscode: {response.status}")
-            return ProbeResult(False, f"HTTP probe failed with statuscode: {response.status}: {body.strip()[:200]}")
+            return ProbeResult(False, f"HTTP probe failed with statuscode: {response.status}: {_error_text(body)}")
     except TimeoutError:
         return ProbeResult(False, f'Get "{url}": context deadline exceeded (Client.Timeout exceeded)')
     except aiohttp.ClientConnectorError as error:

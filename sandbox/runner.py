@@ -863,6 +863,9 @@ class LocalRunner:
                 by_owner.setdefault(owner, []).append(pod)
         for deployment in deployments:
             self._roll_up(deployment, by_owner.get(deployment["metadata"]["uid"], []))
+        live = {f"pod/{pod['metadata']['uid']}" for pod in pods} | {f"deployment/{uid}" for uid in managed_uids}
+        for key in set(self._written_status) - live:
+            del self._written_status[key]
 
     def _control(self, deployment: JsonObject, pods: list[JsonObject]) -> None:
         metadata = deployment["metadata"]
