@@ -592,7 +592,7 @@ class PodRunner:
                 if ref.get("optional"):
                     return None
                 raise ContainerConfigError(
-                    f"couldn't find key {ref['key']} in {kind.capitalize()} {self.key.split('/')[0]}/{ref['name']}"
+                    f"couldn't find key {ref['key']} in {kind.capitalize()} {self.namespace}/{ref['name']}"
                 )
             return str(value)
         if "fieldRef" in source:

@@ -1,9 +1,12 @@
-"""Unit tests of the sandbox's probe runner and Deployment controller (pure parts, plus probes over real loopback)."""
+"""Unit tests of the sandbox runner: probes (pure, and over real loopback), the Deployment controller, scheduling,
+and how a pod becomes a local process (command, environment, volumes)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections.abc
+import pathlib
 import sys
 from typing import Any
 
@@ -18,6 +21,7 @@ from kubellm_sandbox.deployments import (
     plan_rollout,
     template_hash,
 )
+from kubellm_sandbox.emulator.store import ObjectStore
 from kubellm_sandbox.probes import (
     ProbeCounter,
     ProbeError,
@@ -27,7 +31,15 @@ from kubellm_sandbox.probes import (
     parse_probe,
     run_probe,
 )
-from kubellm_sandbox.runner import expand, unschedulable_reason
+from kubellm_sandbox.runner import (
+    ContainerConfigError,
+    LocalRunner,
+    PodRunner,
+    RunnerSettings,
+    expand,
+    kubellm_executable,
+    unschedulable_reason,
+)
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:20:00Z"
@@ -322,3 +334,72 @@ def test_status_rollup_reports_unavailability_and_the_progress_deadline() -> Non
     stuck = deployment_status({**web, "status": first}, [pod("a", web, ready=False)], LATER)
     progressing = {c["type"]: c for c in stuck["conditions"]}["Progressing"]
     assert (progressing["status"], progressing["reason"]) == ("False", "ProgressDeadlineExceeded")
+
+
+# -- a pod's process: command, environment, volumes ------------------------------------------------------------
+
+
+def pod_from_template(container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "tiny-abc-xyz", "namespace": "default", "uid": "u1"},
+        "spec": {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": 45},
+    }
+
+
+def local_runner(tmp_path: pathlib.Path) -> LocalRunner:
+    return LocalRunner(ObjectStore(), RunnerSettings(data_dir=tmp_path, node_name="node"))
+
+
+def test_a_rendered_pod_runs_as_a_local_process_of_this_environment(tmp_path: pathlib.Path) -> None:
+    runner = local_runner(tmp_path)
+    secret = {"metadata": {"name": "keys"}, "data": {"api": base64.b64encode(b"s3cret").decode()}}
+    runner.store.create(runner.rtype("", "v1", "secrets"), "default", secret)
+    llms = LLMService.model_validate(
+        {
+            "metadata": {"name": "tiny", "namespace": "default"},
+            "spec": {
+                "model": {"name": "embedded:smollm2-135m-instruct"},
+                "auth": {"apiKeySecretRef": {"name": "keys", "key": "api"}},
+                "env": [{"name": "GREETING", "value": "port $(KUBELLM_PORT)"}],
+            },
+        }
+    )
+    template = render_deployment(llms, image_default="img")["spec"]["template"]["spec"]
+    pod = PodRunner(runner, pod_from_template(template["containers"][0], template["volumes"]))
+    command, env = pod.command_and_env(template["containers"][0])
+    assert command == [kubellm_executable(), "serve"]
+    assert pathlib.Path(command[0]).parent == pathlib.Path(sys.executable).parent
+    local = pod.local_port(template["containers"][0], "http")
+    assert local is not None and env["KUBELLM_PORT"] == str(local) and env["KUBELLM_HOST"] == "127.0.0.1"
+    assert env["KUBELLM_API_KEY"] == "s3cret"
+    assert env["KUBELLM_CACHE_DIR"] == str(tmp_path / "cache")  # shared by every pod: converted once
+    assert env["HF_HOME"] == str(tmp_path / "cache" / "huggingface")
+    assert env["HOME"] == str(pod.directory / "volumes" / "tmp")  # the pod's own /tmp emptyDir
+    assert env["GREETING"] == "port 5000"  # expanded from the rendered value, before the sandbox's remapping
+    assert pod.ports_annotation() == f"inference/5000=127.0.0.1:{local}"
+    status = pod.status()
+    assert status["phase"] == "Pending"
+    assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+
+
+def test_a_missing_secret_is_a_container_config_error(tmp_path: pathlib.Path) -> None:
+    runner = local_runner(tmp_path)
+    container = {
+        "name": "c",
+        "command": ["true"],
+        "env": [
+            {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}},
+        ],
+    }
+    pod = PodRunner(runner, pod_from_template(container, []))
+    with pytest.raises(ContainerConfigError, match='secret "absent" not found'):
+        pod.command_and_env(container)
+    optional = {
+        **container,
+        "env": [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}}}],
+    }
+    assert "KEY" not in pod.command_and_env(optional)[1]
+    no_command = {"name": "c", "image": "nginx"}
+    with pytest.raises(ContainerConfigError, match="has no command"):
+        pod.command_and_env(no_command)
