@@ -7,7 +7,16 @@ points kubectl, the kubernetes client and Kopf at it. See docs/emulator.md for w
 from kubellm_sandbox.emulator.errors import ApiError
 from kubellm_sandbox.emulator.faults import FaultInjector
 from kubellm_sandbox.emulator.resources import ResourceType
-from kubellm_sandbox.emulator.server import Emulator
+from kubellm_sandbox.emulator.server import WRITE_METHODS, Emulator, RecordedRequest
 from kubellm_sandbox.emulator.store import ObjectStore, WriteOptions
 
-__all__ = ["ApiError", "Emulator", "FaultInjector", "ObjectStore", "ResourceType", "WriteOptions"]
+__all__ = [
+    "WRITE_METHODS",
+    "ApiError",
+    "Emulator",
+    "FaultInjector",
+    "ObjectStore",
+    "RecordedRequest",
+    "ResourceType",
+    "WriteOptions",
+]

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -47,6 +47,24 @@ SERVER_VERSION = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedRequest:
+    """One request the emulator received, as `Emulator.requests()` returns it."""
+
+    serial: int  # the request's place among every request since the start (dropped ones too): see `request_marker`
+    method: str  # upper case: "GET", "PATCH", ...
+    path: str  # without the query
+    query: Mapping[str, str]
+    body: bytes
+
+    @property
+    def is_write(self) -> bool:
+        return self.method in WRITE_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +118,7 @@ class Emulator(kmock.KubernetesEmulator):
     requested_port: int | None = None  # None or 0: a free port
     bookmark_interval: float = 5.0
     default_watch_timeout: float = 1800.0
-    max_recorded_requests: int | None = 10_000  # kmock's `emulator.requests` history; None keeps all
+    max_recorded_requests: int | None = 10_000  # the request log `requests()` reads; None keeps all
     store: ObjectStore = attrs.field(factory=ObjectStore)
     faults: FaultInjector = attrs.field(factory=FaultInjector)
     node_stats: dict[str, JsonObject] = attrs.field(factory=dict)  # node name -> kubelet stats/summary body
@@ -111,6 +129,7 @@ class Emulator(kmock.KubernetesEmulator):
     _watch_epoch: int = attrs.field(default=0, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _open_watches: int = attrs.field(default=0, init=False)
+    _request_serial: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         # kmock's fallbacks (plain-dict storage) are replaced by `_answer_api`; test-defined reactions still apply.
@@ -220,6 +239,41 @@ class Emulator(kmock.KubernetesEmulator):
         self.node_stats[name] = stats_summary(name, **fields)
         return self.node_stats[name]
 
+    def request_marker(self) -> int:
+        """The serial the next request will get: `requests(since=marker)` then returns only later requests."""
+        return self._request_serial
+
+    def requests(
+        self,
+        method: str | Collection[str] | None = None,
+        path_prefix: str | None = None,
+        *,
+        since: int = 0,
+    ) -> list[RecordedRequest]:
+        """The requests received so far, oldest first (at most `max_recorded_requests` of the latest).
+
+        `method` is one method or several (`WRITE_METHODS`), `path_prefix` matches the start of the URL path, and
+        `since` is a `request_marker()` taken earlier.
+        """
+        methods = {method} if isinstance(method, str) else set(method) if method else None
+        recorded = (
+            RecordedRequest(
+                serial=request.id,
+                method=str(request.method.value).upper(),
+                path=request.url.path,
+                query=dict(request.params),
+                body=request.body,
+            )
+            for request in list(self._requests)  # a copy: the serving loop may append meanwhile
+            if request.id >= since
+        )
+        return [
+            request
+            for request in recorded
+            if (methods is None or request.method in {m.upper() for m in methods})
+            and (path_prefix is None or request.path.startswith(path_prefix))
+        ]
+
     def close_idle_connections(self) -> None:
         """Closes kept-alive client connections once their current request is done.
 
@@ -260,11 +314,12 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         body = await raw_request.read()
+        serial, self._request_serial = self._request_serial, self._request_serial + 1
         try:
-            request = await rendering.Request._parse(raw_request, id=len(self._requests))
+            request = await rendering.Request._parse(raw_request, id=serial)
         except ValueError:  # kmock 0.8 cannot parse some paths, e.g. /api/v1/namespaces (the namespaces' list)
             request = rendering.Request(
-                id=len(self._requests),
+                id=serial,
                 raw_request=raw_request,
                 url=raw_request.url,
                 method=raw_request.method,

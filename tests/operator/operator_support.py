@@ -24,12 +24,11 @@ from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.main import run
 from kubellm_operator.metrics import OperatorMetrics
-from kubellm_sandbox.emulator import ApiError, Emulator
+from kubellm_sandbox.emulator import WRITE_METHODS, ApiError, Emulator
 from kubellm_sandbox.emulator.testing import kubernetes_configuration
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kubellm.dev_llmservices.yaml"
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def llmservice(name: str = "tiny", namespace: str = "default", **spec: Any) -> dict[str, Any]:
@@ -95,10 +94,9 @@ class Kube:
                 return dict(condition)
         return {}
 
-    def writes(self) -> list[tuple[str, str]]:
-        """Every write request the emulator has served: (method, path)."""
-        requests = self.emulator._requests  # kmock keeps the request log; the emulator exposes no accessor yet
-        return [(str(r.method.value), r.url.path) for r in requests if str(r.method.value) in WRITE_METHODS]
+    def writes(self, since: int = 0) -> list[tuple[str, str]]:
+        """The write requests the emulator has served (after the marker `since`): (method, path)."""
+        return [(r.method, r.path) for r in self.emulator.requests(WRITE_METHODS, since=since)]
 
     # Writes (over HTTP, in a thread so the loop keeps serving) --------------------------------------------
 
@@ -165,9 +163,9 @@ class Kube:
 
     async def quiet(self, seconds: float = 1.0) -> list[tuple[str, str]]:
         """The writes made during ``seconds`` of letting everything run."""
-        before = len(self.writes())
+        marker = self.emulator.request_marker()
         await asyncio.sleep(seconds)
-        return self.writes()[before:]
+        return self.writes(since=marker)
 
 
 async def kubectl(kube: Kube, *args: str, timeout: float = 30.0) -> str | None:

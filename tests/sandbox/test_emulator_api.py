@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
-from kubellm_sandbox.emulator import Emulator
+from kubellm_sandbox.emulator import WRITE_METHODS, Emulator
 
 CM = "/api/v1/namespaces/default/configmaps"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
@@ -395,3 +396,31 @@ async def test_kmock_reactions_still_take_precedence(emulator: Emulator, api: An
     status, _ = await api.get("/version")
     assert status == 503
     assert (await api.get("/api/v1"))[0] == 200
+
+
+async def test_request_log_filters_by_method_path_and_marker(emulator: Emulator, api: Any) -> None:
+    await api.post(CM, {"metadata": {"name": "a"}})
+    await api.get(CM)
+    marker = emulator.request_marker()
+    await api.patch(f"{CM}/a", {"data": {"k": "v"}}, params={"fieldManager": "me"})
+    await api.post(DEPLOY, deployment())
+    await api.get(f"{CM}/a")
+
+    assert [(r.method, r.path) for r in emulator.requests(since=marker)] == [
+        ("PATCH", f"{CM}/a"),
+        ("POST", DEPLOY),
+        ("GET", f"{CM}/a"),
+    ]
+    writes = emulator.requests(WRITE_METHODS)
+    assert [r.method for r in writes] == ["POST", "PATCH", "POST"] and all(r.is_write for r in writes)
+    assert [r.method for r in emulator.requests("get", path_prefix=CM)] == ["GET", "GET"]
+    patch = emulator.requests("PATCH")[0]
+    assert json.loads(patch.body) == {"data": {"k": "v"}} and patch.query == {"fieldManager": "me"}
+
+    # Serials keep counting past the dropped history, so an old marker still selects only later requests.
+    emulator.max_recorded_requests = 2
+    marker = emulator.request_marker()
+    for name in ("b", "c", "d"):
+        await api.post(CM, {"metadata": {"name": name}})
+    assert [r.serial for r in emulator.requests()] == [marker + 1, marker + 2]
+    assert [r.serial for r in emulator.requests(since=marker + 2)] == [marker + 2]
