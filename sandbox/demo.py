@@ -114,7 +114,9 @@ def wait_ready(api: Api, namespace: str, name: str, timeout: float, layout: Layo
         status = obj.get("status") or {}
         ready = _condition(obj, "Ready")
         phase = status.get("phase") or "Pending"
-        if status.get("observedGeneration") != obj["metadata"].get("generation"):
+        if not status:
+            phase, ready = "Pending", {"reason": "Waiting", "message": "the operator has not reported yet"}
+        elif status.get("observedGeneration") != obj["metadata"].get("generation"):
             # A status from before this apply says nothing about the spec just applied.
             phase, ready = "Pending", {"reason": "Waiting", "message": "the operator has not seen this change yet"}
         line = f"{phase:<11} {status.get('ready') or '0/?':>5}  {ready.get('reason') or 'Waiting'}: "
