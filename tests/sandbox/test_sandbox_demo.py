@@ -24,7 +24,10 @@ def free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_demo_applies_waits_asks_and_stops(tmp_path: pathlib.Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_demo_applies_waits_asks_and_stops(
+    tmp_path: pathlib.Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECACHEDIR", str(tmp_path / "kubectl-cache"))  # kubectl's discovery cache, not ~/.kube
     example = yaml.safe_load((pathlib.Path(__file__).parents[2] / "examples/tiny-smollm2.yaml").read_text())
     example["spec"]["model"]["name"] = str(build_tiny_model(tmp_path / "model"))
     example["spec"]["service"]["port"] = port = free_port()
