@@ -315,7 +315,10 @@ class ObjectStore:
             self._record(rtype, "ADDED", obj, None)
             if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
                 self._register_crd(obj)
-            return self.present(rtype, obj)
+            created = self.present(rtype, obj)
+            if metadata.get("ownerReferences"):
+                self._drop_absent_owners(key)  # created after its owner was deleted: the GC deletes it
+            return created
 
     def replace(
         self,
@@ -373,7 +376,7 @@ class ObjectStore:
                     body = copy.deepcopy(patch) if isinstance(patch, dict) else {}
                     body.setdefault("metadata", {})["name"] = name
                     created = self.create(rtype, namespace, body, options)
-                    if not options.dry_run:
+                    if not options.dry_run and key in self._objects:  # not collected as an orphan at once
                         rule = schema_list_rule(rtype.schema) if rtype.custom else builtin_list_rule
                         _record_manager(
                             self._objects[key]["metadata"],
@@ -534,6 +537,8 @@ class ObjectStore:
             self._register_crd(stored)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._remove(rtype, key)
+        elif meta.get("ownerReferences") != old_meta.get("ownerReferences"):
+            self._drop_absent_owners(key)
         return self.present(rtype, stored)
 
     def delete(
@@ -607,22 +612,29 @@ class ObjectStore:
 
     def _collect_dependents(self, owner_uid: str) -> None:
         """Background cascading deletion: dependents whose every owner is gone are deleted too."""
-        live_uids = {obj["metadata"]["uid"] for obj in self._objects.values()}
         for key, obj in list(self._objects.items()):
-            if key not in self._objects:
-                continue  # removed by an earlier cascade in this loop
-            refs = obj["metadata"].get("ownerReferences") or []
-            if not any(ref.get("uid") == owner_uid for ref in refs):
-                continue
-            remaining = [ref for ref in refs if ref.get("uid") != owner_uid and ref.get("uid") in live_uids]
-            rtype = self._type_of_key(key)
-            if remaining:
-                previous = copy.deepcopy(obj)
-                obj["metadata"]["ownerReferences"] = remaining
-                obj["metadata"]["resourceVersion"] = self._next_resource_version()
-                self._record(rtype, "MODIFIED", obj, previous)
-            else:
-                self.delete(rtype, key[2] or None, key[3])
+            if key in self._objects and any(
+                ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or []
+            ):
+                self._drop_absent_owners(key)
+
+    def _drop_absent_owners(self, key: ObjectKey) -> None:
+        """The garbage collector's verdict on one object: ownerReferences whose uid names no existing object are
+        removed, and an object left with none of its owners is deleted (whenever it was created or updated)."""
+        obj = self._objects[key]
+        refs = obj["metadata"].get("ownerReferences") or []
+        live_uids = {other["metadata"]["uid"] for other in self._objects.values()}
+        remaining = [ref for ref in refs if ref.get("uid") in live_uids]
+        if len(remaining) == len(refs):
+            return
+        rtype = self._type_of_key(key)
+        if remaining:
+            previous = copy.deepcopy(obj)
+            obj["metadata"]["ownerReferences"] = remaining
+            obj["metadata"]["resourceVersion"] = self._next_resource_version()
+            self._record(rtype, "MODIFIED", obj, previous)
+        else:
+            self.delete(rtype, key[2] or None, key[3])
 
     def _orphan_dependents(self, owner_uid: str) -> None:
         for key, obj in list(self._objects.items()):

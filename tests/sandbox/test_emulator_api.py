@@ -251,6 +251,38 @@ async def test_finalizers_defer_deletion_and_owners_collect_dependents(api: Any)
     assert "ownerReferences" not in kept["metadata"]
 
 
+async def test_dependents_of_an_owner_that_is_gone_are_collected_whenever_they_appear(api: Any) -> None:
+    _, owner = await api.post(DEPLOY, deployment())
+    gone = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": owner["metadata"]["uid"]}
+    _, live_owner = await api.post(DEPLOY, deployment("api"))
+    live = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api", "uid": live_owner["metadata"]["uid"]}
+    await api.post(CM, {"metadata": {"name": "plain"}})
+    await api.delete(f"{DEPLOY}/web")
+
+    # A writer that read the owner before it was deleted (the operator's apply, a create) still succeeds, as on a
+    # real cluster, and the garbage collector then deletes the orphan.
+    applied = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied", "ownerReferences": [gone]}}
+    status, _ = await api.patch(f"{CM}/applied", applied, kind="apply", params={"fieldManager": "late"})
+    assert status in (200, 201)
+    assert (await api.get(f"{CM}/applied"))[0] == 404
+    status, _ = await api.post(CM, {"metadata": {"name": "created", "ownerReferences": [gone]}})
+    assert status == 201
+    assert (await api.get(f"{CM}/created"))[0] == 404
+
+    # An object that gains a reference to the gone owner is collected too; with a live owner left, only the
+    # dangling reference is removed.
+    status, _ = await api.patch(f"{CM}/plain", {"metadata": {"ownerReferences": [gone]}})
+    assert status == 200
+    assert (await api.get(f"{CM}/plain"))[0] == 404
+    await api.post(CM, {"metadata": {"name": "shared", "ownerReferences": [gone, live]}})
+    _, shared = await api.get(f"{CM}/shared")
+    assert shared["metadata"]["ownerReferences"] == [live]
+    held = {"name": "held", "ownerReferences": [gone], "finalizers": ["example.dev/hold"]}
+    await api.post(CM, {"metadata": held})
+    _, held_now = await api.get(f"{CM}/held")
+    assert held_now["metadata"]["deletionTimestamp"], "an orphan with finalizers is being deleted"
+
+
 async def test_namespace_deletion_removes_its_content(api: Any) -> None:
     await api.post("/api/v1/namespaces", {"metadata": {"name": "team"}})
     await api.post("/api/v1/namespaces/team/configmaps", {"metadata": {"name": "c"}})
