@@ -23,15 +23,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from kubellm_sandbox.runner import (
-    CONTAINER_ID_SCHEME,
-    FORWARDING_ANNOTATION,
-    PORTS_ANNOTATION,
-    kill_recorded_group,
-    process_start_time,
-    recorded_pid,
-    stop_leftover_processes,
-)
+from kubellm_sandbox.pods import CONTAINER_ID_SCHEME, PORTS_ANNOTATION
+from kubellm_sandbox.processes import kill_recorded_group, process_start_time, recorded_pid, stop_leftover_processes
+from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout, configure_logging, serve, write_pid_file
 
 DEFAULT_DATA_DIR = pathlib.Path(".kubellm/sandbox")

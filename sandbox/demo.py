@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from kubellm_sandbox import cli
-from kubellm_sandbox.runner import FORWARDING_ANNOTATION, PORTS_ANNOTATION
+from kubellm_sandbox.pods import PORTS_ANNOTATION
+from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout
 
 EXAMPLE = pathlib.Path("examples/tiny-smollm2.yaml")

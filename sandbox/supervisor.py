@@ -25,14 +25,9 @@ from typing import Any
 from kubellm_operator.crd import crd
 from kubellm_sandbox import host
 from kubellm_sandbox.emulator import Emulator
-from kubellm_sandbox.runner import (
-    LocalRunner,
-    RunnerSettings,
-    die_with_parent,
-    kubellm_executable,
-    process_start_time,
-    stop_leftover_processes,
-)
+from kubellm_sandbox.pods import RunnerSettings, kubellm_executable
+from kubellm_sandbox.processes import die_with_parent, process_start_time, stop_leftover_processes
+from kubellm_sandbox.runner import LocalRunner
 
 logger = logging.getLogger("kubellm.sandbox")
 NODE_REFRESH_S = 30.0

@@ -28,7 +28,9 @@ import pytest
 
 from kubellm_inference.tinymodel import build_tiny_model
 from kubellm_sandbox import cli
-from kubellm_sandbox.runner import CONTAINER_ID_SCHEME, FORWARDING_ANNOTATION, PORTS_ANNOTATION, recorded_pid
+from kubellm_sandbox.pods import CONTAINER_ID_SCHEME, PORTS_ANNOTATION
+from kubellm_sandbox.processes import recorded_pid
+from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -22,6 +22,7 @@ from kubellm_sandbox.deployments import (
     template_hash,
 )
 from kubellm_sandbox.emulator.store import ObjectStore
+from kubellm_sandbox.pods import ContainerConfigError, PodRunner, RunnerSettings, expand, kubellm_executable
 from kubellm_sandbox.probes import (
     ProbeCounter,
     ProbeError,
@@ -31,15 +32,7 @@ from kubellm_sandbox.probes import (
     parse_probe,
     run_probe,
 )
-from kubellm_sandbox.runner import (
-    ContainerConfigError,
-    LocalRunner,
-    PodRunner,
-    RunnerSettings,
-    expand,
-    kubellm_executable,
-    unschedulable_reason,
-)
+from kubellm_sandbox.runner import LocalRunner, unschedulable_reason
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:20:00Z"
