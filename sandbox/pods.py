@@ -406,8 +406,6 @@ class PodRunner:
                 self.ports[f"{container.get('name')}/{port['containerPort']}"] = free_port()
         self.containers = [ContainerRunner(self, c) for c in self.spec.get("containers") or []]
         self.stopping = False
-        self.stopped = asyncio.Event()
-        self._events: dict[str, int] = {}
 
     def changed(self) -> None:
         self.runner.wake()
@@ -424,7 +422,6 @@ class PodRunner:
     async def stop(self) -> None:
         self.stopping = True
         await asyncio.gather(*(c.stop(self.grace_seconds()) for c in self.containers))
-        self.stopped.set()
 
     def local_port(self, container: Mapping[str, Any], port: int | str | None) -> int | None:
         """The local port a container port (number or name) maps to."""

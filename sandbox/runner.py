@@ -122,7 +122,6 @@ class LocalRunner:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping_pods: dict[str, asyncio.Task[None]] = {}
-        self._events: dict[str, JsonObject] = {}
         self.write = WriteOptions(field_manager=FIELD_MANAGER)
 
     # -- wiring ---------------------------------------------------------------------------------------------
