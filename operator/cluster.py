@@ -2,7 +2,9 @@
 
 Synchronous (the official ``kubernetes`` client), because Kopf runs sync handlers in threads; an async handler
 calling a sync client would block the event loop that Kopf (and, in tests, the API emulator) runs on.
-Objects come back as plain dicts in wire shape, exactly as the API served them.
+Objects come back as plain dicts in wire shape, exactly as the API served them (``_preload_content=False`` on every
+call): the reconcile compares them with the rendered manifests and patches them as JSON, and a real cluster may serve
+fields that this client's typed models do not know (they would be dropped) or cannot validate (the read would fail).
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ from typing import Any, Self
 
 import aiohttp
 
+from kubellm_sandbox.emulator.nodes import internal_ip
+
 JsonObject = dict[str, Any]
 EVICTED_MESSAGE = "The node was low on resource: ephemeral-storage."
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet of generated names and pod-template-hash
@@ -415,6 +417,7 @@ class Kubelet:
                 }
             container_statuses.append(entry)
         ready = "True" if outcome.ready else "False"
+        node_name = (pod.get("spec") or {}).get("nodeName")
         conditions = [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
             {"type": "Initialized", "status": "True", "lastTransitionTime": now},
@@ -435,7 +438,7 @@ class Kubelet:
             "conditions": conditions,
             "containerStatuses": container_statuses,
             "podIP": "10.244.0." + str(1 + int(hashlib.sha256(pod["metadata"]["name"].encode()).hexdigest(), 16) % 250),
-            "hostIP": "10.0.0.1",
+            **({"hostIP": internal_ip(node_name)} if node_name else {}),
             "startTime": (pod.get("status") or {}).get("startTime") or now,
             "qosClass": "Burstable",
             "reason": outcome.pod_reason,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubellm_operator.api import parse_quantity
+from kubellm_sandbox.emulator.resources import KUBERNETES_VERSION
 from kubellm_sandbox.emulator.store import now_rfc3339
 
 JsonObject = dict[str, Any]
+KUBELET_PORT = 10250
 
 
 def _condition(kind: str, healthy: bool, *, ready_type: bool = False) -> JsonObject:
@@ -31,6 +35,30 @@ def _condition(kind: str, healthy: bool, *, ready_type: bool = False) -> JsonObj
         "lastHeartbeatTime": now,
         "lastTransitionTime": now,
     }
+
+
+def node_info(name: str, architecture: str = "amd64") -> JsonObject:
+    """`status.nodeInfo` as a kubelet reports it, every field the API requires; the ids derive from the name, so
+    seeding a node again changes nothing (a new bootID would mean a reboot)."""
+    node_uuid = uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.kubellm-emulator")
+    return {
+        "machineID": node_uuid.hex,
+        "systemUUID": str(node_uuid),
+        "bootID": str(uuid.uuid5(node_uuid, "boot")),
+        "kernelVersion": "6.8.0-kubellm",
+        "osImage": "Debian GNU/Linux 12 (bookworm)",
+        "containerRuntimeVersion": "containerd://1.7.24",
+        "kubeletVersion": KUBERNETES_VERSION,
+        "kubeProxyVersion": KUBERNETES_VERSION,
+        "operatingSystem": "linux",
+        "architecture": architecture,
+    }
+
+
+def internal_ip(name: str) -> str:
+    """A stable address in 10.0.0.0/16 per node name (distinct nodes rarely share one)."""
+    digest = zlib.crc32(name.encode())
+    return f"10.0.{(digest >> 8) % 256}.{digest % 254 + 1}"
 
 
 def node_manifest(
@@ -75,8 +103,9 @@ def node_manifest(
                 _condition("MemoryPressure", not memory_pressure),
                 _condition("DiskPressure", not disk_pressure),
             ],
-            "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": name}],
-            "nodeInfo": {"kubeletVersion": "v1.32.0", "operatingSystem": "linux", "architecture": "amd64"},
+            "addresses": [{"type": "InternalIP", "address": internal_ip(name)}, {"type": "Hostname", "address": name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
+            "nodeInfo": node_info(name),
         },
     }
 

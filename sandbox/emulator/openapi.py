@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from kubellm_sandbox.emulator.resources import ResourceType
+from kubellm_sandbox.emulator.resources import KUBERNETES_VERSION, ResourceType
 
 JsonObject = dict[str, Any]
 _PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml")
@@ -58,7 +58,7 @@ def group_version_document(types: list[ResourceType]) -> JsonObject:
         schemas[_schema_name(rtype)] = schema
     return {
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION},
         "paths": paths,
         "components": {"schemas": schemas},
     }

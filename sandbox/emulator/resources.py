@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+KUBERNETES_VERSION = "v1.32.0"  # the version the emulator reports (/version, /openapi, its Nodes' kubelets)
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
 
@@ -33,6 +34,9 @@ class ResourceType:
     schema: dict[str, Any] | None = None  # a CRD version's openAPIV3Schema; None for built-in kinds
     custom: bool = False
     extra_subresources: tuple[str, ...] = ()  # served only for discovery (e.g. pods/log is not emulated)
+    # A DELETE that removes the object answers it rather than a Status: the apiserver's registries with
+    # `ReturnDeletedObject` (what the kubernetes client's delete_* methods declare they return); not custom resources.
+    delete_returns_object: bool = False
 
     @property
     def api_version(self) -> str:
@@ -107,14 +111,35 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
         categories=("all",),
         status_subresource=True,
         extra_subresources=("log",),
+        delete_returns_object=True,
     ),
-    _core("services", "Service", short_names=("svc",), categories=("all",), status_subresource=True),
+    _core(
+        "services",
+        "Service",
+        short_names=("svc",),
+        categories=("all",),
+        status_subresource=True,
+        delete_returns_object=True,
+    ),
     _core("events", "Event", short_names=("ev",)),
     _core("secrets", "Secret"),
     _core("configmaps", "ConfigMap", short_names=("cm",)),
-    _core("serviceaccounts", "ServiceAccount", short_names=("sa",)),
-    _core("persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",), status_subresource=True),
-    _core("persistentvolumes", "PersistentVolume", namespaced=False, short_names=("pv",), status_subresource=True),
+    _core("serviceaccounts", "ServiceAccount", short_names=("sa",), delete_returns_object=True),
+    _core(
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        short_names=("pvc",),
+        status_subresource=True,
+        delete_returns_object=True,
+    ),
+    _core(
+        "persistentvolumes",
+        "PersistentVolume",
+        namespaced=False,
+        short_names=("pv",),
+        status_subresource=True,
+        delete_returns_object=True,
+    ),
     _core("endpoints", "Endpoints", short_names=("ep",)),
     ResourceType(
         group="apps",

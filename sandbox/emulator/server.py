@@ -29,7 +29,7 @@ from kubellm_sandbox.emulator.errors import ApiError
 from kubellm_sandbox.emulator.faults import FaultInjector
 from kubellm_sandbox.emulator.nodes import node_manifest, stats_summary
 from kubellm_sandbox.emulator.openapi import openapi_document
-from kubellm_sandbox.emulator.resources import ResourceType, storage_key
+from kubellm_sandbox.emulator.resources import KUBERNETES_VERSION, ResourceType, storage_key
 from kubellm_sandbox.emulator.selectors import label_matcher, parse_field_selector
 from kubellm_sandbox.emulator.store import PATCH_APPLY, ObjectStore, WriteOptions
 from kubellm_sandbox.emulator.tables import render_table
@@ -37,9 +37,9 @@ from kubellm_sandbox.emulator.tables import render_table
 JsonObject = dict[str, Any]
 logger = logging.getLogger("kubellm_sandbox.emulator")
 SERVER_VERSION = {
-    "major": "1",
-    "minor": "32",
-    "gitVersion": "v1.32.0",
+    "major": KUBERNETES_VERSION[1:].split(".")[0],
+    "minor": KUBERNETES_VERSION.split(".")[1],
+    "gitVersion": KUBERNETES_VERSION,
     "gitCommit": "kubellm-emulator",
     "gitTreeState": "clean",
     "buildDate": "2026-01-01T00:00:00Z",
@@ -467,8 +467,8 @@ class Emulator(kmock.KubernetesEmulator):
                 preconditions=delete_options.get("preconditions"),
                 options=options,
             )
-            if rtype.custom or result["metadata"].get("deletionTimestamp"):
-                return _json(result)
+            if rtype.delete_returns_object or result["metadata"].get("deletionTimestamp"):
+                return _json(result)  # as the apiserver: the object while it is being deleted, or for these kinds
             return _json(
                 {
                     "kind": "Status",

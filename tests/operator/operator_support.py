@@ -102,13 +102,13 @@ class Kube:
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         namespace = obj["metadata"].get("namespace", "default")
-        response = await asyncio.to_thread(
-            self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, obj, _preload_content=False
+        created = await asyncio.to_thread(
+            self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, obj
         )
-        return dict(json.loads(response.data))
+        return dict(created)
 
     async def patch_llmservice(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        response = await asyncio.to_thread(
+        patched = await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object,
             GROUP,
             VERSION,
@@ -117,17 +117,14 @@ class Kube:
             name,
             patch,
             _content_type="application/merge-patch+json",
-            _preload_content=False,
         )
-        return dict(json.loads(response.data))
+        return dict(patched)
 
     async def delete(self, kind: str, name: str) -> None:
         call: Callable[[], Any] = {
-            "LLMService": lambda: self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, "default", PLURAL, name, _preload_content=False
-            ),
-            "Deployment": lambda: self.apps.delete_namespaced_deployment(name, "default", _preload_content=False),
-            "Service": lambda: self.core.delete_namespaced_service(name, "default", _preload_content=False),
+            "LLMService": lambda: self.custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name),
+            "Deployment": lambda: self.apps.delete_namespaced_deployment(name, "default"),
+            "Service": lambda: self.core.delete_namespaced_service(name, "default"),
         }[kind]
         await asyncio.to_thread(call)
 

@@ -110,7 +110,6 @@ async def _hand_edit_deployment(kube: Kube) -> None:
         "default",
         patch,
         field_manager="kubectl-edit",
-        _preload_content=False,
     )
 
 
@@ -123,7 +122,7 @@ def storage_nodes(kube: Kube) -> None:
 
 
 async def cordon(kube: Kube, name: str) -> None:
-    await asyncio.to_thread(kube.core.patch_node, name, {"spec": {"unschedulable": True}}, _preload_content=False)
+    await asyncio.to_thread(kube.core.patch_node, name, {"spec": {"unschedulable": True}})
 
 
 async def test_storage_warning_then_a_big_node_fixes_it(kube: Kube, caplog: pytest.LogCaptureFixture) -> None:
