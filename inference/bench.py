@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,37 +209,35 @@ def server_process(command: list[str], env: dict[str, str], health_url: str, log
 # ---- the raw baseline --------------------------------------------------------------------------------------------
 
 
-def run_raw_levels(
-    model_folder: str, prompt_ids: list[int], batches: list[int], new_tokens: int, repetitions: int
-) -> dict[int, Any]:
-    """``model.generate`` on batches of identical prompts: TTFT is a one-token generate, e2e the full one.
-    Each batch size gets one unmeasured full run first, as the servers get their warm-up."""
-    import torch
+class RawGenerate:
+    """``model.generate`` on a batch of identical prompts: TTFT is a one-token generate, e2e the full one."""
 
-    from kubellm_inference.loading import load_model
+    def __init__(self, model_folder: str, prompt_ids: list[int], new_tokens: int) -> None:
+        from kubellm_inference.loading import load_model
 
-    loaded = load_model(ServerSettings(model=model_folder))
-    forced = {"min_new_tokens": new_tokens, "max_new_tokens": new_tokens, "do_sample": False}
-    pad = {"pad_token_id": loaded.pad_token_id}
-    runs_by_batch: dict[int, Any] = {}
-    generate: Any = loaded.model.generate
-    with torch.inference_mode():
-        for batch in batches:
-            inputs = torch.tensor([prompt_ids] * batch, device=loaded.device)
-            mask = torch.ones_like(inputs)
-            generate(input_ids=inputs, attention_mask=mask, **forced, **pad)  # warm-up
-            runs = []
-            for _ in range(repetitions):
-                started = time.perf_counter()
-                generate(input_ids=inputs, attention_mask=mask, max_new_tokens=1, **pad)
-                ttft = time.perf_counter() - started
-                started = time.perf_counter()
-                output = generate(input_ids=inputs, attention_mask=mask, **forced, **pad)
-                e2e = time.perf_counter() - started
-                produced = int(output.shape[1] - inputs.shape[1])
-                runs.append(([RequestTiming(ttft, e2e, produced) for _ in range(batch)], e2e))
-            runs_by_batch[batch] = runs
-    return runs_by_batch
+        self.loaded = load_model(ServerSettings(model=model_folder))
+        self.prompt_ids = prompt_ids
+        self.forced = {"min_new_tokens": new_tokens, "max_new_tokens": new_tokens, "do_sample": False}
+
+    def __call__(self, batch: int) -> tuple[list[RequestTiming], float]:
+        import torch
+
+        generate: Any = self.loaded.model.generate
+        inputs = torch.tensor([self.prompt_ids] * batch, device=self.loaded.device)
+        common = {
+            "input_ids": inputs,
+            "attention_mask": torch.ones_like(inputs),
+            "pad_token_id": self.loaded.pad_token_id,
+        }
+        with torch.inference_mode():
+            started = time.perf_counter()
+            generate(**common, max_new_tokens=1)
+            ttft = time.perf_counter() - started
+            started = time.perf_counter()
+            output = generate(**common, **self.forced)
+            e2e = time.perf_counter() - started
+        produced = int(output.shape[1] - inputs.shape[1])
+        return [RequestTiming(ttft, e2e, produced) for _ in range(batch)], e2e
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
@@ -266,96 +264,87 @@ def make_prompt(model_folder: str, tokens: int) -> tuple[str, list[int]]:
     return str(tokenizer.decode(ids)), list(ids)
 
 
-def requests_per_level(concurrency: int, rounds: int) -> int:
-    return concurrency * rounds
+RAW, OURS, PEER = "raw generate", "kubellm serve", "transformers serve --continuous-batching"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start every target, warm each up, then measure them interleaved (repetition by repetition, level by
+    level, target by target), so that a change in the machine's load hits all of them alike."""
     started = time.monotonic()
     budget_end = started + args.max_seconds
     model_folder = resolve_model_folder(args.model)
     prompt, prompt_ids = make_prompt(model_folder, args.prompt_tokens)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    results: list[LevelResult] = []
     notes: list[str] = []
-
-    def check_budget(what: str) -> None:
-        if time.monotonic() > budget_end:
-            raise BenchError(f"--max-seconds {args.max_seconds} used up before {what}")
-
-    def bench_http(target: str, url: str, body: dict[str, Any]) -> None:
-        # Warm-up at the highest concurrency: allocates caches and batches before anything is measured.
-        run_http_level(url, body, max(args.concurrency), max(args.concurrency), args.request_timeout)
-        for concurrency in args.concurrency:
-            check_budget(f"{target} at concurrency {concurrency}")
-            total = requests_per_level(concurrency, args.rounds)
-            runs = [
-                run_http_level(url, body, concurrency, total, args.request_timeout) for _ in range(args.repetitions)
-            ]
-            results.append(summarize(target, concurrency, runs))
-            print(f"  {target} c={concurrency}: {results[-1].tokens_per_s:.1f} tok/s", file=sys.stderr)
-
-    base_body = {"prompt": prompt, "max_tokens": args.new_tokens, "temperature": 0, "stream": True}
+    targets: dict[str, Callable[[int], tuple[list[RequestTiming], float]]] = {}
     load_before = os.getloadavg()
+    base_body = {"prompt": prompt, "max_tokens": args.new_tokens, "temperature": 0, "stream": True}
+    highest = max(args.concurrency)
 
-    if "raw" in args.targets:
-        check_budget("raw generate")
-        raw = run_raw_levels(model_folder, prompt_ids, args.concurrency, args.new_tokens, args.repetitions)
-        for batch, runs in raw.items():
-            results.append(summarize("raw generate", batch, runs))
-            print(f"  raw generate b={batch}: {results[-1].tokens_per_s:.1f} tok/s", file=sys.stderr)
+    def http_target(url: str, body: dict[str, Any]) -> Callable[[int], tuple[list[RequestTiming], float]]:
+        def measure(concurrency: int) -> tuple[list[RequestTiming], float]:
+            total = concurrency * args.rounds
+            return run_http_level(url, body, concurrency, total, args.request_timeout)
 
-    if "kubellm" in args.targets:
-        port = free_port()
-        env = {
-            **os.environ,
-            env_name("model"): model_folder,
-            env_name("served_model_name"): "bench",
-            env_name("host"): "127.0.0.1",
-            env_name("port"): str(port),
-            env_name("max_batch_size"): str(max(args.concurrency)),
-            env_name("max_new_tokens"): str(max(args.new_tokens, 1)),
-            env_name("log_level"): "warning",
-        }
-        command = [sys.executable, "-m", "kubellm_inference.server"]
-        with server_process(command, env, f"http://127.0.0.1:{port}/readyz", log_dir / "kubellm-serve.log"):
-            body = {
-                **base_body,
-                "model": "bench",
-                "ignore_eos": True,
-                "stream_options": {"include_usage": True},
-            }
-            bench_http("kubellm serve", f"http://127.0.0.1:{port}/v1/completions", body)
+        return measure
 
-    if "peer" in args.targets:
-        peer = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-        if peer is None:
-            notes.append("transformers serve: the `transformers` command is not installed; peer skipped")
-        else:
+    with contextlib.ExitStack() as servers:
+        if "raw" in args.targets:
+            targets[RAW] = RawGenerate(model_folder, prompt_ids, args.new_tokens)
+        if "kubellm" in args.targets:
             port = free_port()
-            command = [
-                peer,
-                "serve",
-                model_folder,
-                "--continuous-batching",
-                "--cb-num-blocks",
-                str(args.peer_cb_num_blocks),
-                "--dtype",
-                "float32",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
-            env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-            with server_process(command, env, f"http://127.0.0.1:{port}/health", log_dir / "transformers-serve.log"):
+            env = {
+                **os.environ,
+                env_name("model"): model_folder,
+                env_name("served_model_name"): "bench",
+                env_name("host"): "127.0.0.1",
+                env_name("port"): str(port),
+                env_name("max_batch_size"): str(highest),
+                env_name("max_new_tokens"): str(args.new_tokens),
+                env_name("log_level"): "warning",
+            }
+            command = [sys.executable, "-m", "kubellm_inference.server"]
+            servers.enter_context(
+                server_process(command, env, f"http://127.0.0.1:{port}/readyz", log_dir / "kubellm-serve.log")
+            )
+            body = {**base_body, "model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}}
+            targets[OURS] = http_target(f"http://127.0.0.1:{port}/v1/completions", body)
+        if "peer" in args.targets:
+            peer = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+            if peer is None:
+                notes.append("transformers serve: the `transformers` command is not installed; peer skipped")
+            else:
+                port = free_port()
+                command = [peer, "serve", model_folder, "--continuous-batching"]
+                command += ["--cb-num-blocks", str(args.peer_cb_num_blocks), "--dtype", "float32"]
+                command += ["--host", "127.0.0.1", "--port", str(port)]
+                health = f"http://127.0.0.1:{port}/health"
+                log_path = log_dir / "transformers-serve.log"
+                servers.enter_context(server_process(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, health, log_path))
                 # Its per-request generation_config forces the length: no end-of-sequence token.
                 forced = {"max_new_tokens": args.new_tokens, "do_sample": False, "eos_token_id": None}
                 body = {**base_body, "model": model_folder, "generation_config": json.dumps(forced)}
-                bench_http("transformers serve --continuous-batching", f"http://127.0.0.1:{port}/v1/completions", body)
+                targets[PEER] = http_target(f"http://127.0.0.1:{port}/v1/completions", body)
 
-    document = {
+        # Warm-up, unmeasured: caches, allocator pools and the peer's batching manager exist before timing.
+        for name, measure in targets.items():
+            for level in args.concurrency if name == RAW else [highest]:
+                measure(level)
+        runs: dict[tuple[str, int], list[tuple[list[RequestTiming], float]]] = {}
+        for repetition in range(args.repetitions):
+            for level in args.concurrency:
+                for name, measure in targets.items():
+                    if time.monotonic() > budget_end:
+                        raise BenchError(f"--max-seconds {args.max_seconds} used up (repetition {repetition + 1})")
+                    runs.setdefault((name, level), []).append(measure(level))
+                    timings, wall = runs[(name, level)][-1]
+                    rate = sum(t.tokens for t in timings) / wall
+                    print(f"  rep {repetition + 1} {name} @ {level}: {rate:.1f} tok/s", file=sys.stderr)
+
+    results = [summarize(name, level, level_runs) for (name, level), level_runs in runs.items()]
+    results.sort(key=lambda r: (list(targets).index(r.target), r.concurrency))
+    return {
         "model": args.model,
         "model_folder": model_folder,
         "prompt_tokens": len(prompt_ids),
@@ -370,15 +359,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "comparisons": comparisons(results),
         "notes": notes,
     }
-    return document
 
 
 def comparisons(results: list[LevelResult]) -> dict[str, float]:
     """The issue's targets as ratios (only those whose inputs were measured)."""
     by_key = {(r.target, r.concurrency): r for r in results}
-    ours_1, ours_8 = by_key.get(("kubellm serve", 1)), by_key.get(("kubellm serve", 8))
-    raw_1 = by_key.get(("raw generate", 1))
-    peer_8 = by_key.get(("transformers serve --continuous-batching", 8))
+    ours_1, ours_8 = by_key.get((OURS, 1)), by_key.get((OURS, 8))
+    raw_1 = by_key.get((RAW, 1))
+    peer_8 = by_key.get((PEER, 8))
     ratios: dict[str, float] = {}
     if ours_1 and raw_1:
         ratios["c1_tokens_per_s_vs_raw_batch1"] = round(ours_1.tokens_per_s / raw_1.tokens_per_s, 3)
