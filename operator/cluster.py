@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,15 +88,8 @@ class Cluster:
         )
 
     def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        if kind == "Deployment":
-            return self._absent_is_none(
-                lambda: self.apps.read_namespaced_deployment(name, namespace, _preload_content=False)
-            )
-        if kind == "Service":
-            return self._absent_is_none(
-                lambda: self.core.read_namespaced_service(name, namespace, _preload_content=False)
-            )
-        raise ValueError(f"kubellm does not manage {kind} objects")
+        read, _ = self._child_calls(kind)
+        return self._absent_is_none(lambda: read(name, namespace, _preload_content=False))
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         listing = _loads(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
@@ -125,11 +118,8 @@ class Cluster:
             "_content_type": "application/apply-patch+yaml",
             "_preload_content": False,
         }
-        if kind == "Deployment":
-            return _loads(self.apps.patch_namespaced_deployment(name, namespace, obj, **options))
-        if kind == "Service":
-            return _loads(self.core.patch_namespaced_service(name, namespace, obj, **options))
-        raise ValueError(f"kubellm does not manage {kind} objects")
+        _, patch = self._child_calls(kind)
+        return _loads(patch(name, namespace, obj, **options))
 
     def patch_llmservice_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return _loads(
@@ -173,6 +163,14 @@ class Cluster:
             "count": 1,
         }
         self.core.create_namespaced_event(namespace, event, _preload_content=False)  # type: ignore[arg-type]
+
+    def _child_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The read and patch calls of a child kind."""
+        if kind == "Deployment":
+            return self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment
+        if kind == "Service":
+            return self.core.read_namespaced_service, self.core.patch_namespaced_service
+        raise ValueError(f"kubellm does not manage {kind} objects")
 
     @staticmethod
     def _absent_is_none(call: Any) -> dict[str, Any] | None:

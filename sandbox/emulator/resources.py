@@ -99,6 +99,21 @@ def _core(plural: str, kind: str, namespaced: bool = True, **extra: Any) -> Reso
     return ResourceType(group="", version="v1", plural=plural, kind=kind, namespaced=namespaced, **extra)
 
 
+def _apps(plural: str, kind: str, short_name: str) -> ResourceType:
+    """An apps/v1 workload: status, and a `/scale` subresource over its replicas and selector."""
+    return ResourceType(
+        group="apps",
+        version="v1",
+        plural=plural,
+        kind=kind,
+        namespaced=True,
+        short_names=(short_name,),
+        categories=("all",),
+        status_subresource=True,
+        scale=ScaleSubresource(".spec.replicas", ".status.replicas", ".status.selector"),
+    )
+
+
 BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _core("namespaces", "Namespace", namespaced=False, short_names=("ns",), status_subresource=True),
     _core(
@@ -141,39 +156,9 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
         delete_returns_object=True,
     ),
     _core("endpoints", "Endpoints", short_names=("ep",)),
-    ResourceType(
-        group="apps",
-        version="v1",
-        plural="deployments",
-        kind="Deployment",
-        namespaced=True,
-        short_names=("deploy",),
-        categories=("all",),
-        status_subresource=True,
-        scale=ScaleSubresource(".spec.replicas", ".status.replicas", ".status.selector"),
-    ),
-    ResourceType(
-        group="apps",
-        version="v1",
-        plural="replicasets",
-        kind="ReplicaSet",
-        namespaced=True,
-        short_names=("rs",),
-        categories=("all",),
-        status_subresource=True,
-        scale=ScaleSubresource(".spec.replicas", ".status.replicas", ".status.selector"),
-    ),
-    ResourceType(
-        group="apps",
-        version="v1",
-        plural="statefulsets",
-        kind="StatefulSet",
-        namespaced=True,
-        short_names=("sts",),
-        categories=("all",),
-        status_subresource=True,
-        scale=ScaleSubresource(".spec.replicas", ".status.replicas", ".status.selector"),
-    ),
+    _apps("deployments", "Deployment", "deploy"),
+    _apps("replicasets", "ReplicaSet", "rs"),
+    _apps("statefulsets", "StatefulSet", "sts"),
     ResourceType(
         group="events.k8s.io", version="v1", plural="events", kind="Event", namespaced=True, short_names=("ev",)
     ),

@@ -106,6 +106,21 @@ def parse_api_path(path: str, find_type: Callable[[str, str, str], ResourceType 
     )
 
 
+def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Runs `callback` in `loop`: at once when called from that loop, else scheduled from this other thread (store
+    writes come from any thread, e.g. a sync client's or a test's); nothing when the loop is closed."""
+    if loop.is_closed():
+        return
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        callback()
+    else:
+        loop.call_soon_threadsafe(callback)
+
+
 def _bool_param(params: Any, name: str) -> bool:
     return str(params.get(name, "")).lower() in ("true", "1")
 
@@ -293,17 +308,8 @@ class Emulator(kmock.KubernetesEmulator):
         self._on_change()
 
     def _on_change(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._wake()
-        else:
-            loop.call_soon_threadsafe(self._wake)
+        if self._loop is not None:
+            call_in_loop(self._loop, self._wake)
 
     def _wake(self) -> None:
         if self._changed is not None:

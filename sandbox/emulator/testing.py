@@ -124,8 +124,11 @@ async def kopf_operator(
             _current_url["url"] = None
 
 
-async def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "a condition") -> Any:
-    """Polls `predicate` (cheap, in-process) until it returns a truthy value; bounded by `timeout`."""
+async def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "a condition", interval: float = 0.02
+) -> Any:
+    """Polls `predicate` (cheap, in-process) every `interval` seconds until it returns a truthy value (which it
+    returns); raises TimeoutError naming `what` after `timeout` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -134,4 +137,4 @@ async def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, wha
             return result
         if loop.time() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)

@@ -25,7 +25,7 @@ from kubellm_operator.config import OperatorSettings
 from kubellm_operator.main import run
 from kubellm_operator.metrics import OperatorMetrics
 from kubellm_sandbox.emulator import WRITE_METHODS, ApiError, Emulator
-from kubellm_sandbox.emulator.testing import kubernetes_configuration
+from kubellm_sandbox.emulator.testing import kubernetes_configuration, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kubellm.dev_llmservices.yaml"
@@ -148,15 +148,10 @@ class Kube:
 
     async def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
         """Poll ``predicate`` until truthy; on timeout fail with the cluster state dumped."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if loop.time() >= deadline:
-                pytest.fail(f"timed out after {timeout}s waiting for {what}\n{self.dump()}")
-            await asyncio.sleep(0.05)
+        try:
+            return await wait_until(predicate, timeout=timeout, what=what, interval=0.05)
+        except TimeoutError as error:
+            pytest.fail(f"{error}\n{self.dump()}")
 
     async def quiet(self, seconds: float = 1.0) -> list[tuple[str, str]]:
         """The writes made during ``seconds`` of letting everything run."""

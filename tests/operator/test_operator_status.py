@@ -45,6 +45,12 @@ def pod(phase: str = "Running", *, containers: list[dict[str, Any]] | None = Non
     }
 
 
+def unschedulable_pod(message: str) -> dict[str, Any]:
+    """A Pending pod the scheduler could not place, with the scheduler's message."""
+    scheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    return pod("Pending", conditions=[scheduled])
+
+
 def container(**fields: Any) -> dict[str, Any]:
     return {"name": "inference", "restartCount": 0, "ready": False, "started": False, "state": {}, **fields}
 
@@ -186,42 +192,14 @@ LOADING = container(started=False, state={"running": {}})
             ("True", "Evicted"),
         ),
         (
-            observe(
-                pods=[
-                    pod(
-                        "Pending",
-                        conditions=[
-                            {
-                                "type": "PodScheduled",
-                                "status": "False",
-                                "reason": "Unschedulable",
-                                "message": "0/3 nodes are available: 3 Insufficient ephemeral-storage.",
-                            }
-                        ],
-                    )
-                ]
-            ),
+            observe(pods=[unschedulable_pod("0/3 nodes are available: 3 Insufficient ephemeral-storage.")]),
             "Degraded",
             ("False", "InsufficientEphemeralStorage"),
             ("True", "InsufficientEphemeralStorage"),
             ("True", "InsufficientEphemeralStorage"),
         ),
         (
-            observe(
-                pods=[
-                    pod(
-                        "Pending",
-                        conditions=[
-                            {
-                                "type": "PodScheduled",
-                                "status": "False",
-                                "reason": "Unschedulable",
-                                "message": "0/3 nodes are available: 3 Insufficient cpu.",
-                            }
-                        ],
-                    )
-                ]
-            ),
+            observe(pods=[unschedulable_pod("0/3 nodes are available: 3 Insufficient cpu.")]),
             "Degraded",
             ("False", "Unschedulable"),
             ("True", "Unschedulable"),
