@@ -160,6 +160,9 @@ def _finish_error(event: GenerationEvent) -> APIError | None:
 
 
 async def _next_event(state: ServerState, handle: RequestHandle) -> GenerationEvent:
+    if not handle.events.empty():
+        # The common case while streaming: the worker is ahead; no timer needed.
+        return handle.events.get_nowait()
     request = handle.request
     assert request is not None
     remaining = request.deadline + _DEADLINE_SLACK_S - time.monotonic()
