@@ -142,17 +142,22 @@ def test_deadline_ends_a_started_stream_with_an_error_event(tiny_settings: Serve
 def test_deadline_applies_to_queued_requests(tiny_settings: ServerSettings) -> None:
     # One slot, and a first step longer than the deadline: the second request expires while it waits.
     settings = tiny_settings.model_copy(
-        update={"debug_step_delay_s": 1.0, "request_timeout_s": 0.5, "max_batch_size": 1}
+        update={"debug_step_delay_s": 2.0, "request_timeout_s": 0.5, "max_batch_size": 1}
     )
     with serve(settings) as server, server.client() as client, ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(client.post, "/ask", json={"text": "hi", "max_new_tokens": 5})
         engine = server.state.engine
-        admitted = lambda: engine.in_flight() == 1 and server.metric("kubellm_queue_depth") == 0  # noqa: E731
-        wait_until(admitted, 5, "the first request to run")
+        warm_up_tokens = server.metric("kubellm_prompt_tokens_total")
+        running = pool.submit(client.post, "/ask", json={"text": "hi", "max_new_tokens": 5})
+        # Its prefill (a 2 s step) has begun once its prompt tokens are counted.
+        wait_until(lambda: server.metric("kubellm_prompt_tokens_total") > warm_up_tokens, 5, "the first prefill")
+        prefilled = server.metric("kubellm_prompt_tokens_total")
         queued = client.post("/ask", json={"text": "hi", "max_new_tokens": 5})
         assert queued.status_code == 504
-        assert "queued" in queued.json()["error"]["message"]
+        assert queued.json()["error"]["code"] == "deadline_exceeded"
         assert running.result(timeout=10).status_code == 504
+        # The expired request leaves the queue without ever being prefilled.
+        wait_until(lambda: engine.in_flight() == 0, 10, "the queue to empty")
+        assert server.metric("kubellm_prompt_tokens_total") == prefilled
 
 
 def test_client_disconnect_frees_the_slot(tiny_settings: ServerSettings) -> None:
