@@ -4,7 +4,8 @@
 ``maxSurge``/``maxUnavailable``, or ``Recreate``), over the pods of one Deployment; :func:`deployment_status` rolls
 those pods' status up into the Deployment's ``status`` (replicas, updated, ready, available, observedGeneration,
 the Available and Progressing conditions) so that whatever reads a Deployment (the operator, ``kubectl rollout
-status``) sees what a cluster would show. No I/O and no clock: the caller passes ``now``.
+status``) sees what a cluster would show; the kubelet stand-in of the tests (``kubelet.py``) rolls up with it too.
+No I/O and no clock: the caller passes ``now``.
 
 The sandbox creates no ReplicaSets: pods are owned by the Deployment and carry the ``pod-template-hash`` label of
 the template they were made from, which is all the rollout logic needs.
@@ -37,6 +38,11 @@ def template_hash(template: Mapping[str, Any]) -> str:
 
 def is_terminating(pod: Mapping[str, Any]) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def is_active(pod: Mapping[str, Any]) -> bool:
+    """Counted by the ReplicaSet and Deployment controllers: neither terminating nor finished (Failed, Succeeded)."""
+    return not is_terminating(pod) and (pod.get("status") or {}).get("phase") not in ("Failed", "Succeeded")
 
 
 def is_ready(pod: Mapping[str, Any]) -> bool:
@@ -111,10 +117,10 @@ def plan_rollout(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]
     spec = deployment.get("spec") or {}
     replicas = desired_replicas(deployment)
     current = template_hash(spec.get("template") or {})
-    live = [pod for pod in pods if not is_terminating(pod)]
+    live = [pod for pod in pods if is_active(pod)]
     new = [pod for pod in live if pod_hash(pod) == current]
     old = [pod for pod in live if pod_hash(pod) != current]
-    terminating = len(pods) - len(live)
+    terminating = sum(1 for pod in pods if is_terminating(pod))
     names = lambda chosen: tuple(str(pod["metadata"]["name"]) for pod in chosen)  # noqa: E731
     if spec.get("paused"):
         return Plan(0, ())
@@ -162,8 +168,13 @@ def _seconds_between(earlier: str, later: str) -> float:
     return (parse(later) - parse(earlier)).total_seconds()
 
 
-def deployment_status(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str) -> JsonObject:
-    """The Deployment's whole `status`, from its pods; conditions keep their times unless they change."""
+def deployment_status(
+    deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str, *, deadline_exceeded: bool = False
+) -> JsonObject:
+    """The Deployment's whole `status`, from its pods; conditions keep their times unless they change.
+
+    `deadline_exceeded` declares an unfinished rollout past its progress deadline now, whatever the clock says
+    (the kubelet stand-in's tests use it rather than waiting `progressDeadlineSeconds`)."""
     spec = deployment.get("spec") or {}
     metadata = deployment.get("metadata") or {}
     previous_status = deployment.get("status") or {}
@@ -171,7 +182,8 @@ def deployment_status(deployment: Mapping[str, Any], pods: Sequence[Mapping[str,
     replicas = desired_replicas(deployment)
     name = metadata.get("name", "")
     current = template_hash(spec.get("template") or {})
-    live = [pod for pod in pods if not is_terminating(pod)]
+    live = [pod for pod in pods if is_active(pod)]
+    terminating = sum(1 for pod in pods if is_terminating(pod))
     updated = sum(1 for pod in live if pod_hash(pod) == current)
     ready = sum(1 for pod in live if is_ready(pod))
     # minReadySeconds is not waited for: a ready pod is available at once.
@@ -194,7 +206,7 @@ def deployment_status(deployment: Mapping[str, Any], pods: Sequence[Mapping[str,
         )
     )
     replica_set = f'ReplicaSet "{name}-{current}"'
-    complete = updated == replicas and len(live) == replicas and available == replicas and not (len(pods) - len(live))
+    complete = updated == replicas and len(live) == replicas and available == replicas and not terminating
     deadline = int(spec.get("progressDeadlineSeconds") or DEFAULT_PROGRESS_DEADLINE_SECONDS)
     before = previous.get("Progressing") or {}
     if complete:
@@ -214,7 +226,7 @@ def deployment_status(deployment: Mapping[str, Any], pods: Sequence[Mapping[str,
             or previous_status.get("observedGeneration") != metadata.get("generation")
         )
         last_update = before.get("lastUpdateTime")
-        stalled = (
+        stalled = deadline_exceeded or (
             not progress_made
             and before.get("reason") in ("ReplicaSetUpdated", "NewReplicaSetCreated", "ProgressDeadlineExceeded")
             and last_update is not None

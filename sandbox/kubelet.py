@@ -4,7 +4,7 @@ A test (or the sandbox) calls it to turn Deployments into ReplicaSets and Pods a
 pods: they become Ready, crash (CrashLoopBackOff, OOMKilled), cannot pull their image (ImagePullBackOff), are evicted
 for ephemeral storage, or stay Pending as Unschedulable. It then rolls the Deployment's status up (replicas,
 readyReplicas, updatedReplicas, availableReplicas, observedGeneration, Available/Progressing conditions) the way the
-controller-manager would. It talks to the API over HTTP, so it works with an in-process `Emulator` and with
+controller-manager would, with the sandbox runner's `kubellm_sandbox.deployments.deployment_status`. It talks to the API over HTTP, so it works with an in-process `Emulator` and with
 `kubellm emulator` alike:
 
     async with Kubelet(emulator.api_url) as kubelet:
@@ -28,11 +28,11 @@ from typing import Any, Self
 
 import aiohttp
 
+from kubellm_sandbox.deployments import POD_TEMPLATE_HASH, deployment_status, template_hash
 from kubellm_sandbox.emulator.nodes import internal_ip
 
 JsonObject = dict[str, Any]
 EVICTED_MESSAGE = "The node was low on resource: ephemeral-storage."
-_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet of generated names and pod-template-hash
 
 
 def _now() -> str:
@@ -124,12 +124,6 @@ class PodOutcome:
             unschedulable_message=message,
             events=(("Warning", "FailedScheduling", message),),
         )
-
-
-def template_hash(template: JsonObject) -> str:
-    """A stable pod-template-hash for a pod template (10 characters of the generated-name alphabet)."""
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
-    return "".join(_ALPHABET[byte % len(_ALPHABET)] for byte in digest[:10])
 
 
 def _owner_reference(owner: JsonObject) -> JsonObject:
@@ -276,10 +270,10 @@ class Kubelet:
             if (existing.get("spec") or {}).get("replicas") != desired:
                 existing = await self._merge_patch(f"{replica_sets}/{rs_name}", {"spec": {"replicas": desired}})
             return dict(existing)
-        labels = {**((template.get("metadata") or {}).get("labels") or {}), "pod-template-hash": pod_hash}
+        labels = {**((template.get("metadata") or {}).get("labels") or {}), POD_TEMPLATE_HASH: pod_hash}
         template.setdefault("metadata", {})["labels"] = labels
         selector = copy.deepcopy(spec.get("selector") or {})
-        selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
+        selector.setdefault("matchLabels", {})[POD_TEMPLATE_HASH] = pod_hash
         body = {
             "apiVersion": "apps/v1",
             "kind": "ReplicaSet",
@@ -299,9 +293,9 @@ class Kubelet:
         return dict(created)
 
     async def _pods_of(self, namespace: str, replica_set: JsonObject) -> list[JsonObject]:
-        pod_hash = replica_set["metadata"]["labels"]["pod-template-hash"]
+        pod_hash = replica_set["metadata"]["labels"][POD_TEMPLATE_HASH]
         listing = await self._call(
-            "GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": f"pod-template-hash={pod_hash}"}
+            "GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": f"{POD_TEMPLATE_HASH}={pod_hash}"}
         )
         uid = replica_set["metadata"]["uid"]
         return [
@@ -448,66 +442,15 @@ class Kubelet:
     async def _roll_up(
         self, deployment: JsonObject, replica_set: JsonObject, pods: list[JsonObject], *, deadline_exceeded: bool
     ) -> JsonObject:
-        meta, spec = deployment["metadata"], deployment.get("spec") or {}
-        desired = int(spec.get("replicas", 1))
-        live = [pod for pod in pods if (pod.get("status") or {}).get("phase") not in ("Failed", "Succeeded")]
-        ready = [pod for pod in live if _pod_ready(pod)]
+        meta = deployment["metadata"]
+        status = deployment_status(deployment, pods, _now(), deadline_exceeded=deadline_exceeded)
         rs_name = replica_set["metadata"]["name"]
-        previous = {c.get("type"): c for c in (deployment.get("status") or {}).get("conditions") or []}
-        now = _now()
-
-        def condition(kind: str, status: str, reason: str, message: str) -> JsonObject:
-            old = previous.get(kind) or {}
-            since = old.get("lastTransitionTime") if old.get("status") == status else now
-            return {
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastUpdateTime": now if old.get("reason") != reason else old.get("lastUpdateTime", now),
-                "lastTransitionTime": since or now,
-            }
-
-        available = len(ready) >= desired
-        if available:
-            available_condition = condition(
-                "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability."
-            )
-        else:
-            available_condition = condition(
-                "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability."
-            )
-        if deadline_exceeded:
-            progressing = condition(
-                "Progressing", "False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.'
-            )
-        elif available:
-            progressing = condition(
-                "Progressing", "True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.'
-            )
-        else:
-            progressing = condition(
-                "Progressing", "True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.'
-            )
-        status: JsonObject = {
-            "observedGeneration": meta.get("generation", 1),
-            "replicas": len(live),
-            "updatedReplicas": len(live),
-            "readyReplicas": len(ready),
-            "availableReplicas": len(ready),
-            "unavailableReplicas": max(desired - len(ready), 0),
-            "conditions": [available_condition, progressing],
-        }
-        for zero_dropped in ("readyReplicas", "availableReplicas", "unavailableReplicas"):
-            if status[zero_dropped] == 0:
-                del status[zero_dropped]  # the controller omits zero counts (omitempty)
+        counts = ("replicas", "readyReplicas", "availableReplicas")  # the pods are this ReplicaSet's alone
         await self._merge_patch(
             f"/apis/apps/v1/namespaces/{meta['namespace']}/replicasets/{rs_name}/status",
             {
                 "status": {
-                    "replicas": len(live),
-                    "readyReplicas": len(ready),
-                    "availableReplicas": len(ready),
+                    **{count: status.get(count, 0) for count in counts},
                     "observedGeneration": replica_set["metadata"].get("generation", 1),
                 }
             },
@@ -557,11 +500,6 @@ class Kubelet:
                 "count": 1,
             },
         )
-
-
-def _pod_ready(pod: JsonObject) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _status_essence(status: JsonObject) -> Any:

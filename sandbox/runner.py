@@ -39,6 +39,7 @@ from kubellm_sandbox.deployments import (
     template_hash,
 )
 from kubellm_sandbox.emulator.errors import ApiError
+from kubellm_sandbox.emulator.server import call_in_loop
 from kubellm_sandbox.emulator.store import PATCH_MERGE, ObjectStore, WriteOptions, now_rfc3339
 from kubellm_sandbox.forwarding import PortForwarder
 from kubellm_sandbox.pods import PORTS_ANNOTATION, PodRunner, RunnerSettings
@@ -128,16 +129,8 @@ class LocalRunner:
 
     def wake(self) -> None:
         loop, wake = self._loop, self._wake
-        if loop is None or wake is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            wake.set()
-        else:
-            loop.call_soon_threadsafe(wake.set)
+        if loop is not None and wake is not None:
+            call_in_loop(loop, wake.set)
 
     def rtype(self, group: str, version: str, plural: str) -> Any:
         return self.store.type_for(group, version, plural)

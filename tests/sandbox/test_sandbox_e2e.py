@@ -281,8 +281,7 @@ def test_a_taken_service_port_is_reported_not_fatal(sandbox: Sandbox) -> None:
             events = sandbox.core.list_namespaced_event("default", field_selector="involvedObject.name=busy").items
             assert any(event.reason == "PortUnavailable" for event in events)
         finally:
-            # _preload_content=False: the emulator answers a Status, which this client cannot read as a Service.
-            sandbox.core.delete_namespaced_service("busy", "default", _preload_content=False)
+            sandbox.core.delete_namespaced_service("busy", "default")
     assert cli.read_state(sandbox.layout) is not None, "the sandbox must keep running"
 
 

@@ -17,6 +17,7 @@ from kubellm_operator.api import LLMService
 from kubellm_operator.render import render_deployment
 from kubellm_sandbox.deployments import (
     POD_TEMPLATE_HASH,
+    Plan,
     deployment_status,
     plan_rollout,
     template_hash,
@@ -326,6 +327,24 @@ def test_status_rollup_reports_unavailability_and_the_progress_deadline() -> Non
     assert conditions["Available"]["reason"] == "MinimumReplicasUnavailable"
     stuck = deployment_status({**web, "status": first}, [pod("a", web, ready=False)], LATER)
     progressing = {c["type"]: c for c in stuck["conditions"]}["Progressing"]
+    assert (progressing["status"], progressing["reason"]) == ("False", "ProgressDeadlineExceeded")
+
+
+def test_finished_pods_count_for_nothing_and_are_replaced() -> None:
+    web = deployment(1)
+    evicted = pod("a", web, ready=False)
+    evicted["status"].update(phase="Failed", reason="Evicted")
+    assert plan_rollout(web, [evicted]) == Plan(1, ())  # the Failed pod stays; a replacement is made
+    status = deployment_status(web, [evicted, pod("b", web, ready=True)], NOW)
+    assert (status["replicas"], status["readyReplicas"]) == (1, 1)
+    progressing = {c["type"]: c for c in status["conditions"]}["Progressing"]
+    assert progressing["reason"] == "NewReplicaSetAvailable"  # a lingering Failed pod does not hold the rollout
+
+
+def test_status_rollup_can_be_told_the_deadline_passed() -> None:
+    web = deployment(1)
+    status = deployment_status(web, [pod("a", web, ready=False)], NOW, deadline_exceeded=True)
+    progressing = {c["type"]: c for c in status["conditions"]}["Progressing"]
     assert (progressing["status"], progressing["reason"]) == ("False", "ProgressDeadlineExceeded")
 
 
