@@ -13,6 +13,7 @@ The ``Ready`` condition's reason is the one a user needs first (the CRD's Reason
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,9 +73,13 @@ PROBLEM_PRIORITY = (
 )
 _IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
 _CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-# Exit codes of a container the kubelet killed (SIGKILL, SIGTERM): before its startup probe passed, that is
-# the startup probe giving up rather than the program crashing on its own.
+# Exit codes of a container killed by a signal (SIGKILL, SIGTERM): the startup probe giving up kills this way, and
+# so do an OOM kill, a node agent or a `kill -9`; _killed_by_startup_probe tells them apart.
 _KILLED_EXIT_CODES = frozenset({137, 143})
+# Probe defaults of the API, and the slack for one-second timestamps and the kubelet's sync period.
+_PROBE_DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3}
+_DEFAULT_GRACE_SECONDS = 30
+_TIMESTAMP_SLACK_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,54 @@ def _name(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("name", "?"))
 
 
-def _container_problem(pod_name: str, container: Mapping[str, Any]) -> PodProblem | None:
+def _time(value: Any) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def _killed_by_startup_probe(pod: Mapping[str, Any], container: Mapping[str, Any]) -> bool:
+    """Whether the container's previous run ended the way a failing startup probe ends one, judged from what a
+    kubelet reports (a kill by signal looks the same whoever sent it):
+
+    - the container has a startup probe, and the run ended by signal (exit code 137 or 143);
+    - the run lasted as long as that probe lets a container fail (initialDelaySeconds plus failureThreshold - 1
+      periods) and no longer than it lets one stay unstarted (plus the probe timeouts and the kill's grace period):
+      a shorter run was killed by something else, a longer one had passed its startup probe;
+    - the pod's Ready condition did not turn during the run: it can only have turned to False, so the container had
+      been ready (a healthy container killed, e.g. by `kill -9`, and now restarting).
+    """
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    if last.get("exitCode") not in _KILLED_EXIT_CODES:
+        return False
+    spec = pod.get("spec") or {}
+    declared_containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    declared: Mapping[str, Any] = next((c for c in declared_containers if c.get("name") == container.get("name")), {})
+    probe = declared.get("startupProbe")
+    started_at, finished_at = _time(last.get("startedAt")), _time(last.get("finishedAt"))
+    if not probe or started_at is None or finished_at is None:
+        return False
+    setting = {key: int(probe.get(key) or default) for key, default in _PROBE_DEFAULTS.items()}
+    grace = probe.get("terminationGracePeriodSeconds", spec.get("terminationGracePeriodSeconds"))
+    shortest = setting["initialDelaySeconds"] + (setting["failureThreshold"] - 1) * setting["periodSeconds"]
+    longest = (
+        setting["initialDelaySeconds"]
+        + setting["failureThreshold"] * (setting["periodSeconds"] + setting["timeoutSeconds"])
+        + int(_DEFAULT_GRACE_SECONDS if grace is None else grace)
+    )
+    ran = (finished_at - started_at).total_seconds()
+    if not shortest - _TIMESTAMP_SLACK_SECONDS <= ran <= longest + _TIMESTAMP_SLACK_SECONDS:
+        return False
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            turned = _time(condition.get("lastTransitionTime"))
+            return condition.get("status") != "True" and (turned is None or turned <= started_at)
+    return True
+
+
+def _container_problem(pod: Mapping[str, Any], container: Mapping[str, Any]) -> PodProblem | None:
+    pod_name = _name(pod)
     name = container.get("name", "?")
     state = container.get("state") or {}
     last = (container.get("lastState") or {}).get("terminated") or {}
@@ -107,10 +159,10 @@ def _container_problem(pod_name: str, container: Mapping[str, Any]) -> PodProble
         return PodProblem(IMAGE_PULL_BACK_OFF, f"{where} cannot pull its image ({waiting_reason}){detail}")
     if waiting_reason in _CONFIG_REASONS:
         return PodProblem(CREATE_CONTAINER_CONFIG_ERROR, f"{where} cannot start ({waiting_reason}){detail}")
-    if restarts > 0 and container.get("started") is False and last.get("exitCode") in _KILLED_EXIT_CODES:
+    if restarts > 0 and container.get("started") is False and _killed_by_startup_probe(pod, container):
         return PodProblem(
             STARTUP_PROBE_FAILED,
-            f"{where} was killed {restarts} times before its startup probe passed; "
+            f"{where} was killed by its startup probe before it passed ({restarts} restarts); "
             "raise probes.startup.budgetSeconds if the model needs longer to load",
         )
     if waiting_reason == "CrashLoopBackOff":
@@ -149,7 +201,7 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
                 return PodProblem(INSUFFICIENT_EPHEMERAL_STORAGE, f"pod {name} cannot be scheduled: {message}".strip())
             return PodProblem(UNSCHEDULABLE, f"pod {name} cannot be scheduled: {message}".strip())
     containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
-    found = [p for p in (_container_problem(name, c) for c in containers) if p is not None]
+    found = [p for p in (_container_problem(pod, c) for c in containers) if p is not None]
     return worst(found)
 
 

@@ -83,9 +83,33 @@ OOM = container(
     lastState={"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
 )
 PULL = container(state={"waiting": {"reason": "ErrImagePull", "message": "not found"}})
-STARTUP = container(
-    restartCount=3, started=False, state={"running": {}}, lastState={"terminated": {"exitCode": 137, "reason": "Error"}}
-)
+# A 600 s startup budget (60 x 10 s, 5 s timeouts) in a pod with a 35 s grace period: the probe gives up after a
+# run of 590 s to 935 s (60 x (10 s + 5 s) + 35 s).
+STARTUP_PROBE = {
+    "httpGet": {"path": "/readyz", "port": 5000},
+    "periodSeconds": 10,
+    "timeoutSeconds": 5,
+    "failureThreshold": 60,
+}
+
+
+def restarted_pod(
+    *, ran_s: int, exit_code: int = 137, ready_turned: str | None = None, probe: dict[str, Any] | None = STARTUP_PROBE
+) -> dict[str, Any]:
+    """A pod whose container's previous run started at T0 and ran `ran_s` seconds until it ended with `exit_code`;
+    now restarted and not yet started. Its Ready condition is False since `ready_turned` (default: before T0)."""
+    finished = f"2026-01-01T{ran_s // 3600:02d}:{ran_s // 60 % 60:02d}:{ran_s % 60:02d}Z"
+    last = {"exitCode": exit_code, "reason": "Error", "startedAt": T0, "finishedAt": finished}
+    restarted = container(restartCount=1, started=False, state={"running": {}}, lastState={"terminated": last})
+    ready = {"type": "Ready", "status": "False", "lastTransitionTime": ready_turned or "2025-12-31T23:59:58Z"}
+    declared = {"name": "inference", **({"startupProbe": probe} if probe else {})}
+    return {
+        **pod(containers=[restarted], conditions=[ready]),
+        "spec": {"containers": [declared], "terminationGracePeriodSeconds": 35},
+    }
+
+
+STARTUP = restarted_pod(ran_s=600)
 LOADING = container(started=False, state={"running": {}})
 
 
@@ -171,7 +195,7 @@ LOADING = container(started=False, state={"running": {}})
             ("True", "ImagePullBackOff"),
         ),
         (
-            observe(pods=[pod(containers=[STARTUP])]),
+            observe(pods=[STARTUP]),
             "Degraded",
             ("False", "StartupProbeFailed"),
             ("True", "StartupProbeFailed"),
@@ -394,6 +418,41 @@ def test_pods_being_deleted_are_not_problems() -> None:
 def test_pod_problem(status: dict[str, Any], reason: str | None) -> None:
     problem = pod_problem({"metadata": {"name": "p"}, "status": status})
     assert (problem.reason if problem else None) == reason
+
+
+@pytest.mark.parametrize(
+    ("restarted", "reason"),
+    [
+        # The startup probe gave up: killed after the 600 s budget, never ready.
+        (STARTUP, "StartupProbeFailed"),
+        (restarted_pod(ran_s=600, exit_code=143), "StartupProbeFailed"),  # SIGTERM within the grace period
+        (restarted_pod(ran_s=935), "StartupProbeFailed"),  # the slowest give-up: timeouts and the whole grace
+        # A healthy, started container killed (kill -9) and restarting: the same signal, but not the probe.
+        (restarted_pod(ran_s=30, ready_turned="2026-01-01T00:00:30Z"), None),
+        (restarted_pod(ran_s=30), None),  # too short for the probe to have given up, whatever Ready says
+        (restarted_pod(ran_s=7200, ready_turned="2026-01-01T02:00:00Z"), None),  # too long: it had passed the probe
+        (restarted_pod(ran_s=7200), None),
+        # Within the window, but the pod's Ready turned during the run: it had become ready, so it had started.
+        (restarted_pod(ran_s=900, ready_turned="2026-01-01T00:15:00Z"), None),
+        # No startup probe: nothing of the kind can have killed it.
+        (restarted_pod(ran_s=600, probe=None), None),
+        # A crash with an exit code of its own is no probe kill.
+        (restarted_pod(ran_s=600, exit_code=1), None),
+    ],
+)
+def test_startup_probe_failure_is_told_from_a_kill_of_a_started_container(
+    restarted: dict[str, Any], reason: str | None
+) -> None:
+    problem = pod_problem(restarted)
+    assert (problem.reason if problem else None) == reason
+    if problem is not None:
+        assert "raise probes.startup.budgetSeconds" in problem.message
+
+
+def test_a_killed_started_container_restarting_is_progress_not_degradation() -> None:
+    killed = restarted_pod(ran_s=45, ready_turned="2026-01-01T00:00:45Z")
+    status = compute_status(observe(pods=[killed]), None, T1)
+    assert (status["phase"], reasons(status)["Degraded"]) == ("Progressing", ("False", "Healthy"))
 
 
 def test_problem_message_counts_pods_and_says_what_to_do() -> None:
