@@ -278,14 +278,7 @@ class LocalRunner:
             reason = unschedulable_reason(pod, node, bound)
             namespace, name = pod["metadata"].get("namespace"), pod["metadata"]["name"]
             if reason is None:
-                self.store.patch(
-                    pods_type,
-                    namespace,
-                    name,
-                    PATCH_MERGE,
-                    {"spec": {"nodeName": self.settings.node_name}},
-                    options=self.write,
-                )
+                self._merge_patch(pods_type, namespace, name, {"spec": {"nodeName": self.settings.node_name}})
                 self.post_event(
                     pod,
                     "Normal",
@@ -309,15 +302,7 @@ class LocalRunner:
                 ],
             }
             if self._changed_status(f"pod/{pod['metadata']['uid']}", status, ignore_times=True):
-                self.store.patch(
-                    pods_type,
-                    namespace,
-                    name,
-                    PATCH_MERGE,
-                    {"status": status},
-                    subresource="status",
-                    options=self.write,
-                )
+                self._merge_patch(pods_type, namespace, name, {"status": status}, status=True)
                 self.post_event(pod, "Warning", "FailedScheduling", reason, component="default-scheduler")
 
     def _kubelet(self, pods: list[JsonObject]) -> None:
@@ -338,27 +323,19 @@ class LocalRunner:
             runner = self.pods.get(uid)
             if runner is None:
                 runner = self.pods[uid] = PodRunner(self, pod)
-                self.store.patch(
+                self._merge_patch(
                     pods_type,
                     metadata.get("namespace"),
                     metadata["name"],
-                    PATCH_MERGE,
                     {"metadata": {"annotations": {PORTS_ANNOTATION: runner.ports_annotation()}}},
-                    options=self.write,
                 )
                 runner.start()
             runner.pod = pod
             status = runner.status()
             if self._changed_status(f"pod/{uid}", status, ignore_times=True):
                 with contextlib.suppress(ApiError):
-                    self.store.patch(
-                        pods_type,
-                        metadata.get("namespace"),
-                        metadata["name"],
-                        PATCH_MERGE,
-                        {"status": status},
-                        subresource="status",
-                        options=self.write,
+                    self._merge_patch(
+                        pods_type, metadata.get("namespace"), metadata["name"], {"status": status}, status=True
                     )
 
     def _stop_pod(self, runner: PodRunner) -> None:
@@ -375,14 +352,8 @@ class LocalRunner:
                 if pod is not None and pod["metadata"]["uid"] == runner.uid:
                     with contextlib.suppress(ApiError):
                         status = runner.status()
-                        self.store.patch(
-                            self.rtype("", "v1", "pods"),
-                            runner.namespace,
-                            runner.name,
-                            PATCH_MERGE,
-                            {"status": status},
-                            subresource="status",
-                            options=self.write,
+                        self._merge_patch(
+                            self.rtype("", "v1", "pods"), runner.namespace, runner.name, {"status": status}, status=True
                         )
                     self._release(pod)
                 shutil.rmtree(runner.directory, ignore_errors=True)
@@ -397,18 +368,16 @@ class LocalRunner:
         if FINALIZER not in finalizers:
             return
         with contextlib.suppress(ApiError):
-            self.store.patch(
+            self._merge_patch(
                 self.rtype("", "v1", "pods"),
                 metadata.get("namespace"),
                 metadata["name"],
-                PATCH_MERGE,
                 {
                     "metadata": {
                         "finalizers": [f for f in finalizers if f != FINALIZER] or None,
                         "resourceVersion": metadata["resourceVersion"],
                     }
                 },
-                options=self.write,
             )
 
     def _roll_up(self, deployment: JsonObject, pods: list[JsonObject]) -> None:
@@ -419,15 +388,21 @@ class LocalRunner:
         ):
             return
         with contextlib.suppress(ApiError):
-            self.store.patch(
+            self._merge_patch(
                 self.rtype("apps", "v1", "deployments"),
                 metadata.get("namespace"),
                 metadata["name"],
-                PATCH_MERGE,
                 {"status": {**{k: None for k in (deployment.get("status") or {}) if k not in status}, **status}},
-                subresource="status",
-                options=self.write,
+                status=True,
             )
+
+    def _merge_patch(
+        self, rtype: Any, namespace: str | None, name: str, body: JsonObject, *, status: bool = False
+    ) -> None:
+        """A JSON merge patch written as the runner's field manager (to the `status` subresource when `status`)."""
+        self.store.patch(
+            rtype, namespace, name, PATCH_MERGE, body, subresource="status" if status else None, options=self.write
+        )
 
     def _changed_status(self, key: str, status: Mapping[str, Any], *, ignore_times: bool, current: Any = None) -> bool:
         """Whether `status` differs from what was last written for `key` (times aside); records it if so."""
@@ -514,13 +489,11 @@ class LocalRunner:
         if annotations.get(FORWARDING_ANNOTATION) == value:
             return False
         with contextlib.suppress(ApiError):
-            self.store.patch(
+            self._merge_patch(
                 self.rtype("", "v1", "services"),
                 service["metadata"].get("namespace"),
                 service["metadata"]["name"],
-                PATCH_MERGE,
                 {"metadata": {"annotations": {FORWARDING_ANNOTATION: value}}},
-                options=self.write,
             )
         return True
 
@@ -540,13 +513,8 @@ class LocalRunner:
             existing = None
         try:
             if existing is not None:
-                self.store.patch(
-                    events,
-                    namespace,
-                    name,
-                    PATCH_MERGE,
-                    {"count": int(existing.get("count") or 1) + 1, "lastTimestamp": now},
-                    options=self.write,
+                self._merge_patch(
+                    events, namespace, name, {"count": int(existing.get("count") or 1) + 1, "lastTimestamp": now}
                 )
                 return
             self.store.create(

@@ -50,30 +50,25 @@ def _qualified(plural: str, group: str) -> str:
     return f"{plural}.{group}" if group else plural
 
 
+def _object_error(
+    code: int, reason: str, plural: str, group: str, name: str, *, before: str = "", after: str = ""
+) -> ApiError:
+    """An error about one object: its message names it as the apiserver does, `<plural>[.<group>] "<name>"`."""
+    message = f'{before}{_qualified(plural, group)} "{name}"{after}'
+    return ApiError(code, reason, message, details=_object_details(plural, group, name))
+
+
 def not_found(plural: str, group: str, name: str) -> ApiError:
-    return ApiError(
-        404,
-        "NotFound",
-        f'{_qualified(plural, group)} "{name}" not found',
-        details=_object_details(plural, group, name),
-    )
+    return _object_error(404, "NotFound", plural, group, name, after=" not found")
 
 
 def already_exists(plural: str, group: str, name: str) -> ApiError:
-    return ApiError(
-        409,
-        "AlreadyExists",
-        f'{_qualified(plural, group)} "{name}" already exists',
-        details=_object_details(plural, group, name),
-    )
+    return _object_error(409, "AlreadyExists", plural, group, name, after=" already exists")
 
 
 def conflict(plural: str, group: str, name: str, why: str) -> ApiError:
-    return ApiError(
-        409,
-        "Conflict",
-        f'Operation cannot be fulfilled on {_qualified(plural, group)} "{name}": {why}',
-        details=_object_details(plural, group, name),
+    return _object_error(
+        409, "Conflict", plural, group, name, before="Operation cannot be fulfilled on ", after=f": {why}"
     )
 
 
