@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/kubellm demo $(if $(CLUSTER),--cluster $(CLUSTER),)
+	$(RUN) $(BIN)/kubellm demo $(if $(CLUSTER),--cluster $(CLUSTER),)
 
 test: $(STAMP) lint
 	$(RUN) $(BIN)/pytest -q
@@ -41,7 +41,7 @@ e2e: $(STAMP)
 	$(RUN) $(BIN)/pytest -q --e2e tests/e2e
 
 sandbox-down: $(STAMP)
-	$(BIN)/kubellm sandbox down
+	$(RUN) $(BIN)/kubellm sandbox down
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
