@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from kubellm_sandbox import cli
+from kubellm_sandbox import cli, kind
 from kubellm_sandbox.pods import PORTS_ANNOTATION
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout
@@ -273,28 +273,20 @@ def run_kind(args: argparse.Namespace) -> int:
     manifest = load_llmservice(example)
     name = manifest["metadata"]["name"]
     port = int(((manifest.get("spec") or {}).get("service") or {}).get("port") or 5000)
-    context = f"kind-{KIND_CLUSTER}"
     step("Building the images")
-    _run(["docker", "build", "-f", "Dockerfile.operator", "-t", "kubellm/operator:dev", "."])
-    _run(["docker", "build", "-f", "Dockerfile.inference", "-t", "kubellm/inference:dev", "."])
+    for command in kind.build_commands():
+        _run(command)
     step(f"kind cluster {KIND_CLUSTER}")
-    clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, check=False).stdout.split()
-    if KIND_CLUSTER in clusters:
-        _run(["kind", "export", "kubeconfig", "--name", KIND_CLUSTER])
+    listed = subprocess.run(kind.list_clusters_command(), capture_output=True, text=True, check=False)
+    if KIND_CLUSTER in listed.stdout.split():
+        _run(kind.export_kubeconfig_command(KIND_CLUSTER))
     else:
-        _run(["kind", "create", "cluster", "--name", KIND_CLUSTER, "--wait", "180s"])
-    _run(["kind", "load", "docker-image", "--name", KIND_CLUSTER, "kubellm/operator:dev", "kubellm/inference:dev"])
+        _run(kind.create_cluster_command(KIND_CLUSTER))
+    _run(kind.load_images_command(KIND_CLUSTER))
     step("Installing the operator (deploy/)")
-    k = ["kubectl", "--context", context]
-    _run([*k, "apply", "-k", "deploy/"])
-    _run([*k, "wait", "--for=condition=Established", "crd/llmservices.kubellm.dev", "--timeout=60s"])
-    system = [*k, "-n", "kubellm-system"]
-    _run([*system, "set", "image", "deployment/kubellm-operator", "operator=kubellm/operator:dev"])
-    _run(
-        [*system, "set", "env", "deployment/kubellm-operator", "KUBELLM_OPERATOR_INFERENCE_IMAGE=kubellm/inference:dev"]
-    )
-    _run([*system, "rollout", "restart", "deployment/kubellm-operator"])
-    _run([*system, "rollout", "status", "deployment/kubellm-operator", "--timeout=300s"])
+    for command in kind.install_commands(KIND_CLUSTER):
+        _run(command)
+    k = kind.kubectl(KIND_CLUSTER)
     step(f"kubectl apply -f {example} (imagePullPolicy IfNotPresent: the images loaded into kind)")
     manifest.setdefault("spec", {})["imagePullPolicy"] = "IfNotPresent"
     _run([*k, "apply", "-f", "-"], input_text=yaml.safe_dump(manifest))
@@ -319,7 +311,7 @@ def run_kind(args: argparse.Namespace) -> int:
         forward.terminate()
         forward.wait(timeout=10)
     print(
-        f"\nTry next: kubectl --context {context} get llmservices,pods\n"
+        f"\nTry next: kubectl --context {kind.context(KIND_CLUSTER)} get llmservices,pods\n"
         f"Stop it: kind delete cluster --name {KIND_CLUSTER}"
     )
     return 0

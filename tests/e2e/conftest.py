@@ -18,11 +18,17 @@ from e2e_support import (
     BUILD_TIMEOUT_S,
     CLUSTER_CREATE_TIMEOUT_S,
     IMAGE_LOAD_TIMEOUT_S,
-    OPERATOR_NAMESPACE,
-    OPERATOR_ROLLOUT_TIMEOUT_S,
     Cluster,
     CommandFailed,
     E2ESettings,
+    run,
+    skip_reason,
+)
+
+from kubellm_sandbox.emulator.pytest_plugin import emulator  # noqa: F401  (the helpers' contract test uses it)
+from kubellm_sandbox.kind import (
+    OPERATOR_NAMESPACE,
+    OPERATOR_ROLLOUT_TIMEOUT_S,
     build_commands,
     create_cluster_command,
     delete_cluster_command,
@@ -30,11 +36,7 @@ from e2e_support import (
     install_commands,
     list_clusters_command,
     load_images_command,
-    run,
-    skip_reason,
 )
-
-from kubellm_sandbox.emulator.pytest_plugin import emulator  # noqa: F401  (the helpers' contract test uses it)
 
 SCENARIO_KEY = pytest.StashKey[tuple[Cluster, str]]()
 FAILED_KEY = pytest.StashKey[bool]()
@@ -59,13 +61,13 @@ def kind_cluster() -> Iterator[Cluster]:
         run(command, timeout_s=BUILD_TIMEOUT_S)
     created = settings.cluster not in run(list_clusters_command()).stdout.split()
     if created:
-        run(create_cluster_command(settings), timeout_s=CLUSTER_CREATE_TIMEOUT_S)
+        run(create_cluster_command(settings.cluster), timeout_s=CLUSTER_CREATE_TIMEOUT_S)
     else:
-        run(export_kubeconfig_command(settings))
+        run(export_kubeconfig_command(settings.cluster))
     try:
-        run(load_images_command(settings), timeout_s=IMAGE_LOAD_TIMEOUT_S)
+        run(load_images_command(settings.cluster), timeout_s=IMAGE_LOAD_TIMEOUT_S)
         try:
-            for command in install_commands(settings):
+            for command in install_commands(settings.cluster):
                 run(command, timeout_s=OPERATOR_ROLLOUT_TIMEOUT_S + 30)
         except CommandFailed as error:
             raise CommandFailed(
@@ -74,7 +76,7 @@ def kind_cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         if created and not settings.keep:
-            run(delete_cluster_command(settings), timeout_s=CLUSTER_CREATE_TIMEOUT_S, check=False)
+            run(delete_cluster_command(settings.cluster), timeout_s=CLUSTER_CREATE_TIMEOUT_S, check=False)
 
 
 @pytest.fixture

@@ -25,8 +25,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from kubellm_sandbox import kind
+from kubellm_sandbox.kind import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KIND_CONFIG = Path(__file__).resolve().with_name("kind-config.yaml")
 TINY_EXAMPLE = REPO_ROOT / "examples" / "tiny-smollm2.yaml"
 
 DEFAULT_CLUSTER = "kubellm-e2e"
@@ -35,13 +37,6 @@ KEEP_ENV = "KUBELLM_E2E_KEEP"
 DUMP_DIR_ENV = "KUBELLM_E2E_DUMP_DIR"
 DEFAULT_DUMP_DIR = REPO_ROOT / "build" / "e2e-dumps"
 
-OPERATOR_IMAGE = "kubellm/operator:dev"
-INFERENCE_IMAGE = "kubellm/inference:dev"
-OPERATOR_NAMESPACE = "kubellm-system"
-OPERATOR_DEPLOYMENT = "kubellm-operator"
-OPERATOR_CONTAINER = "operator"
-INFERENCE_IMAGE_ENV = "KUBELLM_OPERATOR_INFERENCE_IMAGE"
-CRD_NAME = "llmservices.kubellm.dev"
 INFERENCE_PORT = 5000
 
 REQUIRED_TOOLS = ("docker", "kind", "kubectl")
@@ -53,7 +48,6 @@ DOCKER_INFO_TIMEOUT_S = 20
 BUILD_TIMEOUT_S = 1800
 CLUSTER_CREATE_TIMEOUT_S = 600
 IMAGE_LOAD_TIMEOUT_S = 900
-OPERATOR_ROLLOUT_TIMEOUT_S = 300
 KUBECTL_TIMEOUT_S = 60
 DUMP_COMMAND_TIMEOUT_S = 30
 
@@ -83,8 +77,7 @@ class E2ESettings:
 
     @property
     def context(self) -> str:
-        """The kubeconfig context kind writes; every kubectl call names it, so no other cluster is touched."""
-        return f"kind-{self.cluster}"
+        return kind.context(self.cluster)
 
 
 def docker_engine_problem() -> str | None:
@@ -134,59 +127,7 @@ def skip_reason(opted_in: bool, missing: Callable[[], list[str]] = missing_tools
 
 
 def kubectl(settings: E2ESettings, *args: str) -> list[str]:
-    return ["kubectl", "--context", settings.context, *args]
-
-
-def build_commands() -> list[list[str]]:
-    return [
-        ["docker", "build", "-f", "Dockerfile.operator", "-t", OPERATOR_IMAGE, "."],
-        ["docker", "build", "-f", "Dockerfile.inference", "-t", INFERENCE_IMAGE, "."],
-    ]
-
-
-def list_clusters_command() -> list[str]:
-    return ["kind", "get", "clusters"]
-
-
-def create_cluster_command(settings: E2ESettings) -> list[str]:
-    config = str(KIND_CONFIG.relative_to(REPO_ROOT))  # commands run from the repository root, as a user's would
-    return ["kind", "create", "cluster", "--name", settings.cluster, "--config", config, "--wait", "180s"]
-
-
-def export_kubeconfig_command(settings: E2ESettings) -> list[str]:
-    """Writes the context of a reused cluster into the kubeconfig (kind create does it for a new one)."""
-    return ["kind", "export", "kubeconfig", "--name", settings.cluster]
-
-
-def load_images_command(settings: E2ESettings) -> list[str]:
-    return ["kind", "load", "docker-image", "--name", settings.cluster, OPERATOR_IMAGE, INFERENCE_IMAGE]
-
-
-def install_commands(settings: E2ESettings) -> list[list[str]]:
-    """Install from deploy/, then point the operator at the loaded images and wait until it runs them."""
-    deployment = f"deployment/{OPERATOR_DEPLOYMENT}"
-    in_operator_namespace = ("-n", OPERATOR_NAMESPACE)
-    return [
-        kubectl(settings, "apply", "-k", "deploy/"),
-        kubectl(settings, "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s"),
-        kubectl(settings, *in_operator_namespace, "set", "image", deployment, f"{OPERATOR_CONTAINER}={OPERATOR_IMAGE}"),
-        kubectl(settings, *in_operator_namespace, "set", "env", deployment, f"{INFERENCE_IMAGE_ENV}={INFERENCE_IMAGE}"),
-        # A rebuilt :dev image keeps its tag, so an unchanged pod template would keep the old pods running it.
-        kubectl(settings, *in_operator_namespace, "rollout", "restart", deployment),
-        kubectl(
-            settings,
-            *in_operator_namespace,
-            "rollout",
-            "status",
-            deployment,
-            f"--timeout={OPERATOR_ROLLOUT_TIMEOUT_S}s",
-        ),
-        kubectl(settings, *in_operator_namespace, "wait", "--for=condition=Available", deployment, "--timeout=60s"),
-    ]
-
-
-def delete_cluster_command(settings: E2ESettings) -> list[str]:
-    return ["kind", "delete", "cluster", "--name", settings.cluster]
+    return kind.kubectl(settings.cluster, *args)
 
 
 def operator_logs_command(settings: E2ESettings) -> list[str]:

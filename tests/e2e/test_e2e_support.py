@@ -16,27 +16,17 @@ import pytest
 import yaml
 from e2e_support import (
     DEFAULT_CLUSTER,
-    INFERENCE_IMAGE,
     INFERENCE_PORT,
-    KIND_CONFIG,
     MISSING_TOOLS_PREFIX,
-    OPERATOR_IMAGE,
     OPT_IN_REASON,
     REPO_ROOT,
     Cluster,
     CommandFailed,
     E2ESettings,
-    build_commands,
-    create_cluster_command,
-    delete_cluster_command,
     dump_commands,
-    export_kubeconfig_command,
     free_local_port,
     in_namespace,
-    install_commands,
-    list_clusters_command,
     llmservice,
-    load_images_command,
     missing_tools,
     owned_children,
     port_forward_command,
@@ -50,6 +40,18 @@ from e2e_support import (
 )
 
 from kubellm_sandbox.emulator.server import Emulator
+from kubellm_sandbox.kind import (
+    INFERENCE_IMAGE,
+    KIND_CONFIG,
+    OPERATOR_IMAGE,
+    build_commands,
+    create_cluster_command,
+    delete_cluster_command,
+    export_kubeconfig_command,
+    install_commands,
+    list_clusters_command,
+    load_images_command,
+)
 
 SETTINGS = E2ESettings(cluster="demo")
 
@@ -138,7 +140,7 @@ def test_settings_from_the_environment() -> None:
 
 
 def test_every_kubectl_command_names_the_kind_context() -> None:
-    commands = [*install_commands(SETTINGS), *dump_commands(SETTINGS, "ns", ["pod/a"])]
+    commands = [*install_commands(SETTINGS.cluster), *dump_commands(SETTINGS, "ns", ["pod/a"])]
     commands.append(port_forward_command(SETTINGS, "ns", "tiny", 8080))
     for command in commands:
         assert command[:3] == ["kubectl", "--context", "kind-demo"], command
@@ -149,17 +151,17 @@ def test_the_images_built_are_the_images_loaded_and_installed() -> None:
     assert built == [OPERATOR_IMAGE, INFERENCE_IMAGE]
     for command in build_commands():
         assert (REPO_ROOT / command[command.index("-f") + 1]).name.startswith("Dockerfile.")
-    assert load_images_command(SETTINGS)[-2:] == built
-    installed = " ".join(" ".join(command) for command in install_commands(SETTINGS))
+    assert load_images_command(SETTINGS.cluster)[-2:] == built
+    installed = " ".join(" ".join(command) for command in install_commands(SETTINGS.cluster))
     assert f"operator={OPERATOR_IMAGE}" in installed
     assert f"KUBELLM_OPERATOR_INFERENCE_IMAGE={INFERENCE_IMAGE}" in installed
-    assert install_commands(SETTINGS)[0][-3:] == ["apply", "-k", "deploy/"]
-    assert install_commands(SETTINGS)[-2][5:7] == ["rollout", "status"]
-    assert install_commands(SETTINGS)[-1][5:7] == ["wait", "--for=condition=Available"]
+    assert install_commands(SETTINGS.cluster)[0][-3:] == ["apply", "-k", "deploy/"]
+    assert install_commands(SETTINGS.cluster)[-2][5:7] == ["rollout", "status"]
+    assert install_commands(SETTINGS.cluster)[-1][5:7] == ["wait", "--for=condition=Available"]
 
 
 def test_the_cluster_comes_from_the_config_in_the_repo() -> None:
-    command = create_cluster_command(SETTINGS)
+    command = create_cluster_command(SETTINGS.cluster)
     assert command[:5] == ["kind", "create", "cluster", "--name", "demo"]
     assert REPO_ROOT / command[command.index("--config") + 1] == KIND_CONFIG
     config = yaml.safe_load(KIND_CONFIG.read_text())
@@ -306,11 +308,11 @@ def test_docs_list_every_session_and_dump_command() -> None:
     commands = [
         *build_commands(),
         list_clusters_command(),
-        export_kubeconfig_command(settings),
-        create_cluster_command(settings),
-        load_images_command(settings),
-        *install_commands(settings),
-        delete_cluster_command(settings),
+        export_kubeconfig_command(settings.cluster),
+        create_cluster_command(settings.cluster),
+        load_images_command(settings.cluster),
+        *install_commands(settings.cluster),
+        delete_cluster_command(settings.cluster),
         *dump_commands(settings, "$NS", ["pod/<each pod>"]),
     ]
     for command in commands:
