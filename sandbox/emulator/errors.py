@@ -93,12 +93,15 @@ def method_not_allowed(message: str = "the server does not allow this method on 
     return ApiError(405, "MethodNotAllowed", message)
 
 
-def unsupported_media_type(content_type: str, accepted: list[str]) -> ApiError:
+def unsupported_media_type(content_type: str, accepted: list[str], why: str = "") -> ApiError:
+    """415 for a body the server does not read; `why` (what in it is not supported) goes into the message too."""
+    cause = f"{content_type}: {why}" if why else f"unknown content type {content_type!r}"
+    message = f"the body of the request was in an unknown format - accepted media types include: {', '.join(accepted)}"
     return ApiError(
         415,
         "UnsupportedMediaType",
-        f"the body of the request was in an unknown format - accepted media types include: {', '.join(accepted)}",
-        details={"causes": [{"message": f"unknown content type {content_type!r}"}]},
+        f"{message} ({cause})" if why else message,
+        details={"causes": [{"message": cause}]},
     )
 
 

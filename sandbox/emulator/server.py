@@ -23,7 +23,7 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from kubellm_sandbox.emulator import errors
+from kubellm_sandbox.emulator import errors, protobuf
 from kubellm_sandbox.emulator.admission import unknown_fields
 from kubellm_sandbox.emulator.errors import ApiError
 from kubellm_sandbox.emulator.faults import FaultInjector
@@ -730,6 +730,8 @@ def _json(body: Any, status: int = 200) -> aiohttp.web.Response:
 
 
 def _decode(body: bytes, content_type: str) -> Any:
+    if content_type == protobuf.CONTENT_TYPE:
+        return protobuf.decode(body)
     if not body.strip():
         raise errors.bad_request("the request body is empty")
     try:

@@ -252,3 +252,29 @@ async def test_server_side_apply_drops_fields_the_manager_stopped_applying(
     await kubectl.ok("apply", "--server-side", "-f", kubectl.write("cm.yaml", {**config, "data": {"a": "1"}}))
     stored = json.loads(await kubectl.ok("get", "cm", "settings", "-o", "json"))
     assert stored["data"] == {"a": "1"}
+
+
+async def test_create_verbs_that_send_protobuf(emulator: Emulator, kubectl: Kubectl) -> None:
+    """kubectl sends the objects of `kubectl create <kind>` as protobuf: the simple kinds are stored as their JSON
+    would be; any other kind is a 415 naming the content type and the kind, and nothing is stored."""
+    creates = [
+        ["create", "namespace", "proto"],
+        ["-n", "proto", "create", "configmap", "settings", "--from-literal=mode=fast", "--from-literal=empty="],
+        ["-n", "proto", "create", "secret", "generic", "token", "--from-literal=value=s3cret"],
+        ["-n", "proto", "create", "serviceaccount", "runner"],
+    ]
+    for args in creates:
+        expected = json.loads(await kubectl.ok(*args, "--dry-run=client", "-o", "json"))
+        await kubectl.ok(*args)
+        kind, name = expected["kind"], expected["metadata"]["name"]
+        in_namespace = args[:2] if args[0] == "-n" else []
+        stored = json.loads(await kubectl.ok(*in_namespace, "get", kind, name, "-o", "json"))
+        for field in set(expected) - {"metadata", "status"}:
+            assert stored[field] == expected[field], (kind, field)
+    secrets = emulator.store.type_for("", "v1", "secrets")
+    assert emulator.store.get(secrets, "proto", "token")["data"] == {"value": "czNjcmV0"}  # base64, as in JSON
+
+    refused = await kubectl("-n", "proto", "create", "deployment", "web", "--image=nginx")
+    assert refused.code != 0
+    assert "application/vnd.kubernetes.protobuf: apps/v1/Deployment in protobuf is not decoded" in refused.err
+    assert "deployment" not in await kubectl.ok("-n", "proto", "get", "deployments", "-o", "name")
