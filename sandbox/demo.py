@@ -241,16 +241,6 @@ Stop it: make sandbox-down   (or: kubellm sandbox down{data_dir_flag})"""
     return 0
 
 
-def _missing_for_kind() -> list[str]:
-    missing = [tool for tool in ("docker", "kind", "kubectl") if shutil.which(tool) is None]
-    if "docker" not in missing:
-        probe = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False, timeout=60)
-        if probe.returncode != 0:
-            detail = (probe.stderr or probe.stdout).strip().splitlines()
-            missing.append(f"a running Docker engine (`docker info` failed: {detail[-1] if detail else 'no output'})")
-    return missing
-
-
 def _run(command: list[str], *, input_text: str | None = None) -> None:
     print("  $ " + " ".join(command), flush=True)
     result = subprocess.run(command, input=input_text, text=True, check=False)
@@ -260,7 +250,7 @@ def _run(command: list[str], *, input_text: str | None = None) -> None:
 
 def run_kind(args: argparse.Namespace) -> int:
     """The same loop on a kind cluster, with the install steps of docs/e2e.md."""
-    missing = _missing_for_kind()
+    missing = kind.missing_tools()
     if missing:
         print(
             "kubellm demo --cluster kind needs Docker, kind and kubectl; missing: "

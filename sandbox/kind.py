@@ -2,12 +2,15 @@
 images, install deploy/ and point the operator at the loaded images.
 
 One source for the kind e2e suite (tests/e2e) and `kubellm demo --cluster kind`; docs/e2e.md lists the same
-commands word for word. Every builder is pure and returns an argv list a user could type by hand from the
+commands word for word. Both check first that the tools are there (`missing_tools`). Every builder is pure and returns an argv list a user could type by hand from the
 repository root (the image builds use `.` as context, the cluster config is named relative to it).
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 OPERATOR_IMAGE = "kubellm/operator:dev"
@@ -19,8 +22,44 @@ INFERENCE_IMAGE_ENV = "KUBELLM_OPERATOR_INFERENCE_IMAGE"
 CRD_NAME = "llmservices.kubellm.dev"
 OPERATOR_ROLLOUT_TIMEOUT_S = 300
 
+REQUIRED_TOOLS = ("docker", "kind", "kubectl")
+DOCKER_INFO_TIMEOUT_S = 20
+
 KIND_CONFIG = Path(__file__).resolve().with_name("kind-config.yaml")
 KIND_CONFIG_ARGUMENT = "sandbox/kind-config.yaml"  # KIND_CONFIG as named from the repository root
+
+
+def docker_engine_problem() -> str | None:
+    """Why `docker info` fails (the client can exist without an engine, as on the dev machines), or None."""
+    try:
+        done = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=DOCKER_INFO_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"no answer within {DOCKER_INFO_TIMEOUT_S}s"
+    except OSError as error:
+        return str(error)
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {done.returncode}"
+
+
+def missing_tools(
+    which: Callable[[str], str | None] = shutil.which,
+    docker_problem: Callable[[], str | None] = docker_engine_problem,
+) -> list[str]:
+    """What a kind install lacks here: tools not on PATH, and a Docker engine that does not answer."""
+    missing = [f"{tool} (not on PATH)" for tool in REQUIRED_TOOLS if which(tool) is None]
+    if which("docker") is not None:
+        problem = docker_problem()
+        if problem is not None:
+            missing.append(f"a running Docker engine (`docker info` failed: {problem})")
+    return missing
 
 
 def context(cluster: str) -> str:

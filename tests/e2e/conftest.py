@@ -25,18 +25,8 @@ from e2e_support import (
     skip_reason,
 )
 
+from kubellm_sandbox import kind
 from kubellm_sandbox.emulator.pytest_plugin import emulator  # noqa: F401  (the helpers' contract test uses it)
-from kubellm_sandbox.kind import (
-    OPERATOR_NAMESPACE,
-    OPERATOR_ROLLOUT_TIMEOUT_S,
-    build_commands,
-    create_cluster_command,
-    delete_cluster_command,
-    export_kubeconfig_command,
-    install_commands,
-    list_clusters_command,
-    load_images_command,
-)
 
 SCENARIO_KEY = pytest.StashKey[tuple[Cluster, str]]()
 FAILED_KEY = pytest.StashKey[bool]()
@@ -57,26 +47,26 @@ def kind_cluster() -> Iterator[Cluster]:
     """A kind cluster running the operator built from this tree; deleted at the end if this session created it."""
     settings = E2ESettings.from_env(os.environ)
     cluster = Cluster(settings)
-    for command in build_commands():
+    for command in kind.build_commands():
         run(command, timeout_s=BUILD_TIMEOUT_S)
-    created = settings.cluster not in run(list_clusters_command()).stdout.split()
+    created = settings.cluster not in run(kind.list_clusters_command()).stdout.split()
     if created:
-        run(create_cluster_command(settings.cluster), timeout_s=CLUSTER_CREATE_TIMEOUT_S)
+        run(kind.create_cluster_command(settings.cluster), timeout_s=CLUSTER_CREATE_TIMEOUT_S)
     else:
-        run(export_kubeconfig_command(settings.cluster))
+        run(kind.export_kubeconfig_command(settings.cluster))
     try:
-        run(load_images_command(settings.cluster), timeout_s=IMAGE_LOAD_TIMEOUT_S)
+        run(kind.load_images_command(settings.cluster), timeout_s=IMAGE_LOAD_TIMEOUT_S)
         try:
-            for command in install_commands(settings.cluster):
-                run(command, timeout_s=OPERATOR_ROLLOUT_TIMEOUT_S + 30)
+            for command in kind.install_commands(settings.cluster):
+                run(command, timeout_s=kind.OPERATOR_ROLLOUT_TIMEOUT_S + 30)
         except CommandFailed as error:
             raise CommandFailed(
-                f"{error}\n\n=== state of {OPERATOR_NAMESPACE}\n{cluster.dump(OPERATOR_NAMESPACE)}"
+                f"{error}\n\n=== state of {kind.OPERATOR_NAMESPACE}\n{cluster.dump(kind.OPERATOR_NAMESPACE)}"
             ) from error
         yield cluster
     finally:
         if created and not settings.keep:
-            run(delete_cluster_command(settings.cluster), timeout_s=CLUSTER_CREATE_TIMEOUT_S, check=False)
+            run(kind.delete_cluster_command(settings.cluster), timeout_s=CLUSTER_CREATE_TIMEOUT_S, check=False)
 
 
 @pytest.fixture

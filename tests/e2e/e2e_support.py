@@ -12,7 +12,6 @@ import copy
 import json
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from kubellm_sandbox import kind
-from kubellm_sandbox.kind import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE
+from kubellm_sandbox.kind import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE, missing_tools
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_EXAMPLE = REPO_ROOT / "examples" / "tiny-smollm2.yaml"
@@ -39,10 +38,8 @@ DEFAULT_DUMP_DIR = REPO_ROOT / "build" / "e2e-dumps"
 
 INFERENCE_PORT = 5000
 
-REQUIRED_TOOLS = ("docker", "kind", "kubectl")
 OPT_IN_REASON = "e2e tests are opt-in: run `make e2e` or pytest --e2e"
 MISSING_TOOLS_PREFIX = "docker/kind not found: "
-DOCKER_INFO_TIMEOUT_S = 20
 
 # Bounds of the slow steps, generous for a 2-4 core CI runner building a torch image from scratch.
 BUILD_TIMEOUT_S = 1800
@@ -78,39 +75,6 @@ class E2ESettings:
     @property
     def context(self) -> str:
         return kind.context(self.cluster)
-
-
-def docker_engine_problem() -> str | None:
-    """Why `docker info` fails (the client can exist without an engine, as on the dev machines), or None."""
-    try:
-        done = subprocess.run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"],
-            capture_output=True,
-            text=True,
-            timeout=DOCKER_INFO_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"no answer within {DOCKER_INFO_TIMEOUT_S}s"
-    except OSError as error:
-        return str(error)
-    if done.returncode == 0:
-        return None
-    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit status {done.returncode}"
-
-
-def missing_tools(
-    which: Callable[[str], str | None] = shutil.which,
-    docker_problem: Callable[[], str | None] = docker_engine_problem,
-) -> list[str]:
-    """What the suite lacks to run here: tools not on PATH, and a Docker engine that does not answer."""
-    missing = [f"{tool} (not on PATH)" for tool in REQUIRED_TOOLS if which(tool) is None]
-    if which("docker") is not None:
-        problem = docker_problem()
-        if problem is not None:
-            missing.append(f"a running Docker engine (`docker info` failed: {problem})")
-    return missing
 
 
 def skip_reason(opted_in: bool, missing: Callable[[], list[str]] = missing_tools) -> str | None:

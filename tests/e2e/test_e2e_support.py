@@ -27,7 +27,6 @@ from e2e_support import (
     free_local_port,
     in_namespace,
     llmservice,
-    missing_tools,
     owned_children,
     port_forward_command,
     ready_pod_count,
@@ -39,19 +38,8 @@ from e2e_support import (
     warning_lines,
 )
 
+from kubellm_sandbox import kind
 from kubellm_sandbox.emulator.server import Emulator
-from kubellm_sandbox.kind import (
-    INFERENCE_IMAGE,
-    KIND_CONFIG,
-    OPERATOR_IMAGE,
-    build_commands,
-    create_cluster_command,
-    delete_cluster_command,
-    export_kubeconfig_command,
-    install_commands,
-    list_clusters_command,
-    load_images_command,
-)
 
 SETTINGS = E2ESettings(cluster="demo")
 
@@ -74,7 +62,9 @@ def test_opted_in_with_every_tool_runs() -> None:
 
 def test_missing_tools_names_each_one() -> None:
     found = {"kubectl": "/usr/bin/kubectl"}
-    missing = missing_tools(which=found.get, docker_problem=lambda: pytest.fail("no docker client, no engine probe"))
+    missing = kind.missing_tools(
+        which=found.get, docker_problem=lambda: pytest.fail("no docker client, no engine probe")
+    )
     assert missing == ["docker (not on PATH)", "kind (not on PATH)"]
     reason = skip_reason(opted_in=True, missing=lambda: missing)
     assert reason == "docker/kind not found: docker (not on PATH); kind (not on PATH)"
@@ -85,9 +75,9 @@ def test_a_docker_client_without_an_engine_is_missing_the_engine() -> None:
         return f"/usr/bin/{tool}"
 
     problem = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
-    missing = missing_tools(which=everywhere, docker_problem=lambda: problem)
+    missing = kind.missing_tools(which=everywhere, docker_problem=lambda: problem)
     assert missing == [f"a running Docker engine (`docker info` failed: {problem})"]
-    assert missing_tools(which=everywhere, docker_problem=lambda: None) == []
+    assert kind.missing_tools(which=everywhere, docker_problem=lambda: None) == []
 
 
 def _pytest_scenarios(*options: str) -> subprocess.CompletedProcess[str]:
@@ -140,31 +130,31 @@ def test_settings_from_the_environment() -> None:
 
 
 def test_every_kubectl_command_names_the_kind_context() -> None:
-    commands = [*install_commands(SETTINGS.cluster), *dump_commands(SETTINGS, "ns", ["pod/a"])]
+    commands = [*kind.install_commands(SETTINGS.cluster), *dump_commands(SETTINGS, "ns", ["pod/a"])]
     commands.append(port_forward_command(SETTINGS, "ns", "tiny", 8080))
     for command in commands:
         assert command[:3] == ["kubectl", "--context", "kind-demo"], command
 
 
 def test_the_images_built_are_the_images_loaded_and_installed() -> None:
-    built = [command[command.index("-t") + 1] for command in build_commands()]
-    assert built == [OPERATOR_IMAGE, INFERENCE_IMAGE]
-    for command in build_commands():
+    built = [command[command.index("-t") + 1] for command in kind.build_commands()]
+    assert built == [kind.OPERATOR_IMAGE, kind.INFERENCE_IMAGE]
+    for command in kind.build_commands():
         assert (REPO_ROOT / command[command.index("-f") + 1]).name.startswith("Dockerfile.")
-    assert load_images_command(SETTINGS.cluster)[-2:] == built
-    installed = " ".join(" ".join(command) for command in install_commands(SETTINGS.cluster))
-    assert f"operator={OPERATOR_IMAGE}" in installed
-    assert f"KUBELLM_OPERATOR_INFERENCE_IMAGE={INFERENCE_IMAGE}" in installed
-    assert install_commands(SETTINGS.cluster)[0][-3:] == ["apply", "-k", "deploy/"]
-    assert install_commands(SETTINGS.cluster)[-2][5:7] == ["rollout", "status"]
-    assert install_commands(SETTINGS.cluster)[-1][5:7] == ["wait", "--for=condition=Available"]
+    assert kind.load_images_command(SETTINGS.cluster)[-2:] == built
+    installed = " ".join(" ".join(command) for command in kind.install_commands(SETTINGS.cluster))
+    assert f"operator={kind.OPERATOR_IMAGE}" in installed
+    assert f"KUBELLM_OPERATOR_INFERENCE_IMAGE={kind.INFERENCE_IMAGE}" in installed
+    assert kind.install_commands(SETTINGS.cluster)[0][-3:] == ["apply", "-k", "deploy/"]
+    assert kind.install_commands(SETTINGS.cluster)[-2][5:7] == ["rollout", "status"]
+    assert kind.install_commands(SETTINGS.cluster)[-1][5:7] == ["wait", "--for=condition=Available"]
 
 
 def test_the_cluster_comes_from_the_config_in_the_repo() -> None:
-    command = create_cluster_command(SETTINGS.cluster)
+    command = kind.create_cluster_command(SETTINGS.cluster)
     assert command[:5] == ["kind", "create", "cluster", "--name", "demo"]
-    assert REPO_ROOT / command[command.index("--config") + 1] == KIND_CONFIG
-    config = yaml.safe_load(KIND_CONFIG.read_text())
+    assert REPO_ROOT / command[command.index("--config") + 1] == kind.KIND_CONFIG
+    config = yaml.safe_load(kind.KIND_CONFIG.read_text())
     assert config["kind"] == "Cluster"
     assert [node["role"] for node in config["nodes"]] == ["control-plane", "worker"]
 
@@ -306,13 +296,13 @@ def test_docs_list_every_session_and_dump_command() -> None:
     docs = (REPO_ROOT / "docs" / "e2e.md").read_text()
     settings = E2ESettings()
     commands = [
-        *build_commands(),
-        list_clusters_command(),
-        export_kubeconfig_command(settings.cluster),
-        create_cluster_command(settings.cluster),
-        load_images_command(settings.cluster),
-        *install_commands(settings.cluster),
-        delete_cluster_command(settings.cluster),
+        *kind.build_commands(),
+        kind.list_clusters_command(),
+        kind.export_kubeconfig_command(settings.cluster),
+        kind.create_cluster_command(settings.cluster),
+        kind.load_images_command(settings.cluster),
+        *kind.install_commands(settings.cluster),
+        kind.delete_cluster_command(settings.cluster),
         *dump_commands(settings, "$NS", ["pod/<each pod>"]),
     ]
     for command in commands:
