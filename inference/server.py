@@ -3,15 +3,22 @@
 On SIGTERM the server stops admitting requests (new ones get 503, /readyz says 503 so the Service stops
 routing here), keeps the port open while the requests already admitted finish, for at most ``drain_grace_s``,
 then shuts down and exits 0. A second SIGTERM or a SIGINT during the drain exits at once.
+
+When the model cannot load, the server logs why, writes the reason to the termination-message file
+(``KUBELLM_TERMINATION_MESSAGE_PATH``, the kubelet's ``/dev/termination-log``) and exits 1: the kubelet restarts
+it at once (CrashLoopBackOff) and ``lastState.terminated.message`` says why, instead of a pod that answers 503
+until its startup probe gives up. Invalid settings exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -19,21 +26,50 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from kubellm_inference.app import create_app
+from kubellm_inference.engine import EngineState
 from kubellm_inference.loading import ModelLoadError, load_model
 from kubellm_inference.settings import ServerSettings
 from kubellm_inference.state import app_state
 
 log = logging.getLogger("kubellm_inference")
 
+EXIT_LOAD_FAILED = 1
+EXIT_INVALID_SETTINGS = 2
+# The kubelet keeps at most this much of a termination message.
+TERMINATION_MESSAGE_MAX_BYTES = 4096
+
+
+def write_termination_message(path: Path, message: str) -> bool:
+    """Write ``message`` where the kubelet reads a container's termination message; True when written.
+
+    In a pod the kubelet mounts that file writable for any user (a non-root container cannot write ``/dev``
+    itself); elsewhere it is created only in a writable folder. Skipped otherwise; never raises: failing to report
+    an error must not hide the error.
+    """
+    writable_file = path.is_file() and os.access(path, os.W_OK)
+    if not writable_file and not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+        log.debug("termination message not written: neither %s nor its folder is writable", path)
+        return False
+    try:
+        path.write_bytes(message.encode()[:TERMINATION_MESSAGE_MAX_BYTES])
+    except OSError as error:
+        log.warning("cannot write the termination message to %s: %s", path, error)
+        return False
+    return True
+
 
 class DrainingServer(uvicorn.Server):
     """uvicorn, with SIGTERM turned into a drain instead of an immediate close of the listening socket."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_grace_s: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: FastAPI, drain_grace_s: float, termination_message_path: Path
+    ) -> None:
         super().__init__(config)
         self._app = app
         self._drain_grace_s = drain_grace_s
         self._drain_deadline: float | None = None
+        self._termination_message_path = termination_message_path
+        self.load_failed = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in uvicorn's captured signals: uvicorn would re-raise them after shutdown and the process
@@ -48,6 +84,13 @@ class DrainingServer(uvicorn.Server):
         self._drain_deadline = time.monotonic() + self._drain_grace_s
 
     async def on_tick(self, counter: int) -> bool:
+        engine = app_state(self._app).engine
+        if engine.state is EngineState.failed and not self.load_failed:
+            reason = f"model load failed: {engine.failure}"
+            log.error("%s; exiting so that the container restarts", reason)
+            write_termination_message(self._termination_message_path, reason)
+            self.load_failed = True
+            self.should_exit = True
         if self._drain_deadline is not None and not self.should_exit:
             in_flight = app_state(self._app).engine.in_flight()
             if in_flight == 0:
@@ -86,7 +129,7 @@ def main(argv: list[str]) -> int:
         settings = ServerSettings(**overrides)
     except ValidationError as error:
         print(f"kubellm serve: invalid settings:\n{error}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID_SETTINGS
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -96,7 +139,7 @@ def main(argv: list[str]) -> int:
             loaded = load_model(settings)
         except ModelLoadError as error:
             print(f"kubellm serve --prepare: {error}", file=sys.stderr)
-            return 1
+            return EXIT_LOAD_FAILED
         log.info("model %s prepared in %.1fs", settings.model, loaded.load_seconds)
         return 0
     app = create_app(settings)
@@ -109,9 +152,9 @@ def main(argv: list[str]) -> int:
         # seconds, then the process goes: kubelet's SIGKILL must never be what ends it.
         timeout_graceful_shutdown=5,
     )
-    server = DrainingServer(config, app, settings.drain_grace_s)
+    server = DrainingServer(config, app, settings.drain_grace_s, settings.termination_message_path)
     server.run()
-    return 0 if server.started else 1
+    return EXIT_LOAD_FAILED if server.load_failed or not server.started else 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 DEFAULT_PORT = 5000  # the seed's port
 DEFAULT_CACHE_DIR = "/var/cache/kubellm"  # where the operator mounts the model cache volume in the pod
+# The kubelet's default terminationMessagePath: the renderer sets it explicitly, the server writes there.
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 # The container's command lines, shared by the renderer (Deployment) and the Dockerfile (entrypoint).
 SERVE_COMMAND = ["kubellm", "serve"]
@@ -80,6 +82,12 @@ class ServerSettings(BaseSettings):
     # Test hook, off by default: every generation step after the warm-up sleeps this long first, which makes
     # queueing, deadlines and a stuck worker (/livez) reproducible with a fast model.
     debug_step_delay_s: float = Field(0.0, ge=0, le=3600)
+
+    termination_message_path: Path = Field(
+        Path(DEFAULT_TERMINATION_MESSAGE_PATH),
+        description="Where a fatal error (a failed model load) is written before exiting: the kubelet's "
+        "terminationMessagePath, shown as lastState.terminated.message",
+    )
 
     host: str = "0.0.0.0"
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)

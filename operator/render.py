@@ -12,6 +12,7 @@ from typing import Any
 
 from kubellm_inference.settings import (
     DEFAULT_CACHE_DIR,
+    DEFAULT_TERMINATION_MESSAGE_PATH,
     LIVENESS_PROBE_COMMAND,
     LIVEZ_PATH,
     METRICS_PATH,
@@ -202,6 +203,10 @@ def _container(llms: LLMService, image: str) -> dict[str, Any]:
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
         },
+        # The server writes why it exits (a failed model load) there: lastState.terminated.message tells the user,
+        # and the operator's Degraded condition. An unexpected crash leaves its last log lines instead.
+        "terminationMessagePath": DEFAULT_TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return container
 

@@ -80,6 +80,9 @@ _KILLED_EXIT_CODES = frozenset({137, 143})
 _PROBE_DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3}
 _DEFAULT_GRACE_SECONDS = 30
 _TIMESTAMP_SLACK_SECONDS = 2
+# How much of lastState.terminated.message a condition message carries.
+_TERMINATION_MESSAGE_LINES = 3
+_TERMINATION_MESSAGE_CHARS = 400
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,21 @@ def _container_problem(pod: Mapping[str, Any], container: Mapping[str, Any]) -> 
     if waiting_reason == "CrashLoopBackOff":
         exit_code = last.get("exitCode")
         code = f", last exit code {exit_code}" if exit_code is not None else ""
-        return PodProblem(CRASH_LOOP_BACK_OFF, f"{where} is crash-looping ({restarts} restarts{code}){detail}")
+        said = termination_message_summary(str(last.get("message") or ""))
+        why = f"; last termination message: {said}" if said else ""
+        return PodProblem(CRASH_LOOP_BACK_OFF, f"{where} is crash-looping ({restarts} restarts{code}){detail}{why}")
     return None
+
+
+def termination_message_summary(message: str) -> str:
+    """A container's termination message made fit for a condition: its last few non-blank lines on one line,
+    cut to a readable length (the message may be a log tail of up to 2 KiB, a traceback's last line the telling one).
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    summary = " | ".join(lines[-_TERMINATION_MESSAGE_LINES:])
+    if len(summary) > _TERMINATION_MESSAGE_CHARS:
+        summary = "..." + summary[-(_TERMINATION_MESSAGE_CHARS - 3) :]
+    return summary
 
 
 def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:

@@ -46,6 +46,11 @@ JsonObject = dict[str, Any]
 PORTS_ANNOTATION = "sandbox.kubellm.dev/local-ports"  # on pods: container port -> 127.0.0.1 port
 CONTAINER_ID_SCHEME = "sandbox://"  # containerID = sandbox://<pid> of the container's process
 BACK_OFF_RESET_SECONDS = 600  # the kubelet forgets a container's back-off after it ran this long
+# The kubelet keeps at most 4096 bytes of a termination message file; with FallbackToLogsOnError it takes the
+# last 80 lines, at most 2048 bytes, of the log of a container that failed without writing one.
+TERMINATION_MESSAGE_MAX_BYTES = 4096
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +153,7 @@ class ContainerRunner:
         self._crashes = 0  # consecutive exits, for the back-off
         self.log_path = pod.directory / f"{self.name}.log"
         self.pid_path = pod.directory / f"{self.name}.pid"
+        self.termination_message_path = pod.termination_message_path(container)
         self.probes: dict[ProbeKind, ProbeSpec] = {}
         self.probe_error: str | None = None
         try:
@@ -207,11 +213,6 @@ class ContainerRunner:
             delay = self._back_off()
             if delay > 0:
                 message = f"back-off {delay:g}s restarting failed container={self.name} pod={self.pod.name}"
-                last = (self.status.last_state.get("terminated") or {}).get("message")
-                if last:
-                    # The kubelet's message stops here; the sandbox adds why the last run ended (e.g. the
-                    # startup probe's answer "model load failed: ..."), which the operator shows on the LLMService.
-                    message += f"; last run: {last}"
                 self.status.state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
                 self.changed()
                 self.pod.event("Warning", "BackOff", "Back-off restarting failed container " + self.name)
@@ -258,9 +259,12 @@ class ContainerRunner:
     async def _run_once(self, command: list[str], env: dict[str, str], started_at: str) -> tuple[int, str, str]:
         """Runs the process until it exits (or is killed by a probe or a stop): (exit code, reason, message)."""
         self._kill_reason = None
+        # Each run starts with an empty termination message file, as each new container gets one from the kubelet.
+        self.termination_message_path.write_bytes(b"")
         with self.log_path.open("ab") as log:
             log.write(f"--- {started_at} starting {' '.join(command)}\n".encode())
             log.flush()
+            log_start = log.tell()
             try:
                 self.process = await asyncio.create_subprocess_exec(
                     *command,
@@ -294,9 +298,24 @@ class ContainerRunner:
                 os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group, if any
             self.pid_path.unlink(missing_ok=True)
         exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as a container runtime reports
+        return exit_code, "Completed" if exit_code == 0 else "Error", self._termination_message(exit_code, log_start)
+
+    def _termination_message(self, exit_code: int, log_start: int) -> str:
+        """lastState.terminated.message, as the kubelet finds it: what the process wrote to its termination
+        message file; else (a sandbox addition) why the sandbox killed it, e.g. the failing probe's answer; else,
+        with terminationMessagePolicy FallbackToLogsOnError and a failure, the tail of this run's log."""
+        try:
+            with self.termination_message_path.open("rb") as file:
+                written = file.read(TERMINATION_MESSAGE_MAX_BYTES)
+        except OSError:
+            written = b""
+        if written.strip():
+            return written.decode(errors="replace")
         if self._kill_reason is not None:
-            return exit_code, "Error" if exit_code else "Completed", self._kill_reason
-        return exit_code, "Completed" if exit_code == 0 else "Error", ""
+            return self._kill_reason
+        if exit_code == 0 or self.spec.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+            return ""
+        return _log_tail(self.log_path, log_start)
 
     async def _kill_for(self, process: asyncio.subprocess.Process, reason: str, detail: str) -> None:
         self._kill_reason = f"{reason}: {detail}"[:1024]
@@ -379,6 +398,20 @@ class ContainerRunner:
         if self.status.container_id:
             entry["containerID"] = self.status.container_id
         return entry
+
+
+def _log_tail(path: pathlib.Path, start: int) -> str:
+    """The last FALLBACK_LOG_LINES lines, at most FALLBACK_LOG_BYTES, of `path` from byte `start` on."""
+    try:
+        with path.open("rb") as log:
+            end = log.seek(0, os.SEEK_END)
+            # Enough bytes for the lines wanted, unless they are very long (then the byte limit cuts anyway).
+            log.seek(max(start, end - 64 * FALLBACK_LOG_BYTES))
+            text = log.read()
+    except OSError:
+        return ""
+    tail = b"".join(text.splitlines(keepends=True)[-FALLBACK_LOG_LINES:])[-FALLBACK_LOG_BYTES:]
+    return tail.decode(errors="replace")
 
 
 def _probe_title(kind: ProbeKind) -> str:
@@ -466,6 +499,10 @@ class PodRunner:
             mapped.append((mount_path.rstrip("/") or "/", local))
         return sorted(mapped, key=lambda pair: len(pair[0]), reverse=True)
 
+    def termination_message_path(self, container: Mapping[str, Any]) -> pathlib.Path:
+        """The local file standing in for the container's terminationMessagePath (the kubelet mounts one there)."""
+        return self.directory / f"{container.get('name', 'container')}.termination-log"
+
     def command_and_env(self, container: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
         """The container's command line and environment as a local process (mounts mapped, secrets resolved)."""
         mounts = self.volume_paths(container)
@@ -504,6 +541,9 @@ class PodRunner:
             # The pod's container port maps to this local port; kubellm's server listens where it says.
             env[env_name("port")] = str(local)
             env[env_name("host")] = "127.0.0.1"
+        # No file can be mounted at the container's terminationMessagePath here: kubellm's server is told where
+        # its stand-in is (other programs would write /dev/termination-log, which the sandbox does not read).
+        env[env_name("termination_message_path")] = str(self.termination_message_path(container))
         tmp = next((local for mount_path, local in mounts if mount_path == "/tmp"), None)
         if tmp is not None:
             env.setdefault("TMPDIR", str(tmp))

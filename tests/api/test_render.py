@@ -110,6 +110,9 @@ def test_shape_shared_by_every_variant(variant: str) -> None:
     assert main["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert main["securityContext"]["readOnlyRootFilesystem"] is True
     assert {m["mountPath"] for m in main["volumeMounts"]} == {DEFAULT_CACHE_DIR, "/tmp"}
+    # A failed model load exits with its reason in the termination message; a crash leaves its last log lines.
+    assert main["terminationMessagePath"] == "/dev/termination-log"
+    assert main["terminationMessagePolicy"] == "FallbackToLogsOnError"
     # The container listens where the Service sends traffic.
     port = VARIANTS[variant]["spec"].get("service", {}).get("port", 5000)
     assert main["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]

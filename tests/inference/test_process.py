@@ -19,6 +19,7 @@ from inference_support import RunningServer, wait_until
 
 from kubellm_inference.probe import main as probe_main
 from kubellm_inference.server import main as serve_main
+from kubellm_inference.server import write_termination_message
 from kubellm_inference.settings import env_name
 
 # A process needs a few seconds to import torch and transformers on this kind of machine.
@@ -135,3 +136,29 @@ def test_tiny_model_command_writes_a_model_folder(tmp_path: Path) -> None:
 def test_serve_prepare_loads_the_model_and_exits(tiny_model: Path) -> None:
     assert serve_main(["--prepare", "--model", str(tiny_model)]) == 0
     assert serve_main(["--prepare", "--model", str(tiny_model / "missing")]) != 0
+
+
+def test_serve_exits_1_with_the_reason_in_its_termination_message_when_the_model_cannot_load(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    message_file = tmp_path / "termination-log"
+    env = {
+        **os.environ,
+        env_name("model"): str(missing),
+        env_name("host"): "127.0.0.1",
+        env_name("port"): str(free_port()),
+        env_name("termination_message_path"): str(message_file),
+    }
+    result = subprocess.run(
+        kubellm_command("serve"), env=env, capture_output=True, text=True, timeout=PROCESS_START_TIMEOUT_S
+    )
+    assert result.returncode == 1, result.stderr
+    message = message_file.read_text()
+    assert message.startswith("model load failed: ") and str(missing) in message
+    assert "ERROR" in result.stderr and "model load failed" in result.stderr
+
+
+def test_termination_message_is_skipped_where_it_cannot_be_written(tmp_path: Path) -> None:
+    assert not write_termination_message(tmp_path / "missing-folder" / "termination-log", "why")
+    assert not write_termination_message(tmp_path, "why"), "a folder in the file's place is not written over"
+    target = tmp_path / "termination-log"
+    assert write_termination_message(target, "x" * 10_000) and len(target.read_bytes()) == 4096

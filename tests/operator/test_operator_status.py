@@ -460,3 +460,52 @@ def test_problem_message_counts_pods_and_says_what_to_do() -> None:
     message = condition(status, "Degraded")["message"]  # type: ignore[index]
     assert message.startswith("2 pods: pod tiny-abc container inference was OOMKilled (2 restarts)")
     assert "raise resources.limits.memory" in message
+
+
+def crash_looping(message: str | None) -> dict[str, Any]:
+    last: dict[str, Any] = {"exitCode": 1, "reason": "Error"}
+    if message is not None:
+        last["message"] = message
+    state = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}}
+    return {
+        "metadata": {"name": "p"},
+        "status": {"containerStatuses": [container(restartCount=2, state=state, lastState={"terminated": last})]},
+    }
+
+
+LOG_TAIL = "\n".join(
+    [
+        *(f"INFO line {n}" for n in range(80)),
+        "Traceback (most recent call last):",
+        "  ...",
+        "ValueError: bad config",
+        "",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        (None, None),
+        ("", None),
+        (
+            "model load failed: ModelLoadError: no model folder at /nope",
+            "model load failed: ModelLoadError: no model folder at /nope",
+        ),
+        # A log tail (FallbackToLogsOnError): its last non-blank lines, on one line.
+        (LOG_TAIL, "Traceback (most recent call last): | ... | ValueError: bad config"),
+        # A long message keeps its end, where the error is.
+        ("x" * 5000 + " the end", "..." + "x" * (400 - 3 - len(" the end")) + " the end"),
+    ],
+)
+def test_crash_loop_carries_the_last_termination_message(message: str | None, shown: str | None) -> None:
+    problem = pod_problem(crash_looping(message))
+    assert problem is not None and problem.reason == "CrashLoopBackOff"
+    assert problem.message.startswith(
+        "pod p container inference is crash-looping (2 restarts, last exit code 1): back-off 20s"
+    )
+    if shown is None:
+        assert "termination message" not in problem.message
+    else:
+        assert problem.message.endswith(f"; last termination message: {shown}")

@@ -176,9 +176,11 @@ def test_apply_ready_ask_scale_kill_delete(sandbox: Sandbox, tiny_model_folder: 
     sandbox.custom.create_namespaced_custom_object(
         GROUP, VERSION, "default", PLURAL, llmservice("tiny", str(tiny_model_folder), good_port, budget=60)
     )
-    # A model that cannot load, alongside: its pod must crash-loop and its LLMService show why.
+    # A model that cannot load, alongside: its server exits 1 at once with the reason in its termination message,
+    # its pod crash-loops and its LLMService shows why. The startup budget is far longer than any wait below: the
+    # probe giving up is not what restarts it.
     sandbox.custom.create_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, llmservice("broken", "/nonexistent/kubellm-model", broken_port, budget=10)
+        GROUP, VERSION, "default", PLURAL, llmservice("broken", "/nonexistent/kubellm-model", broken_port, budget=600)
     )
 
     def phase(name: str) -> str:
@@ -243,6 +245,10 @@ def test_apply_ready_ask_scale_kill_delete(sandbox: Sandbox, tiny_model_folder: 
     condition = sandbox.wait(degraded, timeout=90, what="LLMService broken to be Degraded")
     assert condition["reason"] == "CrashLoopBackOff"
     assert "model load failed" in condition["message"] and "/nonexistent/kubellm-model" in condition["message"]
+    [broken_status] = sandbox.pods("broken")[0]["status"]["containerStatuses"]
+    last = broken_status["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (1, "Error")
+    assert last["message"].startswith("model load failed: ") and "/nonexistent/kubellm-model" in last["message"]
 
     pids = {pid for pod in sandbox.pods("tiny") + sandbox.pods("broken") for pid in running_pids(pod)}
     assert pids

@@ -23,7 +23,14 @@ from kubellm_sandbox.deployments import (
     template_hash,
 )
 from kubellm_sandbox.emulator.store import ObjectStore
-from kubellm_sandbox.pods import ContainerConfigError, PodRunner, RunnerSettings, expand, kubellm_executable
+from kubellm_sandbox.pods import (
+    ContainerConfigError,
+    ContainerRunner,
+    PodRunner,
+    RunnerSettings,
+    expand,
+    kubellm_executable,
+)
 from kubellm_sandbox.probes import (
     ProbeCounter,
     ProbeError,
@@ -415,3 +422,50 @@ def test_a_missing_secret_is_a_container_config_error(tmp_path: pathlib.Path) ->
     no_command = {"name": "c", "image": "nginx"}
     with pytest.raises(ContainerConfigError, match="has no command"):
         pod.command_and_env(no_command)
+
+
+# -- a container's termination message, as the kubelet reports it -----------------------------------------------
+
+WRITES_ITS_REASON = 'echo noise; printf "model load failed: no folder" > "$KUBELLM_TERMINATION_MESSAGE_PATH"; exit 1'
+LOGS_AND_FAILS = 'for n in $(seq 1 100); do echo "line $n"; done; exit 3'
+
+
+@pytest.mark.parametrize(
+    ("script", "policy", "exit_code", "message"),
+    [
+        # What the process wrote to its file, whatever the policy.
+        (WRITES_ITS_REASON, "File", 1, "model load failed: no folder"),
+        (WRITES_ITS_REASON, "FallbackToLogsOnError", 1, "model load failed: no folder"),
+        # No file written: the log's last 80 lines with FallbackToLogsOnError, nothing with File.
+        (LOGS_AND_FAILS, "FallbackToLogsOnError", 3, "".join(f"line {n}\n" for n in range(21, 101))),
+        (LOGS_AND_FAILS, "File", 3, ""),
+        # A success leaves no log tail.
+        ("echo fine", "FallbackToLogsOnError", 0, ""),
+    ],
+)
+async def test_a_container_exit_reports_its_termination_message(
+    tmp_path: pathlib.Path, script: str, policy: str, exit_code: int, message: str
+) -> None:
+    runner = local_runner(tmp_path)
+    container = {"name": "c", "command": ["sh", "-c", script], "terminationMessagePolicy": policy}
+    pod = PodRunner(runner, pod_from_template(container, []))
+    command, env = pod.command_and_env(container)
+    assert env["KUBELLM_TERMINATION_MESSAGE_PATH"] == str(pod.directory / "c.termination-log")
+    process = ContainerRunner(pod, container)
+    process.log_path.write_bytes(b"an earlier run's output\n")  # never part of this run's tail
+    process.termination_message_path.write_text("an earlier run's message")  # each run starts with an empty file
+    assert await process._run_once(command, env, "2026-01-01T00:00:00Z") == (
+        exit_code,
+        "Error" if exit_code else "Completed",
+        message,
+    )
+
+
+async def test_a_long_log_tail_is_cut_to_2048_bytes(tmp_path: pathlib.Path) -> None:
+    runner = local_runner(tmp_path)
+    script = 'for n in $(seq 1 100); do printf "%0100d\\n" "$n"; done; exit 1'
+    container = {"name": "c", "command": ["sh", "-c", script], "terminationMessagePolicy": "FallbackToLogsOnError"}
+    pod = PodRunner(runner, pod_from_template(container, []))
+    command, env = pod.command_and_env(container)
+    _, _, message = await ContainerRunner(pod, container)._run_once(command, env, "2026-01-01T00:00:00Z")
+    assert len(message.encode()) == 2048 and message.endswith(f"{100:0100d}\n")
