@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from kubellm_inference.probe import main as probe_main
 from kubellm_inference.server import main as serve_main
 from kubellm_inference.server import write_termination_message
 from kubellm_inference.settings import env_name
+from kubellm_sandbox.processes import free_port
 
 # A process needs a few seconds to import torch and transformers on this kind of machine.
 PROCESS_START_TIMEOUT_S = 90
@@ -29,13 +29,6 @@ PROCESS_START_TIMEOUT_S = 90
 def kubellm_command(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "kubellm"
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "kubellm_operator.cli", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

@@ -7,7 +7,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import sys
 
 import aiohttp
@@ -15,18 +14,13 @@ import pytest
 from operator_support import ROOT, Kube, kubectl
 
 from kubellm_sandbox.kubelet import Kubelet
+from kubellm_sandbox.processes import free_port
 
 pytestmark = pytest.mark.kubectl
 WARNING_LINE = (
     "LLMService default/tiny needs 4Gi of free ephemeral storage (2Gi + 2Gi headroom) on a node, but best node "
     "worker-1 has 3Gi free (1 eligible of 1 nodes): its pods may stay Pending or be evicted"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def get(url: str) -> tuple[int, str]:

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import socket
 
 import pytest
 import yaml
 
 from kubellm_inference.tinymodel import build_tiny_model
 from kubellm_sandbox import demo
+from kubellm_sandbox.processes import free_port
 from kubellm_sandbox.supervisor import Layout
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow

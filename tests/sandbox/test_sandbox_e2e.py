@@ -29,20 +29,13 @@ import pytest
 from kubellm_inference.tinymodel import build_tiny_model
 from kubellm_sandbox import cli
 from kubellm_sandbox.pods import CONTAINER_ID_SCHEME, PORTS_ANNOTATION
-from kubellm_sandbox.processes import recorded_pid
+from kubellm_sandbox.processes import free_port, recorded_pid
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 GROUP, VERSION, PLURAL = "kubellm.dev", "v1alpha1", "llmservices"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Sandbox:
