@@ -18,7 +18,8 @@ import cel
 import jsonschema
 import yaml
 
-from kubellm_operator.api import format_path, parse_quantity
+from kubellm.quantity import parse_quantity
+from kubellm_operator.api import format_path
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "kubellm.dev_llmservices.yaml"
 

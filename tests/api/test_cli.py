@@ -14,7 +14,8 @@ import yaml
 from crd_schema import CRD_PATH
 from llmservice_cases import REPO, minimal
 
-from kubellm_operator import cli
+from kubellm import cli
+from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE
 
 KUBELLM = Path(sys.executable).parent / "kubellm"  # the console script installed beside this interpreter
 
@@ -35,7 +36,7 @@ def test_render_seed_example_prints_what_the_issue_promises() -> None:
     assert main["resources"]["limits"]["ephemeral-storage"] == "24Gi"
     cache = deployment["spec"]["template"]["spec"]["volumes"][0]
     assert cache["emptyDir"]["sizeLimit"] == "18Gi"
-    assert main["image"] == cli.DEFAULT_INFERENCE_IMAGE
+    assert main["image"] == DEFAULT_INFERENCE_IMAGE
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["spec"]["ports"][0]["port"] == 5000
 
@@ -151,7 +152,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         cli.main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for command in ["render", "crd", *cli.DELEGATES]:
+    for command in cli.DELEGATES:
         assert command in out
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from llmservice_cases import IMAGE, llms, load_example, minimal
 
-from kubellm_inference.settings import (
+from kubellm.contract import (
     DEFAULT_CACHE_DIR,
     LIVENESS_PROBE_COMMAND,
     LIVEZ_PATH,

@@ -25,8 +25,8 @@ from e2e_support import (
     skip_reason,
 )
 
+from kubellm_emulator.pytest_plugin import emulator  # noqa: F401  (the helpers' contract test uses it)
 from kubellm_sandbox import kind
-from kubellm_sandbox.emulator.pytest_plugin import emulator  # noqa: F401  (the helpers' contract test uses it)
 
 SCENARIO_KEY = pytest.StashKey[tuple[Cluster, str]]()
 FAILED_KEY = pytest.StashKey[bool]()

@@ -38,8 +38,8 @@ from e2e_support import (
     warning_lines,
 )
 
+from kubellm_emulator.server import Emulator
 from kubellm_sandbox import kind
-from kubellm_sandbox.emulator.server import Emulator
 
 SETTINGS = E2ESettings(cluster="demo")
 

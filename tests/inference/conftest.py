@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from inference_support import RunningServer, serve
 
-from kubellm_inference.settings import ServerSettings
+from kubellm.contract import ServerSettings
 from kubellm_inference.tinymodel import build_tiny_model
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import uvicorn
 
+from kubellm.contract import ServerSettings
 from kubellm_inference.app import create_app
 from kubellm_inference.loading import LoadedModel
-from kubellm_inference.settings import ServerSettings
 from kubellm_inference.state import ServerState, app_state
 
 START_TIMEOUT_S = 30.0

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from inference_support import serve
 
+from kubellm.contract import EMBEDDED_MODEL, ServerSettings
 from kubellm_inference.loading import converted_embedded_folder, embedded_gguf_path, model_source
-from kubellm_inference.settings import EMBEDDED_MODEL, ServerSettings
 
 
 @pytest.mark.slow

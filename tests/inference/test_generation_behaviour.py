@@ -12,8 +12,8 @@ import pytest
 from inference_support import serve, wait_until
 from pydantic import SecretStr
 
+from kubellm.contract import ServerSettings
 from kubellm_inference.loading import LoadedModel, load_model
-from kubellm_inference.settings import ServerSettings
 
 
 def completion(client: httpx.Client, prompt: str, **params: object) -> dict[str, object]:

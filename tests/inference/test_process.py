@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 from inference_support import RunningServer, wait_until
 
+from kubellm.contract import env_name
 from kubellm_inference.probe import main as probe_main
 from kubellm_inference.server import main as serve_main
 from kubellm_inference.server import write_termination_message
-from kubellm_inference.settings import env_name
 from kubellm_sandbox.processes import free_port
 
 # A process needs a few seconds to import torch and transformers on this kind of machine.
@@ -28,7 +28,7 @@ PROCESS_START_TIMEOUT_S = 90
 
 def kubellm_command(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "kubellm"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "kubellm_operator.cli", *args]
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "kubellm.cli", *args]
 
 
 @contextmanager

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from operator_support import CRD, Kube
 
-from kubellm_sandbox.emulator import Emulator
-from kubellm_sandbox.emulator.pytest_plugin import emulator
+from kubellm_emulator import Emulator
+from kubellm_emulator.pytest_plugin import emulator
 
 __all__ = ["emulator", "kube"]
 

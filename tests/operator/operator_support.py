@@ -20,12 +20,12 @@ import kubernetes.client
 import pytest
 import yaml
 
+from kubellm_emulator import WRITE_METHODS, ApiError, Emulator
+from kubellm_emulator.testing import kubernetes_configuration, wait_until
 from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.main import run
 from kubellm_operator.metrics import OperatorMetrics
-from kubellm_sandbox.emulator import WRITE_METHODS, ApiError, Emulator
-from kubellm_sandbox.emulator.testing import kubernetes_configuration, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kubellm.dev_llmservices.yaml"

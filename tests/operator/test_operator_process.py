@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from operator_support import ROOT, Kube, kubectl
 
-from kubellm_sandbox.kubelet import Kubelet
+from kubellm_emulator.kubelet import Kubelet
 from kubellm_sandbox.processes import free_port
 
 pytestmark = pytest.mark.kubectl

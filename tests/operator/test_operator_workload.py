@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from operator_support import Kube, kubectl, llmservice, operator_running
 
-from kubellm_sandbox.kubelet import Kubelet, PodOutcome
+from kubellm_emulator.kubelet import Kubelet, PodOutcome
 
 OUTCOMES = {
     "ok": (PodOutcome.ready_pods(), "Ready", "MinimumReplicasAvailable"),

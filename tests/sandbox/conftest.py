@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from emulator_http import Api
 
-from kubellm_sandbox.emulator.pytest_plugin import emulator, emulator_kubeconfig
+from kubellm_emulator.pytest_plugin import emulator, emulator_kubeconfig
 
 __all__ = ["emulator", "emulator_kubeconfig"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kubellm_sandbox.emulator import Emulator
+from kubellm_emulator import Emulator
 
 CRD = pathlib.Path(__file__).resolve().parents[2] / "crds" / "kubellm.dev_llmservices.yaml"
 LLMS = "/apis/kubellm.dev/v1alpha1/namespaces/default/llmservices"

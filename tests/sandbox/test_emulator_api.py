@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from kubellm_sandbox.emulator import WRITE_METHODS, Emulator
+from kubellm_emulator import WRITE_METHODS, Emulator
 
 CM = "/api/v1/namespaces/default/configmaps"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"

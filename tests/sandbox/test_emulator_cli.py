@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import yaml
 
-from kubellm_sandbox.emulator_cli import main
+from kubellm_emulator.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kubellm.dev_llmservices.yaml"
@@ -23,7 +23,7 @@ async def test_serves_until_sigterm(tmp_path: pathlib.Path) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "kubellm_sandbox.emulator_cli",
+        "kubellm_emulator.cli",
         "--kubeconfig",
         str(kubeconfig),
         "--crd",

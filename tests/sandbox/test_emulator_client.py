@@ -9,8 +9,8 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from kubellm_sandbox.emulator import Emulator
-from kubellm_sandbox.emulator.testing import kubernetes_configuration
+from kubellm_emulator import Emulator
+from kubellm_emulator.testing import kubernetes_configuration
 
 REQUIRED_NODE_INFO = (
     "machine_id",

@@ -12,8 +12,8 @@ import kopf
 import kubernetes
 import pytest
 
-from kubellm_sandbox.emulator import Emulator
-from kubellm_sandbox.emulator.testing import kopf_operator, kubernetes_configuration, wait_until
+from kubellm_emulator import Emulator
+from kubellm_emulator.testing import kopf_operator, kubernetes_configuration, wait_until
 
 GROUP, VERSION, PLURAL = "example.dev", "v1", "widgets"
 

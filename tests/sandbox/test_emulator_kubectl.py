@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kubellm_sandbox.emulator import Emulator
-from kubellm_sandbox.kubelet import Kubelet
+from kubellm_emulator import Emulator
+from kubellm_emulator.kubelet import Kubelet
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kubellm.dev_llmservices.yaml"

@@ -8,8 +8,8 @@ from typing import Any
 
 import requests
 
-from kubellm_sandbox.emulator import Emulator
-from kubellm_sandbox.kubelet import EVICTED_MESSAGE, Kubelet, PodOutcome, reconcile_sync
+from kubellm_emulator import Emulator
+from kubellm_emulator.kubelet import EVICTED_MESSAGE, Kubelet, PodOutcome, reconcile_sync
 
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 PODS = "/api/v1/namespaces/default/pods"

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from kubellm_sandbox.emulator.apply import (
+from kubellm_emulator.apply import (
     builtin_list_rule,
     decode_fields,
     encode_fields,
     field_paths,
     server_side_apply,
 )
-from kubellm_sandbox.emulator.patching import (
+from kubellm_emulator.patching import (
     PatchError,
     apply_json_patch,
     apply_merge_patch,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubellm_sandbox.emulator import protobuf
-from kubellm_sandbox.emulator.errors import ApiError
+from kubellm_emulator import protobuf
+from kubellm_emulator.errors import ApiError
 
 
 def varint(value: int) -> bytes:

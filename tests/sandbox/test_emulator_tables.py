@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from kubellm_sandbox.emulator import Emulator
-from kubellm_sandbox.emulator.jsonpath import JsonPathError, evaluate
-from kubellm_sandbox.emulator.tables import human_age
+from kubellm_emulator import Emulator
+from kubellm_emulator.jsonpath import JsonPathError, evaluate
+from kubellm_emulator.tables import human_age
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 WIDGETS = "/apis/example.dev/v1/namespaces/default/widgets"

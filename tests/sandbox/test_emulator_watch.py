@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from emulator_http import Api
 
-from kubellm_sandbox.emulator import Emulator, ObjectStore
+from kubellm_emulator import Emulator, ObjectStore
 
 CM = "/api/v1/namespaces/default/configmaps"
 

@@ -13,16 +13,16 @@ from typing import Any
 import aiohttp.web
 import pytest
 
-from kubellm_operator.api import LLMService
-from kubellm_operator.render import render_deployment
-from kubellm_sandbox.deployments import (
+from kubellm_emulator.deployments import (
     POD_TEMPLATE_HASH,
     Plan,
     deployment_status,
     plan_rollout,
     template_hash,
 )
-from kubellm_sandbox.emulator.store import ObjectStore
+from kubellm_emulator.store import ObjectStore
+from kubellm_operator.api import LLMService
+from kubellm_operator.render import render_deployment
 from kubellm_sandbox.pods import (
     ContainerConfigError,
     ContainerRunner,

@@ -1,0 +1,443 @@
+"""``kubellm bench``: throughput and latency of our server, raw ``model.generate`` and ``transformers serve``.
+
+All three run one after the other on this machine (127.0.0.1 only), on the same model folder, with the same
+prompt (``--prompt-tokens`` tokens) and a forced answer length (``--new-tokens``; end-of-sequence ignored), at
+each concurrency level (the raw baseline runs the same number of prompts as one ``generate`` batch). Reported
+per target and level, as medians over ``--repetitions``: time to first token, inter-token latency, end-to-end
+latency p50/p90 and output tokens per second. Everything is bounded: a request count per level, a timeout
+per request and ``--max-seconds`` for the whole run. Prints a table, then the JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kubellm.contract import EMBEDDED_MODEL, ServerSettings, env_name
+
+# Plain English prose, long enough for any --prompt-tokens up to a few hundred.
+_PROMPT_TEXT = (
+    "The history of the Roman Empire spans many centuries, from the founding of the city on the banks of the "
+    "Tiber to the fall of Constantinople. Its roads, laws and languages shaped Europe, and its engineers built "
+    "aqueducts, bridges and harbours that still stand today. Historians continue to debate why the western half "
+    "of the empire declined while the eastern half endured for another thousand years, pointing to economic "
+    "strain, political instability, migrations and the sheer difficulty of governing such a vast territory. "
+) * 4
+
+SERVER_START_TIMEOUT_S = 180.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class RequestTiming:
+    ttft_s: float
+    e2e_s: float
+    tokens: int
+
+    @property
+    def itl_s(self) -> float | None:
+        return (self.e2e_s - self.ttft_s) / (self.tokens - 1) if self.tokens > 1 else None
+
+
+@dataclass
+class LevelResult:
+    target: str
+    concurrency: int
+    requests: int
+    ttft_p50_s: float
+    itl_p50_ms: float | None
+    e2e_p50_s: float
+    e2e_p90_s: float
+    tokens_per_s: float
+    tokens_per_request: float
+    # The best repetition (timeit's minimum): on a shared machine, the least disturbed measurement.
+    best_tokens_per_s: float
+    best_ttft_p50_s: float
+    repetitions: list[dict[str, float]] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = q * (len(ordered) - 1)
+    low, high = int(rank), min(int(rank) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(target: str, concurrency: int, runs: list[tuple[list[RequestTiming], float]]) -> LevelResult:
+    """Medians over repetitions of each repetition's statistics; ``runs`` holds (timings, wall seconds)."""
+    per_run: list[dict[str, float]] = []
+    for timings, wall in runs:
+        itls = [t.itl_s for t in timings if t.itl_s is not None]
+        per_run.append(
+            {
+                "ttft_p50_s": percentile([t.ttft_s for t in timings], 0.5),
+                "itl_p50_ms": percentile(itls, 0.5) * 1000 if itls else float("nan"),
+                "e2e_p50_s": percentile([t.e2e_s for t in timings], 0.5),
+                "e2e_p90_s": percentile([t.e2e_s for t in timings], 0.9),
+                "tokens_per_s": sum(t.tokens for t in timings) / wall,
+                "tokens_per_request": statistics.mean(t.tokens for t in timings),
+                "wall_s": wall,
+            }
+        )
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in per_run)
+
+    return LevelResult(
+        target=target,
+        concurrency=concurrency,
+        requests=len(runs[0][0]),
+        ttft_p50_s=median("ttft_p50_s"),
+        itl_p50_ms=median("itl_p50_ms"),
+        e2e_p50_s=median("e2e_p50_s"),
+        e2e_p90_s=median("e2e_p90_s"),
+        tokens_per_s=median("tokens_per_s"),
+        tokens_per_request=median("tokens_per_request"),
+        best_tokens_per_s=max(r["tokens_per_s"] for r in per_run),
+        best_ttft_p50_s=min(r["ttft_p50_s"] for r in per_run),
+        repetitions=per_run,
+    )
+
+
+# ---- HTTP targets ----------------------------------------------------------------------------------------------
+
+
+def _sse_payloads(line: str) -> dict[str, Any] | None:
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return None
+    payload: dict[str, Any] = json.loads(line[len("data: ") :])
+    return payload
+
+
+async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any], timeout: float) -> RequestTiming:
+    started = time.perf_counter()
+    first: float | None = None
+    usage_tokens: int | None = None
+    chunks = 0
+    async with client.stream("POST", url, json=body, timeout=timeout) as response:
+        if response.status_code != 200:
+            raise BenchError(f"{url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
+        async for line in response.aiter_lines():
+            payload = _sse_payloads(line)
+            if payload is None:
+                continue
+            if "error" in payload:
+                raise BenchError(f"{url}: {payload['error']}")
+            if payload.get("usage"):
+                usage_tokens = int(payload["usage"]["completion_tokens"])
+            for choice in payload.get("choices") or []:
+                if choice.get("text"):
+                    chunks += 1
+                    if first is None:
+                        first = time.perf_counter()
+    ended = time.perf_counter()
+    if first is None:
+        raise BenchError(f"{url}: no text streamed")
+    return RequestTiming(ttft_s=first - started, e2e_s=ended - started, tokens=usage_tokens or chunks)
+
+
+async def _closed_loop(url: str, body: dict[str, Any], concurrency: int, total: int, timeout: float) -> Any:
+    """``concurrency`` clients sending back to back until ``total`` requests are done."""
+    timings: list[RequestTiming] = []
+    remaining = total
+    limits = httpx.Limits(max_connections=concurrency + 2)
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                timings.append(await _one_request(client, url, body, timeout))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return timings, time.perf_counter() - started
+
+
+def run_http_level(url: str, body: dict[str, Any], concurrency: int, total: int, timeout: float) -> Any:
+    return asyncio.run(_closed_loop(url, body, concurrency, total, timeout))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def server_process(command: list[str], env: dict[str, str], health_url: str, log_path: Path) -> Iterator[None]:
+    """A server subprocess, up until ``health_url`` answers 200, stopped (SIGTERM, then SIGKILL) on exit."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+            while True:
+                if process.poll() is not None:
+                    raise BenchError(f"{command[0]} exited with {process.returncode}; see {log_path}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(health_url, timeout=2, trust_env=False).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{command[0]} not healthy after {SERVER_START_TIMEOUT_S}s; see {log_path}")
+                time.sleep(0.25)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+# ---- the raw baseline --------------------------------------------------------------------------------------------
+
+
+class RawGenerate:
+    """``model.generate`` on a batch of identical prompts: TTFT is a one-token generate, e2e the full one."""
+
+    def __init__(self, model_folder: str, prompt_ids: list[int], new_tokens: int) -> None:
+        from kubellm_inference.loading import load_model
+
+        self.loaded = load_model(ServerSettings(model=model_folder))
+        self.prompt_ids = prompt_ids
+        self.forced = {"min_new_tokens": new_tokens, "max_new_tokens": new_tokens, "do_sample": False}
+
+    def __call__(self, batch: int) -> tuple[list[RequestTiming], float]:
+        import torch
+
+        generate: Any = self.loaded.model.generate
+        inputs = torch.tensor([self.prompt_ids] * batch, device=self.loaded.device)
+        common = {
+            "input_ids": inputs,
+            "attention_mask": torch.ones_like(inputs),
+            "pad_token_id": self.loaded.pad_token_id,
+        }
+        with torch.inference_mode():
+            started = time.perf_counter()
+            generate(**common, max_new_tokens=1)
+            ttft = time.perf_counter() - started
+            started = time.perf_counter()
+            output = generate(**common, **self.forced)
+            e2e = time.perf_counter() - started
+        produced = int(output.shape[1] - inputs.shape[1])
+        return [RequestTiming(ttft, e2e, produced) for _ in range(batch)], e2e
+
+
+# ---- the run -----------------------------------------------------------------------------------------------------
+
+
+def resolve_model_folder(model: str) -> str:
+    """A local folder for every target (the peer needs one too): the embedded model's converted folder."""
+    if model == EMBEDDED_MODEL:
+        from kubellm_inference.loading import converted_embedded_folder
+
+        return str(converted_embedded_folder(ServerSettings().cache_dir))
+    if not Path(model).is_dir():
+        raise BenchError(f"--model must be a local folder or {EMBEDDED_MODEL} (the benchmark never downloads)")
+    return model
+
+
+def make_prompt(model_folder: str, tokens: int) -> tuple[str, list[int]]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    ids = tokenizer(_PROMPT_TEXT, add_special_tokens=False)["input_ids"][:tokens]
+    if len(ids) < tokens:
+        raise BenchError(f"the built-in prompt has only {len(ids)} tokens")
+    return str(tokenizer.decode(ids)), list(ids)
+
+
+RAW, OURS, PEER = "raw generate", "kubellm serve", "transformers serve --continuous-batching"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start every target, warm each up, then measure them interleaved (repetition by repetition, level by
+    level, target by target), so that a change in the machine's load hits all of them alike."""
+    started = time.monotonic()
+    budget_end = started + args.max_seconds
+    model_folder = resolve_model_folder(args.model)
+    prompt, prompt_ids = make_prompt(model_folder, args.prompt_tokens)
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    targets: dict[str, Callable[[int], tuple[list[RequestTiming], float]]] = {}
+    load_before = os.getloadavg()
+    base_body = {"prompt": prompt, "max_tokens": args.new_tokens, "temperature": 0, "stream": True}
+    highest = max(args.concurrency)
+
+    def http_target(url: str, body: dict[str, Any]) -> Callable[[int], tuple[list[RequestTiming], float]]:
+        def measure(concurrency: int) -> tuple[list[RequestTiming], float]:
+            total = concurrency * args.rounds
+            return run_http_level(url, body, concurrency, total, args.request_timeout)
+
+        return measure
+
+    with contextlib.ExitStack() as servers:
+        if "raw" in args.targets:
+            targets[RAW] = RawGenerate(model_folder, prompt_ids, args.new_tokens)
+        if "kubellm" in args.targets:
+            port = free_port()
+            env = {
+                **os.environ,
+                env_name("model"): model_folder,
+                env_name("served_model_name"): "bench",
+                env_name("host"): "127.0.0.1",
+                env_name("port"): str(port),
+                env_name("max_batch_size"): str(highest),
+                env_name("max_new_tokens"): str(args.new_tokens),
+                env_name("log_level"): "warning",
+            }
+            command = [sys.executable, "-m", "kubellm_inference.server"]
+            servers.enter_context(
+                server_process(command, env, f"http://127.0.0.1:{port}/readyz", log_dir / "kubellm-serve.log")
+            )
+            body = {**base_body, "model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}}
+            targets[OURS] = http_target(f"http://127.0.0.1:{port}/v1/completions", body)
+        if "peer" in args.targets:
+            peer = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+            if peer is None:
+                notes.append("transformers serve: the `transformers` command is not installed; peer skipped")
+            else:
+                port = free_port()
+                command = [peer, "serve", model_folder, "--continuous-batching"]
+                command += ["--cb-num-blocks", str(args.peer_cb_num_blocks), "--dtype", "float32"]
+                command += ["--host", "127.0.0.1", "--port", str(port)]
+                health = f"http://127.0.0.1:{port}/health"
+                log_path = log_dir / "transformers-serve.log"
+                servers.enter_context(server_process(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, health, log_path))
+                # Its per-request generation_config forces the length: no end-of-sequence token.
+                forced = {"max_new_tokens": args.new_tokens, "do_sample": False, "eos_token_id": None}
+                body = {**base_body, "model": model_folder, "generation_config": json.dumps(forced)}
+                targets[PEER] = http_target(f"http://127.0.0.1:{port}/v1/completions", body)
+
+        # Warm-up, unmeasured: caches, allocator pools and the peer's batching manager exist before timing.
+        for name, measure in targets.items():
+            for level in args.concurrency if name == RAW else [highest]:
+                measure(level)
+        runs: dict[tuple[str, int], list[tuple[list[RequestTiming], float]]] = {}
+        for repetition in range(args.repetitions):
+            for level in args.concurrency:
+                for name, measure in targets.items():
+                    if time.monotonic() > budget_end:
+                        raise BenchError(f"--max-seconds {args.max_seconds} used up (repetition {repetition + 1})")
+                    runs.setdefault((name, level), []).append(measure(level))
+                    timings, wall = runs[(name, level)][-1]
+                    rate = sum(t.tokens for t in timings) / wall
+                    print(f"  rep {repetition + 1} {name} @ {level}: {rate:.1f} tok/s", file=sys.stderr)
+
+    results = [summarize(name, level, level_runs) for (name, level), level_runs in runs.items()]
+    results.sort(key=lambda r: (list(targets).index(r.target), r.concurrency))
+    return {
+        "model": args.model,
+        "model_folder": model_folder,
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": args.new_tokens,
+        "repetitions": args.repetitions,
+        "rounds": args.rounds,
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "seconds": round(time.monotonic() - started, 1),
+        "results": [asdict(r) for r in results],
+        "comparisons": comparisons(results),
+        "notes": notes,
+    }
+
+
+def comparisons(results: list[LevelResult]) -> dict[str, float]:
+    """The issue's targets as ratios (only those whose inputs were measured)."""
+    by_key = {(r.target, r.concurrency): r for r in results}
+    ours_1, ours_8 = by_key.get((OURS, 1)), by_key.get((OURS, 8))
+    raw_1 = by_key.get((RAW, 1))
+    peer_8 = by_key.get((PEER, 8))
+    ratios: dict[str, float] = {}
+    if ours_1 and raw_1:
+        ratios["c1_tokens_per_s_vs_raw_batch1"] = round(ours_1.tokens_per_s / raw_1.tokens_per_s, 3)
+        ratios["c1_best_tokens_per_s_vs_raw_batch1"] = round(ours_1.best_tokens_per_s / raw_1.best_tokens_per_s, 3)
+    if ours_8 and peer_8:
+        ratios["c8_tokens_per_s_vs_peer"] = round(ours_8.tokens_per_s / peer_8.tokens_per_s, 3)
+        ratios["c8_best_tokens_per_s_vs_peer"] = round(ours_8.best_tokens_per_s / peer_8.best_tokens_per_s, 3)
+        ratios["c8_ttft_vs_peer"] = round(ours_8.ttft_p50_s / peer_8.ttft_p50_s, 3)
+        ratios["c8_best_ttft_vs_peer"] = round(ours_8.best_ttft_p50_s / peer_8.best_ttft_p50_s, 3)
+    return ratios
+
+
+def table(document: dict[str, Any]) -> str:
+    header = (
+        "| target | concurrency | TTFT p50 (s) | ITL p50 (ms) | e2e p50 (s) | e2e p90 (s) | tokens/s "
+        "| best tokens/s | best TTFT p50 (s) |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in document["results"]:
+        lines.append(
+            f"| {r['target']} | {r['concurrency']} | {r['ttft_p50_s']:.3f} | {r['itl_p50_ms']:.1f} "
+            f"| {r['e2e_p50_s']:.2f} | {r['e2e_p90_s']:.2f} | {r['tokens_per_s']:.1f} "
+            f"| {r['best_tokens_per_s']:.1f} | {r['best_ttft_p50_s']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubellm bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=EMBEDDED_MODEL, help="a local model folder, or the embedded model")
+    parser.add_argument("--targets", nargs="+", default=["raw", "kubellm", "peer"], choices=["raw", "kubellm", "peer"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--prompt-tokens", type=int, default=48)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="requests per level = concurrency x rounds")
+    parser.add_argument("--repetitions", type=int, default=3, help="medians are taken over these")
+    parser.add_argument("--request-timeout", type=float, default=300.0)
+    parser.add_argument("--max-seconds", type=float, default=1800.0, help="budget of the whole run")
+    parser.add_argument("--peer-cb-num-blocks", type=int, default=16, help="KV blocks of the peer (see issue 3)")
+    parser.add_argument("--log-dir", default="build/bench", help="server logs go here")
+    parser.add_argument("--json", type=Path, help="also write the JSON document to this file")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.concurrency) < 1 or args.repetitions < 1 or args.rounds < 1 or args.new_tokens < 2:
+        print("kubellm bench: concurrency, repetitions and rounds must be >= 1, --new-tokens >= 2", file=sys.stderr)
+        return 2
+    try:
+        document = run(args)
+    except BenchError as error:
+        print(f"kubellm bench: {error}", file=sys.stderr)
+        return 1
+    print(table(document))
+    for name, value in document["comparisons"].items():
+        print(f"{name}: {value}")
+    for note in document["notes"]:
+        print(f"note: {note}")
+    text = json.dumps(document, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,41 @@
+"""Health probes. /healthz: the process answers (the seed's probe). /readyz: the model is loaded, a warm-up
+generation succeeded and the server is not draining. /livez: the generation worker runs and no step is stuck;
+it never runs a generation itself."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from kubellm.contract import HEALTHZ_PATH, LIVEZ_PATH, READYZ_PATH
+from kubellm_inference.errors import APIError
+from kubellm_inference.generation import State
+
+router = APIRouter()
+
+
+@router.get(HEALTHZ_PATH)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(READYZ_PATH)
+async def readyz(state: State) -> JSONResponse:
+    engine = state.engine
+    if engine.ready:
+        return JSONResponse({"status": "ready", "model": state.settings.model_id})
+    if engine.draining:
+        reason = "draining: the server is shutting down"
+    elif engine.failure is not None:
+        reason = f"model load failed: {engine.failure}"
+    else:
+        reason = f"model not ready: {engine.state.value}"
+    return APIError(503, reason, code="not_ready").response()
+
+
+@router.get(LIVEZ_PATH)
+async def livez(state: State) -> JSONResponse:
+    alive, why = state.engine.liveness()
+    if alive:
+        return JSONResponse({"status": "alive", "worker": why})
+    return APIError(503, why, code="not_alive").response()

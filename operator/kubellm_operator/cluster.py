@@ -1,0 +1,178 @@
+"""The operator's side of the Kubernetes API: connection, and the few calls a reconcile makes.
+
+Synchronous (the official ``kubernetes`` client), because Kopf runs sync handlers in threads; an async handler
+calling a sync client would block the event loop that Kopf (and, in tests, the API emulator) runs on.
+Objects come back as plain dicts in wire shape, exactly as the API served them (``_preload_content=False`` on every
+call): the reconcile compares them with the rendered manifests and patches them as JSON, and a real cluster may serve
+fields that this client's typed models do not know (they would be dropped) or cannot validate (the read would fail).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
+
+from kubellm.timefmt import now_rfc3339
+from kubellm_operator.api import GROUP, PLURAL, VERSION
+from kubellm_operator.config import FIELD_MANAGER
+
+EVENT_SOURCE = "kubellm-operator"
+
+
+def load_configuration(kubeconfig: str | None) -> kubernetes.client.Configuration:
+    """In-cluster service account, else the given kubeconfig, else $KUBECONFIG (read now) or ~/.kube/config."""
+    config = kubernetes.client.Configuration()
+    if kubeconfig is None:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=config)
+            return config
+        except kubernetes.config.ConfigException:
+            kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=config)
+    return config
+
+
+def connection_info(config: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
+    """The same credentials for Kopf's own watches and patches."""
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
+def _loads(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+class Cluster:
+    """The API calls of a reconcile; every method returns wire-shape dicts and raises ApiException."""
+
+    def __init__(self, config: kubernetes.client.Configuration) -> None:
+        self.client = kubernetes.client.ApiClient(config)
+        self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # Reads ------------------------------------------------------------------------------------------------
+
+    def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._absent_is_none(
+            lambda: self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+            )
+        )
+
+    def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        read, _ = self._child_calls(kind)
+        return self._absent_is_none(lambda: read(name, namespace, _preload_content=False))
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        listing = _loads(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
+        items: list[dict[str, Any]] = listing.get("items") or []
+        return items
+
+    def node_names(self) -> list[str]:
+        listing = _loads(self.core.list_node(_preload_content=False))
+        return sorted(str(item["metadata"]["name"]) for item in listing.get("items") or [])
+
+    def node_summary(self, name: str) -> dict[str, Any]:
+        """The kubelet's ``stats/summary`` through the apiserver's node proxy (RBAC: nodes/proxy get)."""
+        response = self.core.connect_get_node_proxy_with_path(name, "stats/summary", _preload_content=False)
+        return _loads(response)
+
+    # Writes -----------------------------------------------------------------------------------------------
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply as field manager ``kubellm``, forcing conflicts (kubellm owns these fields)."""
+        kind = obj["kind"]
+        name = obj["metadata"]["name"]
+        namespace = obj["metadata"]["namespace"]
+        options: dict[str, Any] = {
+            "field_manager": FIELD_MANAGER,
+            "force": True,
+            "_content_type": "application/apply-patch+yaml",
+            "_preload_content": False,
+        }
+        _, patch = self._child_calls(kind)
+        return _loads(patch(name, namespace, obj, **options))
+
+    def patch_llmservice_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return _loads(
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": patch},
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+        )
+
+    def post_event(self, owner: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``owner`` (shown by ``kubectl describe`` and ``kubectl get events``)."""
+        metadata = owner.get("metadata") or {}
+        namespace = metadata.get("namespace") or "default"
+        now = now_rfc3339()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{metadata.get('name', 'llmservice')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": owner.get("apiVersion"),
+                "kind": owner.get("kind"),
+                "name": metadata.get("name"),
+                "namespace": namespace,
+                "uid": metadata.get("uid"),
+                "resourceVersion": metadata.get("resourceVersion"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": EVENT_SOURCE,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.core.create_namespaced_event(namespace, event, _preload_content=False)  # type: ignore[arg-type]
+
+    def _child_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The read and patch calls of a child kind."""
+        if kind == "Deployment":
+            return self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment
+        if kind == "Service":
+            return self.core.read_namespaced_service, self.core.patch_namespaced_service
+        raise ValueError(f"kubellm does not manage {kind} objects")
+
+    @staticmethod
+    def _absent_is_none(call: Any) -> dict[str, Any] | None:
+        try:
+            return _loads(call())
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise

@@ -1,0 +1,144 @@
+"""The operator's configuration: one pydantic-settings object, from the environment and `kubellm operator` flags.
+
+Every field can be set as ``KUBELLM_OPERATOR_<FIELD>`` (e.g. ``KUBELLM_OPERATOR_NAMESPACES=team-a,team-b``) or as
+a flag (``--namespaces team-a,team-b``); flags win over the environment. Everything is validated before the
+operator connects anywhere, so a typo fails at start with the field named, not in the first reconcile.
+"""
+
+from __future__ import annotations
+
+import argparse
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from kubellm.quantity import format_bytes
+from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE
+from kubellm_operator.storage import parse_headroom
+
+ENV_PREFIX = "KUBELLM_OPERATOR_"
+FIELD_MANAGER = "kubellm"
+ALL_NAMESPACES = "*"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class LogLevel(StrEnum):
+    debug = "DEBUG"
+    info = "INFO"
+    warning = "WARNING"
+    error = "ERROR"
+
+
+class OperatorSettings(BaseSettings):
+    """Everything `kubellm operator` reads at start (env prefix ``KUBELLM_OPERATOR_``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces to watch, comma-separated; empty or '*' watches all (cluster-wide).",
+    )
+    kubeconfig: str | None = Field(
+        None, description="Kubeconfig file; default: in-cluster service account, else $KUBECONFIG / ~/.kube/config."
+    )
+    inference_image: str = Field(
+        DEFAULT_INFERENCE_IMAGE, min_length=1, description="Image for LLMServices that name none."
+    )
+    storage_headroom: str = Field("2Gi", description="Free node storage required beyond an LLMService's request.")
+    summary_refresh_s: float = Field(
+        60.0, ge=0, description="How often kubelet stats summaries are read (nodes/proxy); 0 turns them off."
+    )
+    storage_retry_s: float = Field(
+        60.0, gt=0, description="Retry delay while storage.enforce holds an LLMService at 0 replicas."
+    )
+    log_format: LogFormat = Field(LogFormat.text, description="text or json.")
+    log_level: LogLevel = Field(LogLevel.info, description="DEBUG, INFO, WARNING or ERROR.")
+    health_host: str = Field("0.0.0.0", description="Address of the liveness and metrics endpoint.")
+    health_port: int = Field(8080, ge=0, le=65535, description="Port of /healthz and /metrics; 0 turns it off.")
+    standalone: bool = Field(
+        True, description="Run without Kopf peering (one replica). Turn off to run several replicas with peering."
+    )
+    peering_name: str = Field("kubellm", min_length=1, description="Kopf peering object when not standalone.")
+    priority: int = Field(0, description="Kopf peering priority of this replica (highest one works).")
+    workers: int = Field(4, ge=1, le=64, description="Threads that run reconciles.")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            names = [str(v).strip() for v in value if str(v).strip()]
+            return [] if ALL_NAMESPACES in names else names
+        return value
+
+    @field_validator("storage_headroom")
+    @classmethod
+    def _valid_headroom(cls, value: str) -> str:
+        parse_headroom(value)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def headroom_bytes(self) -> int:
+        return parse_headroom(self.storage_headroom)
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        where = "all namespaces" if self.clusterwide else "namespaces " + ",".join(self.namespaces)
+        peering = "standalone" if self.standalone else f"peering {self.peering_name} priority {self.priority}"
+        return (
+            f"watching {where}; default image {self.inference_image}; storage headroom "
+            f"{format_bytes(self.headroom_bytes)}; kubelet summaries every {self.summary_refresh_s:g}s; {peering}"
+        )
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message names each bad field and how to set it."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubellm operator",
+        description="Run the kubellm operator (Kopf). Every flag can also be set as KUBELLM_OPERATOR_<FLAG>.",
+    )
+    for name, info in OperatorSettings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{info.description} (env {env}; default {info.get_default(call_default_factory=True)!r})"
+        if info.annotation is bool:
+            parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(_flag(name), dest=name, metavar=name.upper(), help=help_text)
+    return parser
+
+
+def load_settings(argv: list[str] | None = None) -> OperatorSettings:
+    """Environment plus flags, validated; raises :class:`SettingsError` with a readable message."""
+    arguments = vars(build_parser().parse_args(argv or []))
+    overrides = {k: v for k, v in arguments.items() if v is not None}
+    try:
+        return OperatorSettings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            lines.append(f"  {_flag(field)} / {ENV_PREFIX}{field.upper()}: {error['msg']}")
+        raise SettingsError("invalid operator settings:\n" + "\n".join(lines)) from None

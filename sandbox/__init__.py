@@ -1,1 +1,0 @@
-"""kubellm's local control plane: a Kubernetes API emulator and a sandbox that runs LLMServices as processes."""

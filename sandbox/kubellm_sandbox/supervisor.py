@@ -1,0 +1,229 @@
+"""The running sandbox: the API emulator, this machine as a Node, the local runner and the operator, in one process.
+
+:func:`serve` is what `kubellm sandbox up` runs (in the foreground, or detached in the background): it serves the
+emulator on 127.0.0.1 with the LLMService CRD applied, seeds the Node and refreshes its disk figures, runs the
+:class:`~kubellm_sandbox.runner.LocalRunner` in-process, and runs `kubellm operator` as a child process against
+the sandbox's kubeconfig (restarted if it exits). SIGINT or SIGTERM stops all of it: pods first, then the operator,
+then the API. The files it keeps under the data directory are described by :class:`Layout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubellm_emulator import Emulator
+from kubellm_operator.crd import crd
+from kubellm_sandbox import host
+from kubellm_sandbox.pods import RunnerSettings, kubellm_executable
+from kubellm_sandbox.processes import die_with_parent, process_start_time, stop_leftover_processes
+from kubellm_sandbox.runner import LocalRunner
+
+logger = logging.getLogger("kubellm.sandbox")
+NODE_REFRESH_S = 30.0
+OPERATOR_STOP_GRACE_S = 15.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a sandbox keeps its files (all under `root`, `.kubellm/sandbox` by default)."""
+
+    root: pathlib.Path
+
+    @property
+    def pid_file(self) -> pathlib.Path:
+        return self.root / "sandbox.pid"
+
+    @property
+    def operator_pid_file(self) -> pathlib.Path:
+        return self.root / "operator.pid"
+
+    @property
+    def state_file(self) -> pathlib.Path:
+        return self.root / "sandbox.json"
+
+    @property
+    def kubeconfig(self) -> pathlib.Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def logs(self) -> pathlib.Path:
+        return self.root / "logs"
+
+    @property
+    def sandbox_log(self) -> pathlib.Path:
+        return self.logs / "sandbox.log"
+
+    @property
+    def operator_log(self) -> pathlib.Path:
+        return self.logs / "operator.log"
+
+
+def write_pid_file(path: pathlib.Path, pid: int) -> None:
+    path.write_text(f"{pid} {process_start_time(pid) or ''}\n")
+
+
+def operator_command(kubeconfig: pathlib.Path) -> list[str]:
+    # No health endpoint: its default port (8080) is often taken on a laptop, and nothing probes it locally.
+    return [kubellm_executable(), "operator", "--kubeconfig", str(kubeconfig), "--health-port", "0"]
+
+
+def operator_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # The operator reads the kubelet summary (this disk's free bytes) more often than in a cluster: it is cheap here.
+    env.setdefault("KUBELLM_OPERATOR_SUMMARY_REFRESH_S", "15")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class OperatorProcess:
+    """`kubellm operator` as a child process in its own process group, restarted with back-off when it exits."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.process: asyncio.subprocess.Process | None = None
+        self._stop = asyncio.Event()
+        self.restarts = 0
+
+    async def run(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            began = time.monotonic()
+            with self.layout.operator_log.open("ab") as log:
+                self.process = await asyncio.create_subprocess_exec(
+                    *operator_command(self.layout.kubeconfig),
+                    env=operator_environment(),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
+            write_pid_file(self.layout.operator_pid_file, self.process.pid)
+            logger.info("operator started (pid %d); log: %s", self.process.pid, self.layout.operator_log)
+            code = await self.process.wait()
+            self.layout.operator_pid_file.unlink(missing_ok=True)
+            if self._stop.is_set():
+                return
+            self.restarts += 1
+            delay = 1.0 if time.monotonic() - began > 60 else min(delay * 2, 30.0)
+            logger.warning(
+                "operator exited with %s; restarting in %.0fs (see %s)", code, delay, self.layout.operator_log
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=OPERATOR_STOP_GRACE_S)
+        except TimeoutError:
+            logger.warning("operator did not stop within %.0fs; killing it", OPERATOR_STOP_GRACE_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        self.layout.operator_pid_file.unlink(missing_ok=True)
+
+
+def seed_node(emulator: Emulator, name: str, data_dir: pathlib.Path) -> None:
+    emulator.seed_node(name, **host.node_fields(data_dir))
+    emulator.seed_node_stats(name, **host.stats_fields(data_dir))
+
+
+async def refresh_node_stats(emulator: Emulator, name: str, data_dir: pathlib.Path, stop: asyncio.Event) -> None:
+    """Re-measures the disk for the kubelet summary (no Node write, so no watch event unless the size changes)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=NODE_REFRESH_S)
+        with contextlib.suppress(OSError):
+            emulator.seed_node_stats(name, **host.stats_fields(data_dir))
+
+
+async def serve(
+    layout: Layout,
+    *,
+    api_port: int = 0,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    with_operator: bool = True,
+    runner_settings: dict[str, Any] | None = None,
+) -> None:
+    """Runs the sandbox until `stop` is set (or SIGINT/SIGTERM, when `stop` is not given). Raises OSError when
+    the API port cannot be bound."""
+    stop = stop if stop is not None else _signal_stop()
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    stop_leftover_processes(layout.root)
+    node = host.node_name()
+    async with Emulator(requested_port=api_port or None) as emulator:
+        emulator.apply_manifest(crd())
+        seed_node(emulator, node, layout.root)
+        emulator.write_kubeconfig(layout.kubeconfig, context="kubellm-sandbox")
+        runner = LocalRunner(
+            emulator.store, RunnerSettings(data_dir=layout.root, node_name=node, **(runner_settings or {}))
+        )
+        tasks = [
+            asyncio.create_task(runner.run(stop), name="runner"),
+            asyncio.create_task(refresh_node_stats(emulator, node, layout.root, stop), name="node-stats"),
+        ]
+        operator = OperatorProcess(layout) if with_operator else None
+        if operator is not None:
+            tasks.append(asyncio.create_task(operator.run(), name="operator"))
+        state = {
+            "pid": os.getpid(),
+            "api_url": emulator.api_url,
+            "kubeconfig": str(layout.kubeconfig.resolve()),
+            "node": node,
+            "data_dir": str(layout.root.resolve()),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        layout.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        logger.info("sandbox API %s; node %s; kubeconfig %s", emulator.api_url, node, layout.kubeconfig)
+        if on_ready is not None:
+            on_ready(state)
+        try:
+            await stop.wait()
+        finally:
+            logger.info("stopping the sandbox: pods, operator, API")
+            stop.set()
+            # The runner stops every pod's processes on its way out; the operator goes after, then the API.
+            await asyncio.gather(tasks[0], return_exceptions=True)
+            if operator is not None:
+                await operator.stop()
+            for task in tasks[1:]:
+                task.cancel()
+            await asyncio.gather(*tasks[1:], return_exceptions=True)
+            layout.state_file.unlink(missing_ok=True)
+
+
+def _signal_stop() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The emulator logs every refused request at INFO; the sandbox's log is for the sandbox's own story.
+    logging.getLogger("kubellm_emulator").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
