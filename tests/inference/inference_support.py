@@ -53,6 +53,7 @@ def serve(
     *,
     loader: Callable[[], LoadedModel] | None = None,
     wait_ready: bool = True,
+    load_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[RunningServer]:
     """The server for ``settings`` on a free 127.0.0.1 port, in a thread; stopped on exit."""
     app = create_app(settings, loader=loader)
@@ -69,7 +70,7 @@ def serve(
         assert server.started, "uvicorn did not start"
         running = RunningServer(f"http://127.0.0.1:{port}", app_state(app))
         if wait_ready:
-            wait_until(lambda: running.state.engine.ready, START_TIMEOUT_S, "the model to load")
+            wait_until(lambda: running.state.engine.ready, load_timeout_s, "the model to load")
         yield running
     finally:
         server.should_exit = True
