@@ -115,12 +115,31 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         staging = Path(scratch) / "model"
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _make_readable(staging)
         try:
             os.rename(staging, target)
         except OSError:
             # Another process (a second replica on a shared cache) won the race; its folder is as good.
             if not (target / "config.json").is_file():
                 raise
+
+
+def _make_readable(folder: Path) -> None:
+    """Let every user read (and enter) what the conversion wrote. safetensors writes 0600 whatever the umask, so a
+    folder converted by root at image build time was unreadable to the server's UID 10001 (issue 15)."""
+    for path in [folder, *folder.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode | (0o555 if path.is_dir() else 0o444))
+
+
+def _check_readable(folder: Path) -> None:
+    """Name an unreadable file in a model folder: transformers reports it as missing, which points the wrong way."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not os.access(path, os.R_OK):
+            raise ModelLoadError(
+                f"cannot read {path}: permission denied (mode {path.stat().st_mode & 0o777:04o}, owner uid "
+                f"{path.stat().st_uid}; this process runs as uid {os.geteuid()}): make the files readable"
+            )
 
 
 def model_source(settings: ServerSettings) -> tuple[str, dict[str, Any]]:
@@ -148,6 +167,8 @@ def load_model(settings: ServerSettings) -> LoadedModel:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source, hub = model_source(settings)
+    if Path(source).is_dir():
+        _check_readable(Path(source))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **hub)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hub)

@@ -25,6 +25,8 @@ def test_embedded_smollm2_answers_a_real_question(tmp_path: Path) -> None:
         assert "Paris" in response.json()["response"]
     folder = converted_embedded_folder(tmp_path)
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    # Readable by every user: an image converts it as root and serves it as UID 10001 (safetensors writes 0600).
+    assert all(path.stat().st_mode & 0o444 == 0o444 for path in [folder, *folder.iterdir()])
     # The conversion wrote into a temporary folder and renamed it: nothing half-written is left behind.
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
     # An image converts it at build time into a prebuilt folder, which wins over an empty cache volume.
