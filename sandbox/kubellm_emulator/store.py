@@ -66,6 +66,7 @@ class WriteOptions:
     dry_run: bool = False
     field_manager: str | None = None
     force: bool = False
+    user: Any = None  # the requester's auth.Identity over HTTP; None for in-process writes (trusted, as etcd is)
 
 
 Admission = Callable[[ResourceType, JsonObject, JsonObject | None], JsonObject]

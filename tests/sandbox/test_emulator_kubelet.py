@@ -9,6 +9,7 @@ from typing import Any
 import requests
 
 from kubellm_emulator import Emulator
+from kubellm_emulator.auth import ADMIN_TOKEN
 from kubellm_emulator.kubelet import EVICTED_MESSAGE, Kubelet, PodOutcome, reconcile_sync
 
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
@@ -156,7 +157,12 @@ def test_sync_reconcile_against_a_standalone_emulator() -> None:
     try:
         assert started.wait(10)
         url = holder["url"]
-        created = requests.post(f"{url}{DEPLOY}", json=deployment(replicas=1), timeout=10)
+        created = requests.post(
+            f"{url}{DEPLOY}",
+            json=deployment(replicas=1),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=10,
+        )
         assert created.status_code == 201
         rolled = reconcile_sync(url, "default", "tiny")
         assert rolled["status"]["readyReplicas"] == 1
