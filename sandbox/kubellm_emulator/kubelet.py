@@ -205,11 +205,13 @@ class Kubelet:
         deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
         deployment = await self._call("GET", f"{deployments}/{name}")
         replica_set = await self._ensure_replica_set(deployment)
-        pods = await self._ensure_pods(deployment, replica_set, schedule=outcome.unschedulable_message is None)
+        pods, failure = await self._ensure_pods(deployment, replica_set, schedule=outcome.unschedulable_message is None)
         for pod in pods:
             await self._apply_outcome(pod, outcome)
         pods = await self._pods_of(namespace, replica_set)
-        return await self._roll_up(deployment, replica_set, pods, deadline_exceeded=deadline_exceeded)
+        return await self._roll_up(
+            deployment, replica_set, pods, deadline_exceeded=deadline_exceeded, create_failure=failure
+        )
 
     async def reconcile_all(self, outcome_for: Callable[[JsonObject], PodOutcome | None] | None = None) -> None:
         """Reconciles every Deployment; `outcome_for(deployment)` picks each one's outcome (default: Ready)."""
@@ -302,7 +304,9 @@ class Kubelet:
 
     async def _ensure_pods(
         self, deployment: JsonObject, replica_set: JsonObject, *, schedule: bool
-    ) -> list[JsonObject]:
+    ) -> tuple[list[JsonObject], str | None]:
+        """The ReplicaSet's pods, created up to its replicas; and why the apiserver refused a creation (a 403
+        such as an exceeded ResourceQuota), which the ReplicaSet controller reports and retries later."""
         namespace = deployment["metadata"]["namespace"]
         desired = int((replica_set.get("spec") or {}).get("replicas", 1))
         # Failed (evicted) pods stay, as on a real cluster until they are garbage-collected, and are replaced.
@@ -330,8 +334,25 @@ class Kubelet:
                 },
                 "spec": {**copy.deepcopy(template.get("spec") or {}), **({"nodeName": node} if node else {})},
             }
-            pods.append(await self._call("POST", f"/api/v1/namespaces/{namespace}/pods", body))
-        return pods
+            created, refusal = await self._create_pod(namespace, body)
+            if created is None:
+                await self._event(replica_set, "Warning", "FailedCreate", f"Error creating: {refusal}")
+                return pods, refusal
+            pods.append(created)
+        return pods, None
+
+    async def _create_pod(self, namespace: str, body: JsonObject) -> tuple[JsonObject | None, str | None]:
+        if self._session is None:
+            raise RuntimeError("use the Kubelet as `async with Kubelet(url) as kubelet:`")
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        async with self._session.post(self.api_url + path, json=body) as response:
+            payload = await response.json(content_type=None)
+            if response.status == 403:  # refused by admission (quota): a FailedCreate, not a kubelet bug
+                return None, str(payload.get("message") if isinstance(payload, dict) else payload)
+            if response.status >= 400:
+                message = payload.get("message") if isinstance(payload, dict) else payload
+                raise KubeletError(f"POST {path}: HTTP {response.status}: {message}")
+            return dict(payload), None
 
     async def _pick_node(self) -> str | None:
         if self.node_name:
@@ -436,18 +457,28 @@ class Kubelet:
         }
 
     async def _roll_up(
-        self, deployment: JsonObject, replica_set: JsonObject, pods: list[JsonObject], *, deadline_exceeded: bool
+        self,
+        deployment: JsonObject,
+        replica_set: JsonObject,
+        pods: list[JsonObject],
+        *,
+        deadline_exceeded: bool,
+        create_failure: str | None = None,
     ) -> JsonObject:
         meta = deployment["metadata"]
-        status = deployment_status(deployment, pods, now_rfc3339(), deadline_exceeded=deadline_exceeded)
+        status = deployment_status(
+            deployment, pods, now_rfc3339(), deadline_exceeded=deadline_exceeded, create_failure=create_failure
+        )
         rs_name = replica_set["metadata"]["name"]
         counts = ("replicas", "readyReplicas", "availableReplicas")  # the pods are this ReplicaSet's alone
+        failure = [c for c in status["conditions"] if c["type"] == "ReplicaFailure"]
         await self._merge_patch(
             f"/apis/apps/v1/namespaces/{meta['namespace']}/replicasets/{rs_name}/status",
             {
                 "status": {
                     **{count: status.get(count, 0) for count in counts},
                     "observedGeneration": replica_set["metadata"].get("generation", 1),
+                    "conditions": [{k: v for k, v in c.items() if k != "lastUpdateTime"} for c in failure] or None,
                 }
             },
         )

@@ -42,6 +42,7 @@ from kubellm_emulator.errors import ApiError
 from kubellm_emulator.faults import FaultInjector
 from kubellm_emulator.nodes import node_manifest, stats_summary
 from kubellm_emulator.openapi import openapi_document
+from kubellm_emulator.ownerrefs import OwnerReferencesPermissionEnforcement
 from kubellm_emulator.resources import KUBERNETES_VERSION, ResourceType, storage_key
 from kubellm_emulator.selectors import label_matcher, parse_field_selector
 from kubellm_emulator.store import PATCH_APPLY, ObjectStore, WriteOptions
@@ -75,6 +76,7 @@ class RecordedRequest:
     path: str  # without the query
     query: Mapping[str, str]
     body: bytes
+    user: str = ""  # who it was authenticated (or impersonated) as; "" when authentication refused it
 
     @property
     def is_write(self) -> bool:
@@ -162,6 +164,7 @@ class Emulator(kmock.KubernetesEmulator):
     _closing: bool = attrs.field(default=False, init=False)
     _open_watches: int = attrs.field(default=0, init=False)
     _request_serial: int = attrs.field(default=0, init=False)
+    _request_users: dict[int, str] = attrs.field(factory=dict, init=False)
     authenticator: Authenticator = attrs.field(init=False)
     authorizer: Authorizer = attrs.field(init=False)
 
@@ -170,6 +173,9 @@ class Emulator(kmock.KubernetesEmulator):
         self.store.add_listener(self._on_change)
         self.authenticator = Authenticator(self.store)
         self.authorizer = Authorizer(self.store)
+        self.store.user_admission.append(
+            OwnerReferencesPermissionEnforcement(self.authorizer, self.store.type_for_kind)
+        )
         for manifest in bootstrap_policy():  # what the apiserver's RBAC bootstrap creates at its first start
             self.apply_manifest(manifest, field_manager="kube-apiserver")
 
@@ -338,6 +344,7 @@ class Emulator(kmock.KubernetesEmulator):
                 path=request.url.path,
                 query=dict(request.params),
                 body=request.body,
+                user=self._request_users.get(request.id, ""),
             )
             for request in list(self._requests)  # a copy: the serving loop may append meanwhile
             if request.id >= since
@@ -398,6 +405,9 @@ class Emulator(kmock.KubernetesEmulator):
         if self.max_recorded_requests is not None and len(self._requests) > self.max_recorded_requests:
             # kmock records every request for assertions; a long-running sandbox keeps only the recent ones.
             del self._requests[: len(self._requests) - self.max_recorded_requests]
+            oldest = self._requests[0].id
+            while self._request_users and next(iter(self._request_users)) < oldest:  # serials arrive in order
+                del self._request_users[next(iter(self._request_users))]
         try:
             return await self._handle(request)
         except rendering.StreamingError as error:  # a test-defined kmock stream failed after it started
@@ -413,7 +423,7 @@ class Emulator(kmock.KubernetesEmulator):
         raw = request._raw_request
         assert raw is not None
         try:
-            identity = self._authorize(raw)
+            identity = self._authorize(raw, request.id)
             fault = self.faults.take(raw.method, raw.path)
             if fault is not None:
                 raise fault
@@ -427,10 +437,11 @@ class Emulator(kmock.KubernetesEmulator):
             logger.info("%s %s -> %d %s", raw.method, raw.path_qs, error.code, error.message)
             return aiohttp.web.json_response(error.status(), status=error.code)
 
-    def _authorize(self, raw: aiohttp.web.BaseRequest) -> Identity:
+    def _authorize(self, raw: aiohttp.web.BaseRequest, serial: int) -> Identity:
         """Authentication, impersonation and authorization, in the apiserver's filter order; raises 401 or 403."""
         identity = self.authenticator.authenticate(raw.headers.get("Authorization"))
         identity = impersonate(identity, raw.headers, raw.headers.getall("Impersonate-Group", []), self.authorizer)
+        self._request_users[serial] = identity.user
         attributes = request_attributes(identity, raw.method, raw.path, raw.query)
         allowed, reason = self.authorizer.authorize(attributes)
         if not allowed:

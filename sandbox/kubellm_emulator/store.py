@@ -34,6 +34,7 @@ from kubellm_emulator.patching import (
     apply_merge_patch,
     apply_strategic_merge_patch,
 )
+from kubellm_emulator.quota import admit_pod, usage_of
 from kubellm_emulator.resources import BUILTIN_TYPES, ResourceType, storage_key, types_from_crd
 from kubellm_emulator.selectors import selector_from_match_labels
 from kubellm_emulator.validation import NODE_PORT_RANGE, name_errors, node_port_errors, validate
@@ -70,6 +71,8 @@ class WriteOptions:
 
 
 Admission = Callable[[ResourceType, JsonObject, JsonObject | None], JsonObject]
+# A validating admission plugin that needs the requester: (type, object, old object or None, user, subresource).
+UserAdmission = Callable[[ResourceType, JsonObject, JsonObject | None, Any, str | None], None]
 
 
 class ObjectStore:
@@ -85,6 +88,7 @@ class ObjectStore:
         self._listeners: list[Callable[[], None]] = []
         # Schema admission of custom resources and the built-in validation of every kind (None switches both off).
         self.admission: Admission | None = self._admit
+        self.user_admission: list[UserAdmission] = []  # e.g. OwnerReferencesPermissionEnforcement (server.py)
         for rtype in BUILTIN_TYPES:
             self._types[(rtype.group, rtype.version, rtype.plural)] = rtype
         for namespace in DEFAULT_NAMESPACES:
@@ -227,6 +231,34 @@ class ObjectStore:
             self._allocate_node_ports(admitted, old)
         return admitted
 
+    def _namespace_objects(self, plural: str, namespace: str) -> list[JsonObject]:
+        return [obj for key, obj in self._objects.items() if key[:3] == ("", plural, namespace)]
+
+    def _admit_pod_quota(self, namespace: str, pod: JsonObject) -> None:
+        """The ResourceQuota admission plugin, for pods (quota.py)."""
+        quotas = self._namespace_objects("resourcequotas", namespace)
+        if quotas:
+            admit_pod(pod, quotas, self._namespace_objects("pods", namespace))
+
+    def _after_quota_relevant_change(self, rtype: ResourceType, namespace: str | None) -> None:
+        """The quota controller: each ResourceQuota's `status` (hard, used) follows the namespace's pods."""
+        if not namespace or (rtype.group, rtype.plural) not in (("", "pods"), ("", "resourcequotas")):
+            return
+        pods = self._namespace_objects("pods", namespace)
+        quota_type = self.type_for("", "v1", "resourcequotas")
+        for quota in self._namespace_objects("resourcequotas", namespace):
+            hard = dict((quota.get("spec") or {}).get("hard") or {})
+            try:
+                status = {"hard": hard, "used": usage_of(pods, hard)}
+            except ApiError:
+                continue  # a malformed quantity was refused where it was written; nothing to count here
+            if quota.get("status") == status:
+                continue
+            previous = copy.deepcopy(quota)
+            quota["status"] = status
+            quota["metadata"]["resourceVersion"] = self._next_resource_version()
+            self._record(quota_type, "MODIFIED", quota, previous)
+
     def _allocate_node_ports(self, service: JsonObject, old: JsonObject | None) -> None:
         """NodePort and LoadBalancer Services get a node port per port (kept from the stored Service on update, as
         the registry's patchAllocatedValues does); a requested one must be in range and free cluster-wide."""
@@ -329,6 +361,10 @@ class ObjectStore:
             if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
                 obj = self._admit_crd(obj)
             metadata = obj["metadata"]  # admission returns a new object
+            for plugin in self.user_admission:
+                plugin(rtype, obj, None, options.user, None)
+            if (rtype.group, rtype.plural) == ("", "pods"):
+                self._admit_pod_quota(namespace or "", obj)
             _record_manager(metadata, options.field_manager, "Update", rtype.api_version)
             if options.dry_run:
                 return self.present(rtype, obj)
@@ -336,6 +372,7 @@ class ObjectStore:
             obj = _storage_form(rtype, obj)
             self._objects[key] = obj
             self._record(rtype, "ADDED", obj, None)
+            self._after_quota_relevant_change(rtype, namespace)
             if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
                 self._register_crd(obj)
             created = self.present(rtype, obj)
@@ -540,6 +577,8 @@ class ObjectStore:
         if self.admission is not None:
             updated = self.admission(rtype, updated, current)
             meta = updated["metadata"]
+        for plugin in self.user_admission:
+            plugin(rtype, updated, current, options.user, subresource)
         if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
             updated = self._admit_crd(updated, current)
             meta = updated["metadata"]
@@ -556,6 +595,7 @@ class ObjectStore:
         stored = _storage_form(rtype, updated)
         self._objects[key] = stored
         self._record(rtype, "MODIFIED", stored, _storage_form(rtype, current))
+        self._after_quota_relevant_change(rtype, namespace)
         if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
             self._register_crd(stored)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
@@ -619,6 +659,7 @@ class ObjectStore:
             self._unregister_crd(obj)
         self._collect_dependents(obj["metadata"]["uid"])
         namespace = obj["metadata"].get("namespace")
+        self._after_quota_relevant_change(rtype, namespace)
         if namespace:
             self._finish_namespace_if_empty(namespace)
         return self.present(rtype, obj)
