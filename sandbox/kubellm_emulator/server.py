@@ -43,6 +43,7 @@ from kubellm_emulator.faults import FaultInjector
 from kubellm_emulator.nodes import node_manifest, stats_summary
 from kubellm_emulator.openapi import openapi_document
 from kubellm_emulator.ownerrefs import OwnerReferencesPermissionEnforcement
+from kubellm_emulator.paging import list_page
 from kubellm_emulator.resources import KUBERNETES_VERSION, ResourceType, storage_key
 from kubellm_emulator.selectors import label_matcher, parse_field_selector
 from kubellm_emulator.store import PATCH_APPLY, ObjectStore, WriteOptions
@@ -595,15 +596,19 @@ class Emulator(kmock.KubernetesEmulator):
     def _answer_list(
         self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, namespace: str | None
     ) -> aiohttp.web.Response:
-        items, resource_version = self.store.list_objects(rtype, namespace, self._matcher(raw.query))
-        metadata = {"resourceVersion": str(resource_version)}
+        page = list_page(self.store, rtype, namespace, raw.query, self._matcher(raw.query))
         if _wants_table(raw):
             return _json(
                 render_table(
-                    rtype, items, list_metadata=metadata, include_object=raw.query.get("includeObject", "Metadata")
+                    rtype,
+                    page.items,
+                    list_metadata=page.metadata,
+                    include_object=raw.query.get("includeObject", "Metadata"),
                 )
             )
-        return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": metadata, "items": items})
+        return _json(
+            {"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": page.metadata, "items": page.items}
+        )
 
     def _answer_scale(
         self,

@@ -175,6 +175,45 @@ class ObjectStore:
             items = [self.present(rtype, obj) for _, obj in sorted(selected, key=lambda pair: pair[0])]
             return [item for item in items if matches(item)], self._resource_version
 
+    def snapshot(
+        self, rtype: ResourceType, namespace: str | None, resource_version: int
+    ) -> list[tuple[tuple[str, str], JsonObject]]:
+        """The objects of one resource as they were at `resource_version`, with their (namespace, name) keys, in
+        key order: what etcd serves for a list at an exact revision (paging's consistent snapshot). The current
+        objects rolled back through the event log; 410 Expired when the log no longer reaches back that far (etcd's
+        compaction), 504 when the revision is in the future."""
+        with self._lock:
+            if resource_version > self._resource_version:
+                raise ApiError(
+                    504,
+                    "Timeout",
+                    f"Too large resource version: {resource_version}, current: {self._resource_version}",
+                    details={
+                        "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                        "retryAfterSeconds": 1,
+                    },
+                )
+            if self._log and resource_version < self._log[0].resource_version - 1:
+                raise errors.gone(f"too old resource version: {resource_version} ({self._log[0].resource_version - 1})")
+            storage = storage_key(rtype.group, rtype.plural)
+            state = {(key[2], key[3]): obj for key, obj in self._objects.items() if key[:2] == storage}
+            for event in reversed(self._log):
+                if event.resource_version <= resource_version:
+                    break
+                if event.storage != storage:
+                    continue
+                meta = event.object.get("metadata") or {}
+                key = (meta.get("namespace") or "", meta.get("name") or "")
+                if event.type == "ADDED":
+                    state.pop(key, None)
+                elif event.previous is not None:
+                    state[key] = event.previous
+            return [
+                (key, self.present(rtype, obj))
+                for key, obj in sorted(state.items())
+                if not namespace or key[0] == namespace
+            ]
+
     def events_after(self, resource_version: int, storage: tuple[str, str]) -> list[WatchEvent]:
         with self._lock:
             if self._log and resource_version < self._log[0].resource_version - 1:
@@ -653,8 +692,9 @@ class ObjectStore:
 
     def _remove(self, rtype: ResourceType, key: ObjectKey) -> JsonObject:
         obj = self._objects.pop(key)
+        previous = copy.deepcopy(obj)  # what a list at an earlier resourceVersion shows (`snapshot`)
         obj["metadata"]["resourceVersion"] = self._next_resource_version()
-        self._record(rtype, "DELETED", obj, None)
+        self._record(rtype, "DELETED", obj, previous)
         if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
             self._unregister_crd(obj)
         self._collect_dependents(obj["metadata"]["uid"])
