@@ -37,7 +37,13 @@ from kubellm_emulator.patching import (
 from kubellm_emulator.quota import admit_pod, usage_of
 from kubellm_emulator.resources import BUILTIN_TYPES, ResourceType, storage_key, types_from_crd
 from kubellm_emulator.selectors import selector_from_match_labels
-from kubellm_emulator.validation import NODE_PORT_RANGE, name_errors, node_port_errors, validate
+from kubellm_emulator.validation import (
+    NODE_PORT_RANGE,
+    drop_type_dependent_fields,
+    name_errors,
+    node_port_errors,
+    validate,
+)
 
 JsonObject = dict[str, Any]
 ObjectKey = tuple[str, str, str, str]  # (storage group, storage plural, namespace or "", name)
@@ -265,6 +271,8 @@ class ObjectStore:
         """What the apiserver does between decoding and storing: a custom resource's schema (pruning, defaulting,
         validation), then the built-in validation of the kind and, for Services, the node-port allocator."""
         admitted = admit_custom_resource(rtype, obj, old) if rtype.custom else obj
+        if (rtype.group, rtype.plural) == ("", "services"):
+            drop_type_dependent_fields(admitted, old)
         validate(rtype, admitted, old)
         if (rtype.group, rtype.plural) == ("", "services"):
             self._allocate_node_ports(admitted, old)
