@@ -25,6 +25,9 @@ EXPECTED_RULES = {
     ("kubellm.dev", "llmservices"): {"get", "list", "watch", "patch"},
     ("kubellm.dev", "llmservices/status"): {"get", "patch"},
     ("kubellm.dev", "llmservices/scale"): {"get"},
+    ("kubellm.dev", "llmservices/finalizers"): {
+        "update"
+    },  # blockOwnerDeletion under OwnerReferencesPermissionEnforcement
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"get", "list", "watch"},
