@@ -6,6 +6,7 @@ not in a crash-looping pod.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -85,17 +86,26 @@ def test_wheel_installed_in_a_clean_venv_imports_every_module(tmp_path: Path) ->
         "    assert module.__file__.startswith(site), (name, module.__file__)\n"
     )
     python = env / "bin" / "python"
+    # A PYTHONPATH pointing at a source tree would import kubellm from there instead of from the wheel.
+    clean_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run(
         [str(python), "-c", check, *sorted(in_wheel)],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp_path,
+        env=clean_env,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     console = subprocess.run(
-        [str(python), "-m", "kubellm.cli", "crd"], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False
+        [str(python), "-m", "kubellm.cli", "crd"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env,
+        check=False,
     )
     assert console.returncode == 0, console.stderr
     assert console.stdout == (ROOT / "crds" / "kubellm.dev_llmservices.yaml").read_text()

@@ -334,19 +334,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    failed = True
     try:
         if args.cluster == "kind":
             return run_kind(args)
-        return run_sandbox(args)
+        code = run_sandbox(args)
+        failed = False
+        return code
     except (DemoError, cli.SandboxError) as error:
         print(f"\nkubellm demo: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            "\nkubellm demo: interrupted; the sandbox keeps running (stop it with: kubellm sandbox down)",
-            file=sys.stderr,
-        )
+        keeps = "is stopped (--down-after)" if args.down_after else "keeps running (stop it with: kubellm sandbox down)"
+        print(f"\nkubellm demo: interrupted; the sandbox {keeps}", file=sys.stderr)
         return 130
+    finally:
+        # --down-after promises no process is left behind, whatever happened (a failed demo in a test included).
+        if failed and args.down_after and args.cluster != "kind":
+            cli.down(Layout(args.data_dir))
 
 
 if __name__ == "__main__":
