@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
-from pydantic.json_schema import JsonDict
+from pydantic.json_schema import JsonDict, JsonValue
 
 from kubellm.contract import DType, env_name
 from kubellm.quantity import QUANTITY_PATTERN, format_bytes, parse_quantity
@@ -267,8 +267,8 @@ class LabelSelectorOperator(StrEnum):
     does_not_exist = "DoesNotExist"
 
 
-def _values_rule(with_numbers: bool) -> list[JsonDict]:
-    rules: list[JsonDict] = [
+def _values_rule(with_numbers: bool) -> list[JsonValue]:
+    rules: list[JsonValue] = [
         {
             "rule": "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
             "message": "operator In and NotIn need at least one value",

@@ -13,6 +13,7 @@ from operator_support import Kube, llmservice, operator_running
 from kubellm_operator.api import LLMService
 from kubellm_operator.reconcile import is_applied, with_applied_hash
 from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE, render
+from kubellm_operator.storage import BASIS_SUMMARY
 
 GIB = 2**30
 
@@ -149,6 +150,7 @@ async def test_storage_warning_then_a_big_node_fixes_it(kube: Kube, caplog: pyte
             "nodesSeen": 3,
             "bestNode": "small",
             "bestNodeFree": "12Gi",
+            "basis": BASIS_SUMMARY,
         }
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         line = (
