@@ -105,6 +105,16 @@ def unsupported_media_type(content_type: str, accepted: list[str], why: str = ""
     )
 
 
+class GoLiteral:
+    """A bad value already rendered as Go's `%#v` prints it (a LabelSelector, an IntOrString), shown verbatim."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 class FieldError:
     """One invalid field, worded like apimachinery's field.Error (`spec.x: Invalid value: 1: why`)."""
 
@@ -124,16 +134,22 @@ class FieldError:
             "Duplicate value": "FieldValueDuplicate",
             "Too many": "FieldValueTooMany",
             "Too long": "FieldValueTooLong",
+            "Not found": "FieldValueNotFound",
         }.get(self.kind, "FieldValueInvalid")
 
     def __str__(self) -> str:
-        if self.kind in ("Required value", "Forbidden") or not self.show_value:
-            return f"{self.path}: {self.kind}: {self.detail}" if self.detail else f"{self.path}: {self.kind}"
-        return f"{self.path}: {self.kind}: {render_value(self.value)}: {self.detail}"
+        # field.Error.ErrorBody: no value for Required, Forbidden, Too long and Internal error; then ": detail".
+        if self.kind in ("Required value", "Forbidden", "Too long", "Internal error") or not self.show_value:
+            body = self.kind
+        else:
+            body = f"{self.kind}: {render_value(self.value)}"
+        return f"{self.path}: {body}: {self.detail}" if self.detail else f"{self.path}: {body}"
 
 
 def render_value(value: Any) -> str:
     """Renders a value the way Go's %#v-ish apimachinery messages show it (strings quoted)."""
+    if isinstance(value, GoLiteral):
+        return value.text
     if isinstance(value, str):
         return '"' + value.replace('"', '\\"') + '"'
     if isinstance(value, bool):

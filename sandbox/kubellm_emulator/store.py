@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -37,6 +36,7 @@ from kubellm_emulator.patching import (
 )
 from kubellm_emulator.resources import BUILTIN_TYPES, ResourceType, storage_key, types_from_crd
 from kubellm_emulator.selectors import selector_from_match_labels
+from kubellm_emulator.validation import NODE_PORT_RANGE, name_errors, node_port_errors, validate
 
 JsonObject = dict[str, Any]
 ObjectKey = tuple[str, str, str, str]  # (storage group, storage plural, namespace or "", name)
@@ -48,10 +48,6 @@ PATCH_MERGE = "application/merge-patch+json"
 PATCH_STRATEGIC = "application/strategic-merge-patch+json"
 PATCH_APPLY = "application/apply-patch+yaml"
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's generateName alphabet
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-# Kinds whose names must be DNS labels (63 chars, no dots), as the apiserver validates them.
-_LABEL_NAMED = {("", "namespaces"), ("", "services")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +82,8 @@ class ObjectStore:
         self._log: list[WatchEvent] = []
         self._log_limit = event_log_limit
         self._listeners: list[Callable[[], None]] = []
-        self.admission: Admission | None = admit_custom_resource  # validation and defaulting of custom resources
+        # Schema admission of custom resources and the built-in validation of every kind (None switches both off).
+        self.admission: Admission | None = self._admit
         for rtype in BUILTIN_TYPES:
             self._types[(rtype.group, rtype.version, rtype.plural)] = rtype
         for namespace in DEFAULT_NAMESPACES:
@@ -209,11 +206,6 @@ class ObjectStore:
             listener()
 
     def _validate_name(self, rtype: ResourceType, name: Any) -> None:
-        pattern, limit, what = (
-            (_LABEL, 63, "a lowercase RFC 1123 label")
-            if (rtype.group, rtype.plural) in _LABEL_NAMED
-            else (_SUBDOMAIN, 253, "a lowercase RFC 1123 subdomain")
-        )
         if not isinstance(name, str) or not name:
             raise errors.invalid(
                 rtype.kind,
@@ -221,21 +213,55 @@ class ObjectStore:
                 "",
                 [FieldError("metadata.name", "Required value", "name or generateName is required")],
             )
-        if len(name) > limit or not pattern.match(name):
-            raise errors.invalid(
-                rtype.kind,
-                rtype.group,
-                name,
-                [
-                    FieldError(
-                        "metadata.name",
-                        "Invalid value",
-                        f"{what} must consist of lower case alphanumeric characters, '-' or '.', and must start and "
-                        "end with an alphanumeric character",
-                        name,
-                    )
-                ],
-            )
+        problems = name_errors(rtype, name)
+        if problems:
+            raise errors.invalid(rtype.kind, rtype.group, name, problems)
+
+    def _admit(self, rtype: ResourceType, obj: JsonObject, old: JsonObject | None) -> JsonObject:
+        """What the apiserver does between decoding and storing: a custom resource's schema (pruning, defaulting,
+        validation), then the built-in validation of the kind and, for Services, the node-port allocator."""
+        admitted = admit_custom_resource(rtype, obj, old) if rtype.custom else obj
+        validate(rtype, admitted, old)
+        if (rtype.group, rtype.plural) == ("", "services"):
+            self._allocate_node_ports(admitted, old)
+        return admitted
+
+    def _allocate_node_ports(self, service: JsonObject, old: JsonObject | None) -> None:
+        """NodePort and LoadBalancer Services get a node port per port (kept from the stored Service on update, as
+        the registry's patchAllocatedValues does); a requested one must be in range and free cluster-wide."""
+        spec = service.get("spec") or {}
+        meta = service["metadata"]
+        own = (meta.get("namespace"), meta.get("name"))
+        taken: dict[int, str] = {}
+        for key, other in self._objects.items():
+            if key[:2] != ("", "services") or (key[2], key[3]) == own:
+                continue
+            for port in (other.get("spec") or {}).get("ports") or []:
+                if port.get("nodePort"):
+                    taken[port["nodePort"]] = f"{key[2]}/{key[3]}"
+        problems = node_port_errors(service, taken)
+        if problems:
+            raise errors.invalid("Service", "", meta.get("name", ""), problems)
+        if spec.get("type") not in ("NodePort", "LoadBalancer"):
+            return
+        previous = {
+            (port.get("port"), port.get("protocol", "TCP")): port.get("nodePort")
+            for port in ((old or {}).get("spec") or {}).get("ports") or []
+        }
+        in_use = set(taken) | {port.get("nodePort") for port in spec.get("ports") or [] if port.get("nodePort")}
+        low, high = NODE_PORT_RANGE
+        for port in spec.get("ports") or []:
+            if port.get("nodePort"):
+                continue
+            kept = previous.get((port.get("port"), port.get("protocol", "TCP")))
+            if kept:
+                port["nodePort"] = kept
+                continue
+            free = next((candidate for candidate in range(low, high + 1) if candidate not in in_use), None)
+            if free is None:
+                raise ApiError(500, "InternalError", "range is full: no node port is left to allocate")
+            port["nodePort"] = free
+            in_use.add(free)
 
     def _check_namespace(self, rtype: ResourceType, namespace: str | None, name: str) -> None:
         if not rtype.namespaced:

@@ -18,7 +18,9 @@ from kubellm_emulator.testing import kopf_operator, kubernetes_configuration, wa
 GROUP, VERSION, PLURAL = "example.dev", "v1", "widgets"
 
 
-def _widget_registry(calls: collections.Counter[str], lock: threading.Lock) -> kopf.OperatorRegistry:
+# Kopf stores progress in annotations named after handler ids (`widget_registry.<locals>.created` becomes
+# `kopf.zalando.org/widget_registry._locals_.created`); a leading underscore is no qualified name and is refused.
+def widget_registry(calls: collections.Counter[str], lock: threading.Lock) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     def count(name: str) -> None:
@@ -73,7 +75,7 @@ async def test_kopf_handlers_run_exactly_once_per_change(emulator: Emulator, wid
         handled = annotations.get("kopf.zalando.org/last-handled-configuration")
         return json.loads(handled)["spec"]["size"] if handled else None
 
-    async with kopf_operator(emulator, registry=_widget_registry(calls, lock)):
+    async with kopf_operator(emulator, registry=widget_registry(calls, lock)):
         await asyncio.to_thread(
             custom.create_namespaced_custom_object,
             GROUP,
