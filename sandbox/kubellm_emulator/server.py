@@ -61,6 +61,7 @@ class RecordedRequest:
     path: str  # without the query
     query: Mapping[str, str]
     body: bytes
+    user_agent: str = ""  # the client's User-Agent (tells the operator's requests from a test's)
 
     @property
     def is_write(self) -> bool:
@@ -278,6 +279,7 @@ class Emulator(kmock.KubernetesEmulator):
                 path=request.url.path,
                 query=dict(request.params),
                 body=request.body,
+                user_agent=str(request.headers.get("User-Agent", "")),
             )
             for request in list(self._requests)  # a copy: the serving loop may append meanwhile
             if request.id >= since
