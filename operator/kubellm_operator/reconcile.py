@@ -800,7 +800,10 @@ class Operator:
             self.queue.add(key, delay)
             return None
         if result.refusals:
-            if self.retry.holding(key, result.fingerprint or "") is None:
+            if self.retry.holding(key, result.fingerprint or "") is not None:
+                # A pass between retries (something else changed): the retry stays due at its own time.
+                self.queue.add(key, self.retry.wait(key))
+            else:
                 retry_after = max((r.retry_after or 0.0 for r in result.refusals), default=0.0) or None
                 delay = self.retry.failed(
                     key,
