@@ -276,6 +276,12 @@ class WorkQueue:
             self._due[key] = min(self._due.get(key, due), due)
             self._cond.notify()
 
+    def due_in(self, key: Key) -> float | None:
+        """Seconds until ``key`` is due (negative when overdue), or None when it is not queued."""
+        with self._cond:
+            due = self._due.get(key)
+            return None if due is None else due - time.monotonic()
+
     def overdue(self) -> float:
         """How long the longest-waiting due key has been due (0 when none is): a stuck queue grows this."""
         with self._cond:

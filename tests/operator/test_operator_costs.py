@@ -32,6 +32,5 @@ async def test_create_and_noop_pass_costs(kube: Kube) -> None:
         kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi", labels={"touched": "yes"})
         await kube.quiet(1.0)
         noop = _tally(kube, marker)
-    print([(r.method, r.path, dict(r.query)) for r in kube.emulator.requests(since=marker)])
     print(f"create: {dict(create)}; no-op pass: {dict(noop)}")
     assert noop["writes"] == 0
