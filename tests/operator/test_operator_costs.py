@@ -33,4 +33,4 @@ async def test_create_and_noop_pass_costs(kube: Kube) -> None:
         await kube.quiet(1.0)
         noop = _tally(kube, marker)
     print(f"create: {dict(create)}; no-op pass: {dict(noop)}")
-    assert noop["writes"] == 0
+    assert create["writes"] <= 4 and noop["writes"] == 0
