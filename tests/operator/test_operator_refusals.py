@@ -166,7 +166,7 @@ async def test_ports_replaced_by_hand_end_up_exactly_as_rendered(kube: Kube) -> 
 
         await kube.wait(env_restored, "the hand-added env var removed")
         await kube.wait(lambda: converged(kube), "convergence after the repairs")
-        assert not kube.condition("tiny", "Degraded").get("status") == "True"
+        assert kube.condition("tiny", "Degraded").get("status") != "True"
         assert status_of(kube)["rollout"]["strategy"] == "Surge"
 
 
@@ -183,23 +183,18 @@ async def test_status_says_which_rollout_strategy_is_in_effect(kube: Kube) -> No
 async def test_healthz_fails_when_no_watch_event_arrives_and_recovers(kube: Kube) -> None:
     kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
     port = free_port()
-    async with operator_running(kube, health_port=port, health_host="127.0.0.1", watch_stall_after_s=1.0):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            assert (await client.get("/healthz")).status_code == 200
-            await asyncio.sleep(1.5)  # nothing changes in the emulator: no watch event
-            stuck = await client.get("/healthz")
-            assert stuck.status_code == 503, stuck.text
-            assert "no watch event for" in stuck.json()["reason"]
-            kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi", labels={"moved": "yes"})
-            await kube.wait(lambda: True, "")  # yields to the loop serving the watch
-
-            async def healthy() -> bool:
-                return (await client.get("/healthz")).status_code == 200
-
-            deadline = time.monotonic() + 5
-            while not await healthy():
-                assert time.monotonic() < deadline, "the health endpoint did not recover after a watch event"
-                await asyncio.sleep(0.05)
+    running = operator_running(kube, health_port=port, health_host="127.0.0.1", watch_stall_after_s=1.0)
+    async with running, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        await asyncio.sleep(1.5)  # nothing changes in the emulator: no watch event arrives
+        stuck = await client.get("/healthz")
+        assert stuck.status_code == 503, stuck.text
+        assert "no watch event for" in stuck.json()["reason"]
+        kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi", labels={"moved": "yes"})
+        deadline = time.monotonic() + 5
+        while (await client.get("/healthz")).status_code != 200:
+            assert time.monotonic() < deadline, "the health endpoint did not recover after a watch event"
+            await asyncio.sleep(0.05)
 
 
 def test_every_api_call_times_out_against_a_server_that_never_answers(kube: Kube) -> None:
