@@ -171,12 +171,20 @@ def _seconds_between(earlier: str, later: str) -> float:
 
 
 def deployment_status(
-    deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str, *, deadline_exceeded: bool = False
+    deployment: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    now: str,
+    *,
+    deadline_exceeded: bool = False,
+    create_failure: str | None = None,
 ) -> JsonObject:
     """The Deployment's whole `status`, from its pods; conditions keep their times unless they change.
 
     `deadline_exceeded` declares an unfinished rollout past its progress deadline now, whatever the clock says
-    (the kubelet stand-in's tests use it rather than waiting `progressDeadlineSeconds`)."""
+    (the kubelet stand-in's tests use it rather than waiting `progressDeadlineSeconds`). `create_failure` is the
+    apiserver's refusal of the last pod creation (e.g. a ResourceQuota's 403): the ReplicaSet controller's
+    `ReplicaFailure` condition (reason `FailedCreate`), which the Deployment controller copies; it goes when pods
+    can be created again."""
     spec = deployment.get("spec") or {}
     metadata = deployment.get("metadata") or {}
     previous_status = deployment.get("status") or {}
@@ -261,5 +269,7 @@ def deployment_status(
         "unavailableReplicas": unavailable,
         "conditions": [available_condition, progressing],
     }
+    if create_failure is not None:
+        status["conditions"].append(_condition(previous, "ReplicaFailure", "True", "FailedCreate", create_failure, now))
     # The API omits zero counts; the operator and kubectl read a missing count as 0.
     return {key: value for key, value in status.items() if value not in (0, None) or key == "conditions"}

@@ -28,7 +28,14 @@ from typing import Any, Self
 import aiohttp
 
 from kubellm.timefmt import now_rfc3339
-from kubellm_emulator.deployments import POD_TEMPLATE_HASH, deployment_status, template_hash
+from kubellm_emulator.deployments import (
+    POD_TEMPLATE_HASH,
+    deployment_status,
+    desired_replicas,
+    is_active,
+    plan_rollout,
+    template_hash,
+)
 from kubellm_emulator.nodes import internal_ip
 
 JsonObject = dict[str, Any]
@@ -204,12 +211,32 @@ class Kubelet:
         outcome = outcome or PodOutcome.ready_pods()
         deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
         deployment = await self._call("GET", f"{deployments}/{name}")
-        replica_set = await self._ensure_replica_set(deployment)
-        pods = await self._ensure_pods(deployment, replica_set, schedule=outcome.unschedulable_message is None)
-        for pod in pods:
-            await self._apply_outcome(pod, outcome)
-        pods = await self._pods_of(namespace, replica_set)
-        return await self._roll_up(deployment, replica_set, pods, deadline_exceeded=deadline_exceeded)
+        replica_set, old_sets = await self._ensure_replica_set(deployment)
+        schedule = outcome.unschedulable_message is None
+        failure: str | None = None
+        # The Deployment controller's rollout (deployments.plan_rollout: maxSurge, maxUnavailable, Recreate), step
+        # by step until it has nothing left to do now: with Ready pods the rollout completes in this call; with
+        # pods that never get ready it stops where a cluster's would stall, old pods kept as maxUnavailable says.
+        for _ in range(2 * desired_replicas(deployment) + 4):
+            pods = [pod for rs in (replica_set, *old_sets) for pod in await self._pods_of(namespace, rs)]
+            plan = plan_rollout(deployment, pods)
+            for victim in plan.delete:
+                await self._call("DELETE", f"/api/v1/namespaces/{namespace}/pods/{victim}", allow=(404,))
+            created, failure = await self._create_pods(replica_set, plan.create, schedule=schedule)
+            changed = [await self._apply_outcome(pod, outcome) for pod in await self._pods_of(namespace, replica_set)]
+            if not plan.delete and not created and not any(changed):
+                break
+        for old in old_sets:  # an old ReplicaSet keeps the pods the rollout has not replaced yet
+            remaining = len([p for p in await self._pods_of(namespace, old) if is_active(p)])
+            if (old.get("spec") or {}).get("replicas") != remaining:
+                await self._merge_patch(
+                    f"/apis/apps/v1/namespaces/{namespace}/replicasets/{old['metadata']['name']}",
+                    {"spec": {"replicas": remaining}},
+                )
+        pods = [pod for rs in (replica_set, *old_sets) for pod in await self._pods_of(namespace, rs)]
+        return await self._roll_up(
+            deployment, replica_set, pods, deadline_exceeded=deadline_exceeded, create_failure=failure
+        )
 
     async def reconcile_all(self, outcome_for: Callable[[JsonObject], PodOutcome | None] | None = None) -> None:
         """Reconciles every Deployment; `outcome_for(deployment)` picks each one's outcome (default: Ready)."""
@@ -242,7 +269,9 @@ class Kubelet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
-    async def _ensure_replica_set(self, deployment: JsonObject) -> JsonObject:
+    async def _ensure_replica_set(self, deployment: JsonObject) -> tuple[JsonObject, list[JsonObject]]:
+        """The ReplicaSet of the current template (created when missing, scaled to the Deployment's replicas), and
+        the Deployment's older ReplicaSets."""
         meta, spec = deployment["metadata"], deployment.get("spec") or {}
         namespace = meta["namespace"]
         template = copy.deepcopy(spec.get("template") or {})
@@ -251,21 +280,17 @@ class Kubelet:
         replica_sets = f"/apis/apps/v1/namespaces/{namespace}/replicasets"
         desired = int(spec.get("replicas", 1))
         existing = await self._call("GET", f"{replica_sets}/{rs_name}", allow=(404,))
-        # Older ReplicaSets of this Deployment are scaled to zero (a finished rolling update) and their pods go.
         owned = await self._call("GET", replica_sets)
-        for other in owned["items"]:
-            refs = other["metadata"].get("ownerReferences") or []
-            if other["metadata"]["name"] != rs_name and any(r.get("uid") == meta["uid"] for r in refs):
-                if (other.get("spec") or {}).get("replicas", 0) != 0:
-                    await self._merge_patch(f"{replica_sets}/{other['metadata']['name']}", {"spec": {"replicas": 0}})
-                for pod in await self._pods_of(namespace, other):
-                    await self._call(
-                        "DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}", allow=(404,)
-                    )
+        old_sets = [
+            other
+            for other in owned["items"]
+            if other["metadata"]["name"] != rs_name
+            and any(r.get("uid") == meta["uid"] for r in other["metadata"].get("ownerReferences") or [])
+        ]
         if existing is not None:
             if (existing.get("spec") or {}).get("replicas") != desired:
                 existing = await self._merge_patch(f"{replica_sets}/{rs_name}", {"spec": {"replicas": desired}})
-            return dict(existing)
+            return dict(existing), old_sets
         labels = {**((template.get("metadata") or {}).get("labels") or {}), POD_TEMPLATE_HASH: pod_hash}
         template.setdefault("metadata", {})["labels"] = labels
         selector = copy.deepcopy(spec.get("selector") or {})
@@ -286,7 +311,7 @@ class Kubelet:
         await self._event(
             deployment, "Normal", "ScalingReplicaSet", f"Scaled up replica set {rs_name} from 0 to {desired}"
         )
-        return dict(created)
+        return dict(created), old_sets
 
     async def _pods_of(self, namespace: str, replica_set: JsonObject) -> list[JsonObject]:
         pod_hash = replica_set["metadata"]["labels"][POD_TEMPLATE_HASH]
@@ -300,25 +325,13 @@ class Kubelet:
             if any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])
         ]
 
-    async def _ensure_pods(
-        self, deployment: JsonObject, replica_set: JsonObject, *, schedule: bool
-    ) -> list[JsonObject]:
-        namespace = deployment["metadata"]["namespace"]
-        desired = int((replica_set.get("spec") or {}).get("replicas", 1))
-        # Failed (evicted) pods stay, as on a real cluster until they are garbage-collected, and are replaced.
-        pods = [
-            pod
-            for pod in await self._pods_of(namespace, replica_set)
-            if (pod.get("status") or {}).get("phase") != "Failed"
-        ]
-        while len(pods) > desired:
-            victim = pods.pop()
-            await self._call(
-                "DELETE", f"/api/v1/namespaces/{namespace}/pods/{victim['metadata']['name']}", allow=(404,)
-            )
+    async def _create_pods(self, replica_set: JsonObject, count: int, *, schedule: bool) -> tuple[int, str | None]:
+        """Creates `count` pods of the ReplicaSet; returns how many were created and why the apiserver refused one
+        (a 403 such as an exceeded ResourceQuota), which the ReplicaSet controller reports and retries later."""
+        namespace = replica_set["metadata"]["namespace"]
         template = (replica_set.get("spec") or {}).get("template") or {}
-        node = await self._pick_node() if schedule else None
-        while len(pods) < desired:
+        node = await self._pick_node() if schedule and count else None
+        for created in range(count):
             body = {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -330,8 +343,24 @@ class Kubelet:
                 },
                 "spec": {**copy.deepcopy(template.get("spec") or {}), **({"nodeName": node} if node else {})},
             }
-            pods.append(await self._call("POST", f"/api/v1/namespaces/{namespace}/pods", body))
-        return pods
+            pod, refusal = await self._create_pod(namespace, body)
+            if pod is None:
+                await self._event(replica_set, "Warning", "FailedCreate", f"Error creating: {refusal}")
+                return created, refusal
+        return count, None
+
+    async def _create_pod(self, namespace: str, body: JsonObject) -> tuple[JsonObject | None, str | None]:
+        if self._session is None:
+            raise RuntimeError("use the Kubelet as `async with Kubelet(url) as kubelet:`")
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        async with self._session.post(self.api_url + path, json=body) as response:
+            payload = await response.json(content_type=None)
+            if response.status == 403:  # refused by admission (quota): a FailedCreate, not a kubelet bug
+                return None, str(payload.get("message") if isinstance(payload, dict) else payload)
+            if response.status >= 400:
+                message = payload.get("message") if isinstance(payload, dict) else payload
+                raise KubeletError(f"POST {path}: HTTP {response.status}: {message}")
+            return dict(payload), None
 
     async def _pick_node(self) -> str | None:
         if self.node_name:
@@ -343,20 +372,22 @@ class Kubelet:
                 return str(node["metadata"]["name"])
         return None
 
-    async def _apply_outcome(self, pod: JsonObject, outcome: PodOutcome) -> None:
+    async def _apply_outcome(self, pod: JsonObject, outcome: PodOutcome) -> bool:
+        """Writes the pod's status for `outcome`; False when it already had it."""
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         if (pod.get("status") or {}).get("phase") == "Failed":
-            return  # a failed (evicted) pod is final
+            return False  # a failed (evicted) pod is final
         status = self.pod_status(pod, outcome)
         previous = pod.get("status") or {}
         if _status_essence(previous) == _status_essence(status):
-            return
+            return False
         await self._merge_patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": status})
         for event_type, reason, message in outcome.events:
             if reason == "Scheduled":
                 node = (pod.get("spec") or {}).get("nodeName") or "the emulated node"
                 message = f"Successfully assigned {namespace}/{name} to {node}"
             await self._event(pod, event_type, reason, message)
+        return True
 
     @staticmethod
     def pod_status(pod: JsonObject, outcome: PodOutcome) -> JsonObject:
@@ -436,18 +467,34 @@ class Kubelet:
         }
 
     async def _roll_up(
-        self, deployment: JsonObject, replica_set: JsonObject, pods: list[JsonObject], *, deadline_exceeded: bool
+        self,
+        deployment: JsonObject,
+        replica_set: JsonObject,
+        pods: list[JsonObject],
+        *,
+        deadline_exceeded: bool,
+        create_failure: str | None = None,
     ) -> JsonObject:
         meta = deployment["metadata"]
-        status = deployment_status(deployment, pods, now_rfc3339(), deadline_exceeded=deadline_exceeded)
+        status = deployment_status(
+            deployment, pods, now_rfc3339(), deadline_exceeded=deadline_exceeded, create_failure=create_failure
+        )
         rs_name = replica_set["metadata"]["name"]
-        counts = ("replicas", "readyReplicas", "availableReplicas")  # the pods are this ReplicaSet's alone
+        own = [
+            pod
+            for pod in pods
+            if any(r.get("uid") == replica_set["metadata"]["uid"] for r in pod["metadata"].get("ownerReferences") or [])
+        ]
+        own_status = deployment_status(deployment, own, now_rfc3339())
+        counts = ("replicas", "readyReplicas", "availableReplicas")  # the new ReplicaSet's own pods
+        failure = [c for c in status["conditions"] if c["type"] == "ReplicaFailure"]
         await self._merge_patch(
             f"/apis/apps/v1/namespaces/{meta['namespace']}/replicasets/{rs_name}/status",
             {
                 "status": {
-                    **{count: status.get(count, 0) for count in counts},
+                    **{count: own_status.get(count, 0) for count in counts},
                     "observedGeneration": replica_set["metadata"].get("generation", 1),
+                    "conditions": [{k: v for k, v in c.items() if k != "lastUpdateTime"} for c in failure] or None,
                 }
             },
         )

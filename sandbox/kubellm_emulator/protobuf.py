@@ -1,8 +1,8 @@
 """Decoding of the protobuf request bodies kubectl sends for a few built-in kinds, into the JSON-shaped dicts the
 store takes.
 
-kubectl (1.32) sends the objects of `kubectl create namespace|configmap|secret|serviceaccount` as
-`application/vnd.kubernetes.protobuf`, and client-go falls back to JSON only for CBOR, so an emulator that refuses
+kubectl (1.32) sends the objects of `kubectl create namespace|configmap|secret|serviceaccount` and the access
+reviews of `kubectl auth can-i|whoami` as `application/vnd.kubernetes.protobuf`, and client-go falls back to JSON only for CBOR, so an emulator that refuses
 protobuf breaks those verbs. The body is the apiserver's envelope: the magic `k8s\\0`, then a `runtime.Unknown`
 message (typeMeta, raw, contentEncoding, contentType) whose `raw` is the object in the field numbering of
 k8s.io/api's generated.proto. Only the kinds below are decoded, field by field; any other kind or field is refused
@@ -98,6 +98,62 @@ KINDS: Mapping[tuple[str, str], Message] = {
         2: Field("secrets", OBJECT_REFERENCE, repeated=True),
         3: Field("imagePullSecrets", {1: Field("name", "string")}, repeated=True),
         4: Field("automountServiceAccountToken", "bool"),
+    },
+}
+# authorization.k8s.io/v1 and authentication.k8s.io/v1 reviews (what `kubectl auth can-i` and `whoami` send).
+RESOURCE_ATTRIBUTES: Message = {
+    1: Field("namespace", "string"),
+    2: Field("verb", "string"),
+    3: Field("group", "string"),
+    4: Field("version", "string"),
+    5: Field("resource", "string"),
+    6: Field("subresource", "string"),
+    7: Field("name", "string"),
+    8: Field("fieldSelector", {1: Field("rawSelector", "string")}),
+    9: Field("labelSelector", {1: Field("rawSelector", "string")}),
+}
+NON_RESOURCE_ATTRIBUTES: Message = {1: Field("path", "string"), 2: Field("verb", "string")}
+ACCESS_REVIEW_STATUS: Message = {
+    1: Field("allowed", "bool"),
+    2: Field("reason", "string"),
+    3: Field("evaluationError", "string"),
+    4: Field("denied", "bool"),
+}
+KINDS = {
+    **KINDS,
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): {
+        1: Field("metadata", OBJECT_META),
+        2: Field(
+            "spec",
+            {
+                1: Field("resourceAttributes", RESOURCE_ATTRIBUTES),
+                2: Field("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES),
+            },
+        ),
+        3: Field("status", ACCESS_REVIEW_STATUS),
+    },
+    ("authorization.k8s.io/v1", "SubjectAccessReview"): {
+        1: Field("metadata", OBJECT_META),
+        2: Field(
+            "spec",
+            {
+                1: Field("resourceAttributes", RESOURCE_ATTRIBUTES),
+                2: Field("nonResourceAttributes", NON_RESOURCE_ATTRIBUTES),
+                3: Field("user", "string"),
+                4: Field("groups", "string", repeated=True),
+                6: Field("uid", "string"),
+            },
+        ),
+        3: Field("status", ACCESS_REVIEW_STATUS),
+    },
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): {
+        1: Field("metadata", OBJECT_META),
+        2: Field("spec", {1: Field("namespace", "string")}),
+        3: Field("status", {3: Field("incomplete", "bool"), 4: Field("evaluationError", "string")}),
+    },
+    ("authentication.k8s.io/v1", "SelfSubjectReview"): {
+        1: Field("metadata", OBJECT_META),
+        2: Field("status", {1: Field("userInfo", {1: Field("username", "string"), 2: Field("uid", "string")})}),
     },
 }
 _ENVELOPE: Message = {

@@ -156,6 +156,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
         delete_returns_object=True,
     ),
     _core("endpoints", "Endpoints", short_names=("ep",)),
+    _core("resourcequotas", "ResourceQuota", short_names=("quota",), status_subresource=True),
     _apps("deployments", "Deployment", "deploy"),
     _apps("replicasets", "ReplicaSet", "rs"),
     _apps("statefulsets", "StatefulSet", "sts"),

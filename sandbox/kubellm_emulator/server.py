@@ -8,6 +8,7 @@ precedence: `emulator["get /api/v1/pods"] << 500`); everything a real apiserver 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -25,14 +26,29 @@ from kmock._internal import rendering
 
 from kubellm_emulator import errors, protobuf
 from kubellm_emulator.admission import unknown_fields
+from kubellm_emulator.auth import (
+    ADMIN_TOKEN,
+    REVIEW_KINDS,
+    Authenticator,
+    Authorizer,
+    Identity,
+    bootstrap_policy,
+    forbidden,
+    impersonate,
+    request_attributes,
+    review,
+)
 from kubellm_emulator.errors import ApiError
 from kubellm_emulator.faults import FaultInjector
 from kubellm_emulator.nodes import node_manifest, stats_summary
 from kubellm_emulator.openapi import openapi_document
+from kubellm_emulator.ownerrefs import OwnerReferencesPermissionEnforcement
+from kubellm_emulator.paging import list_page
 from kubellm_emulator.resources import KUBERNETES_VERSION, ResourceType, storage_key
 from kubellm_emulator.selectors import label_matcher, parse_field_selector
 from kubellm_emulator.store import PATCH_APPLY, ObjectStore, WriteOptions
 from kubellm_emulator.tables import render_table
+from kubellm_emulator.tls import serving_certificate
 
 JsonObject = dict[str, Any]
 logger = logging.getLogger("kubellm_emulator")
@@ -61,7 +77,7 @@ class RecordedRequest:
     path: str  # without the query
     query: Mapping[str, str]
     body: bytes
-    user_agent: str = ""  # the client's User-Agent (tells the operator's requests from a test's)
+    user: str = ""  # who it was authenticated (or impersonated) as; "" when authentication refused it
 
     @property
     def is_write(self) -> bool:
@@ -139,17 +155,30 @@ class Emulator(kmock.KubernetesEmulator):
     faults: FaultInjector = attrs.field(factory=FaultInjector)
     node_stats: dict[str, JsonObject] = attrs.field(factory=dict)  # node name -> kubelet stats/summary body
 
+    tls: bool = True  # also serve HTTPS (`secure_url`), where the kubeconfigs point: see tls.py
     _server: kmock.Server | None = attrs.field(default=None, init=False)
+    _secure_site: aiohttp.web.TCPSite | None = attrs.field(default=None, init=False)
+    _secure_port: int | None = attrs.field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _changed: asyncio.Event | None = attrs.field(default=None, init=False)
     _watch_epoch: int = attrs.field(default=0, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _open_watches: int = attrs.field(default=0, init=False)
     _request_serial: int = attrs.field(default=0, init=False)
+    _request_users: dict[int, str] = attrs.field(factory=dict, init=False)
+    authenticator: Authenticator = attrs.field(init=False)
+    authorizer: Authorizer = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         # kmock's fallbacks (plain-dict storage) are replaced by `_answer_api`; test-defined reactions still apply.
         self.store.add_listener(self._on_change)
+        self.authenticator = Authenticator(self.store)
+        self.authorizer = Authorizer(self.store)
+        self.store.user_admission.append(
+            OwnerReferencesPermissionEnforcement(self.authorizer, self.store.type_for_kind)
+        )
+        for manifest in bootstrap_policy():  # what the apiserver's RBAC bootstrap creates at its first start
+            self.apply_manifest(manifest, field_manager="kube-apiserver")
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -160,6 +189,14 @@ class Emulator(kmock.KubernetesEmulator):
         self._closing = False
         self._server = kmock.Server(self, host=self.host, port=self.requested_port or None)
         await self._server.__aenter__()
+        certificate = serving_certificate() if self.tls else None
+        runner = getattr(self._server.server, "runner", None)
+        if certificate is not None and runner is not None:
+            # The same handler on a second, TLS listener of the same runner.
+            self._secure_site = aiohttp.web.TCPSite(runner, self.host, 0, ssl_context=certificate.server_context())
+            await self._secure_site.start()
+            sockets = getattr(getattr(self._secure_site, "_server", None), "sockets", None) or []
+            self._secure_port = sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(
@@ -175,6 +212,9 @@ class Emulator(kmock.KubernetesEmulator):
             if not self._open_watches:
                 break
             await asyncio.sleep(0.01)
+        if self._secure_site is not None:
+            await self._secure_site.stop()
+            self._secure_site, self._secure_port = None, None
         if self._server is not None:
             await self._server.__aexit__(exc_type, exc_value, traceback)
             self._server = None
@@ -191,21 +231,47 @@ class Emulator(kmock.KubernetesEmulator):
         """The server URL for clients, e.g. http://127.0.0.1:41234 (no trailing slash)."""
         return f"http://{self.host}:{self.port}"
 
-    def kubeconfig(self, context: str = "kubellm-emulator") -> JsonObject:
+    @property
+    def secure_url(self) -> str | None:
+        """The HTTPS URL (e.g. https://127.0.0.1:41235), where kubeconfigs point; None without TLS."""
+        return f"https://{self.host}:{self._secure_port}" if self._secure_port else None
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A bearer token for the ServiceAccount `namespace/name`, valid while that ServiceAccount exists."""
+        return self.authenticator.mint_service_account_token(namespace, name)
+
+    def kubeconfig(self, context: str = "kubellm-emulator", *, token: str = ADMIN_TOKEN) -> JsonObject:
+        """A kubeconfig for this server; the admin's token (system:masters) unless another is given."""
+        certificate = serving_certificate() if self.secure_url else None
+        cluster: JsonObject = {"server": self.api_url}
+        if certificate is not None and self.secure_url:
+            cluster = {
+                "server": self.secure_url,
+                "certificate-authority-data": base64.b64encode(certificate.pem).decode(),
+            }
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": context, "cluster": {"server": self.api_url}}],
-            "users": [{"name": context, "user": {"token": "kubellm-emulator"}}],
+            "clusters": [{"name": context, "cluster": cluster}],
+            "users": [{"name": context, "user": {"token": token}}],
             "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}],
             "current-context": context,
             "preferences": {},
         }
 
-    def write_kubeconfig(self, path: str | pathlib.Path, context: str = "kubellm-emulator") -> pathlib.Path:
+    def write_kubeconfig(
+        self,
+        path: str | pathlib.Path,
+        context: str = "kubellm-emulator",
+        *,
+        service_account: tuple[str, str] | None = None,
+    ) -> pathlib.Path:
+        """Writes a kubeconfig: the admin's, or with `service_account=(namespace, name)` one that authenticates as
+        that ServiceAccount (a freshly minted token), so a client runs with only the RBAC bound to it."""
+        token = self.service_account_token(*service_account) if service_account else ADMIN_TOKEN
         target = pathlib.Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(yaml.safe_dump(self.kubeconfig(context), sort_keys=False))
+        target.write_text(yaml.safe_dump(self.kubeconfig(context, token=token), sort_keys=False))
         return target
 
     def apply_manifest(self, manifest: JsonObject, *, field_manager: str = "kubellm-emulator") -> JsonObject:
@@ -279,7 +345,7 @@ class Emulator(kmock.KubernetesEmulator):
                 path=request.url.path,
                 query=dict(request.params),
                 body=request.body,
-                user_agent=str(request.headers.get("User-Agent", "")),
+                user=self._request_users.get(request.id, ""),
             )
             for request in list(self._requests)  # a copy: the serving loop may append meanwhile
             if request.id >= since
@@ -340,6 +406,9 @@ class Emulator(kmock.KubernetesEmulator):
         if self.max_recorded_requests is not None and len(self._requests) > self.max_recorded_requests:
             # kmock records every request for assertions; a long-running sandbox keeps only the recent ones.
             del self._requests[: len(self._requests) - self.max_recorded_requests]
+            oldest = self._requests[0].id
+            while self._request_users and next(iter(self._request_users)) < oldest:  # serials arrive in order
+                del self._request_users[next(iter(self._request_users))]
         try:
             return await self._handle(request)
         except rendering.StreamingError as error:  # a test-defined kmock stream failed after it started
@@ -355,6 +424,7 @@ class Emulator(kmock.KubernetesEmulator):
         raw = request._raw_request
         assert raw is not None
         try:
+            identity = self._authorize(raw, request.id)
             fault = self.faults.take(raw.method, raw.path)
             if fault is not None:
                 raise fault
@@ -363,12 +433,25 @@ class Emulator(kmock.KubernetesEmulator):
                 return await kmock.RawHandler._handle(self, request)
             except NotImplementedError:
                 pass
-            return await self._answer_api(raw, request.body)
+            return await self._answer_api(raw, request.body, identity)
         except ApiError as error:
             logger.info("%s %s -> %d %s", raw.method, raw.path_qs, error.code, error.message)
             return aiohttp.web.json_response(error.status(), status=error.code)
 
-    async def _answer_api(self, raw: aiohttp.web.BaseRequest, body: bytes) -> aiohttp.web.StreamResponse:
+    def _authorize(self, raw: aiohttp.web.BaseRequest, serial: int) -> Identity:
+        """Authentication, impersonation and authorization, in the apiserver's filter order; raises 401 or 403."""
+        identity = self.authenticator.authenticate(raw.headers.get("Authorization"))
+        identity = impersonate(identity, raw.headers, raw.headers.getall("Impersonate-Group", []), self.authorizer)
+        self._request_users[serial] = identity.user
+        attributes = request_attributes(identity, raw.method, raw.path, raw.query)
+        allowed, reason = self.authorizer.authorize(attributes)
+        if not allowed:
+            raise forbidden(attributes, reason)
+        return identity
+
+    async def _answer_api(
+        self, raw: aiohttp.web.BaseRequest, body: bytes, identity: Identity
+    ) -> aiohttp.web.StreamResponse:
         path = raw.path.rstrip("/") or "/"
         method = raw.method.upper()
         if method == "GET":
@@ -385,6 +468,11 @@ class Emulator(kmock.KubernetesEmulator):
         route = parse_api_path(path, self.store.find_type)
         if route is None:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        if (route.group, route.plural) in REVIEW_KINDS and route.name is None and route.version == "v1":
+            if method != "POST":
+                raise errors.method_not_allowed()
+            answer = review(route.group, route.plural or "", _decode(body, raw.content_type), identity, self.authorizer)
+            return _json(answer, status=201)
         if route.plural is None:
             if method != "GET":
                 raise errors.method_not_allowed()
@@ -400,16 +488,17 @@ class Emulator(kmock.KubernetesEmulator):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not rtype.namespaced and route.namespace:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        return await self._answer_resource(raw, body, rtype, route)
+        return await self._answer_resource(raw, body, rtype, route, identity)
 
     async def _answer_resource(
-        self, raw: aiohttp.web.BaseRequest, body: bytes, rtype: ResourceType, route: Route
+        self, raw: aiohttp.web.BaseRequest, body: bytes, rtype: ResourceType, route: Route, identity: Identity
     ) -> aiohttp.web.StreamResponse:
         method, params = raw.method.upper(), raw.query
         options = WriteOptions(
             dry_run="All" in params.getall("dryRun", []),
             field_manager=params.get("fieldManager") or _manager_from_agent(raw.headers.get("User-Agent", "")),
             force=_bool_param(params, "force"),
+            user=identity,
         )
         strict = params.get("fieldValidation", "") == "Strict"
         store = self.store
@@ -507,15 +596,19 @@ class Emulator(kmock.KubernetesEmulator):
     def _answer_list(
         self, raw: aiohttp.web.BaseRequest, rtype: ResourceType, namespace: str | None
     ) -> aiohttp.web.Response:
-        items, resource_version = self.store.list_objects(rtype, namespace, self._matcher(raw.query))
-        metadata = {"resourceVersion": str(resource_version)}
+        page = list_page(self.store, rtype, namespace, raw.query, self._matcher(raw.query))
         if _wants_table(raw):
             return _json(
                 render_table(
-                    rtype, items, list_metadata=metadata, include_object=raw.query.get("includeObject", "Metadata")
+                    rtype,
+                    page.items,
+                    list_metadata=page.metadata,
+                    include_object=raw.query.get("includeObject", "Metadata"),
                 )
             )
-        return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": metadata, "items": items})
+        return _json(
+            {"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": page.metadata, "items": page.items}
+        )
 
     def _answer_scale(
         self,

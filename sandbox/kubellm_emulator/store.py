@@ -34,9 +34,16 @@ from kubellm_emulator.patching import (
     apply_merge_patch,
     apply_strategic_merge_patch,
 )
+from kubellm_emulator.quota import admit_pod, usage_of
 from kubellm_emulator.resources import BUILTIN_TYPES, ResourceType, storage_key, types_from_crd
 from kubellm_emulator.selectors import selector_from_match_labels
-from kubellm_emulator.validation import NODE_PORT_RANGE, name_errors, node_port_errors, validate
+from kubellm_emulator.validation import (
+    NODE_PORT_RANGE,
+    drop_type_dependent_fields,
+    name_errors,
+    node_port_errors,
+    validate,
+)
 
 JsonObject = dict[str, Any]
 ObjectKey = tuple[str, str, str, str]  # (storage group, storage plural, namespace or "", name)
@@ -66,9 +73,12 @@ class WriteOptions:
     dry_run: bool = False
     field_manager: str | None = None
     force: bool = False
+    user: Any = None  # the requester's auth.Identity over HTTP; None for in-process writes (trusted, as etcd is)
 
 
 Admission = Callable[[ResourceType, JsonObject, JsonObject | None], JsonObject]
+# A validating admission plugin that needs the requester: (type, object, old object or None, user, subresource).
+UserAdmission = Callable[[ResourceType, JsonObject, JsonObject | None, Any, str | None], None]
 
 
 class ObjectStore:
@@ -84,6 +94,7 @@ class ObjectStore:
         self._listeners: list[Callable[[], None]] = []
         # Schema admission of custom resources and the built-in validation of every kind (None switches both off).
         self.admission: Admission | None = self._admit
+        self.user_admission: list[UserAdmission] = []  # e.g. OwnerReferencesPermissionEnforcement (server.py)
         for rtype in BUILTIN_TYPES:
             self._types[(rtype.group, rtype.version, rtype.plural)] = rtype
         for namespace in DEFAULT_NAMESPACES:
@@ -170,6 +181,45 @@ class ObjectStore:
             items = [self.present(rtype, obj) for _, obj in sorted(selected, key=lambda pair: pair[0])]
             return [item for item in items if matches(item)], self._resource_version
 
+    def snapshot(
+        self, rtype: ResourceType, namespace: str | None, resource_version: int
+    ) -> list[tuple[tuple[str, str], JsonObject]]:
+        """The objects of one resource as they were at `resource_version`, with their (namespace, name) keys, in
+        key order: what etcd serves for a list at an exact revision (paging's consistent snapshot). The current
+        objects rolled back through the event log; 410 Expired when the log no longer reaches back that far (etcd's
+        compaction), 504 when the revision is in the future."""
+        with self._lock:
+            if resource_version > self._resource_version:
+                raise ApiError(
+                    504,
+                    "Timeout",
+                    f"Too large resource version: {resource_version}, current: {self._resource_version}",
+                    details={
+                        "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                        "retryAfterSeconds": 1,
+                    },
+                )
+            if self._log and resource_version < self._log[0].resource_version - 1:
+                raise errors.gone(f"too old resource version: {resource_version} ({self._log[0].resource_version - 1})")
+            storage = storage_key(rtype.group, rtype.plural)
+            state = {(key[2], key[3]): obj for key, obj in self._objects.items() if key[:2] == storage}
+            for event in reversed(self._log):
+                if event.resource_version <= resource_version:
+                    break
+                if event.storage != storage:
+                    continue
+                meta = event.object.get("metadata") or {}
+                key = (meta.get("namespace") or "", meta.get("name") or "")
+                if event.type == "ADDED":
+                    state.pop(key, None)
+                elif event.previous is not None:
+                    state[key] = event.previous
+            return [
+                (key, self.present(rtype, obj))
+                for key, obj in sorted(state.items())
+                if not namespace or key[0] == namespace
+            ]
+
     def events_after(self, resource_version: int, storage: tuple[str, str]) -> list[WatchEvent]:
         with self._lock:
             if self._log and resource_version < self._log[0].resource_version - 1:
@@ -221,10 +271,40 @@ class ObjectStore:
         """What the apiserver does between decoding and storing: a custom resource's schema (pruning, defaulting,
         validation), then the built-in validation of the kind and, for Services, the node-port allocator."""
         admitted = admit_custom_resource(rtype, obj, old) if rtype.custom else obj
+        if (rtype.group, rtype.plural) == ("", "services"):
+            drop_type_dependent_fields(admitted, old)
         validate(rtype, admitted, old)
         if (rtype.group, rtype.plural) == ("", "services"):
             self._allocate_node_ports(admitted, old)
         return admitted
+
+    def _namespace_objects(self, plural: str, namespace: str) -> list[JsonObject]:
+        return [obj for key, obj in self._objects.items() if key[:3] == ("", plural, namespace)]
+
+    def _admit_pod_quota(self, namespace: str, pod: JsonObject) -> None:
+        """The ResourceQuota admission plugin, for pods (quota.py)."""
+        quotas = self._namespace_objects("resourcequotas", namespace)
+        if quotas:
+            admit_pod(pod, quotas, self._namespace_objects("pods", namespace))
+
+    def _after_quota_relevant_change(self, rtype: ResourceType, namespace: str | None) -> None:
+        """The quota controller: each ResourceQuota's `status` (hard, used) follows the namespace's pods."""
+        if not namespace or (rtype.group, rtype.plural) not in (("", "pods"), ("", "resourcequotas")):
+            return
+        pods = self._namespace_objects("pods", namespace)
+        quota_type = self.type_for("", "v1", "resourcequotas")
+        for quota in self._namespace_objects("resourcequotas", namespace):
+            hard = dict((quota.get("spec") or {}).get("hard") or {})
+            try:
+                status = {"hard": hard, "used": usage_of(pods, hard)}
+            except ApiError:
+                continue  # a malformed quantity was refused where it was written; nothing to count here
+            if quota.get("status") == status:
+                continue
+            previous = copy.deepcopy(quota)
+            quota["status"] = status
+            quota["metadata"]["resourceVersion"] = self._next_resource_version()
+            self._record(quota_type, "MODIFIED", quota, previous)
 
     def _allocate_node_ports(self, service: JsonObject, old: JsonObject | None) -> None:
         """NodePort and LoadBalancer Services get a node port per port (kept from the stored Service on update, as
@@ -328,6 +408,10 @@ class ObjectStore:
             if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
                 obj = self._admit_crd(obj)
             metadata = obj["metadata"]  # admission returns a new object
+            for plugin in self.user_admission:
+                plugin(rtype, obj, None, options.user, None)
+            if (rtype.group, rtype.plural) == ("", "pods"):
+                self._admit_pod_quota(namespace or "", obj)
             _record_manager(metadata, options.field_manager, "Update", rtype.api_version)
             if options.dry_run:
                 return self.present(rtype, obj)
@@ -335,6 +419,7 @@ class ObjectStore:
             obj = _storage_form(rtype, obj)
             self._objects[key] = obj
             self._record(rtype, "ADDED", obj, None)
+            self._after_quota_relevant_change(rtype, namespace)
             if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
                 self._register_crd(obj)
             created = self.present(rtype, obj)
@@ -539,6 +624,8 @@ class ObjectStore:
         if self.admission is not None:
             updated = self.admission(rtype, updated, current)
             meta = updated["metadata"]
+        for plugin in self.user_admission:
+            plugin(rtype, updated, current, options.user, subresource)
         if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
             updated = self._admit_crd(updated, current)
             meta = updated["metadata"]
@@ -555,6 +642,7 @@ class ObjectStore:
         stored = _storage_form(rtype, updated)
         self._objects[key] = stored
         self._record(rtype, "MODIFIED", stored, _storage_form(rtype, current))
+        self._after_quota_relevant_change(rtype, namespace)
         if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
             self._register_crd(stored)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
@@ -612,12 +700,14 @@ class ObjectStore:
 
     def _remove(self, rtype: ResourceType, key: ObjectKey) -> JsonObject:
         obj = self._objects.pop(key)
+        previous = copy.deepcopy(obj)  # what a list at an earlier resourceVersion shows (`snapshot`)
         obj["metadata"]["resourceVersion"] = self._next_resource_version()
-        self._record(rtype, "DELETED", obj, None)
+        self._record(rtype, "DELETED", obj, previous)
         if (rtype.group, rtype.plural) == (CRD_GROUP, "customresourcedefinitions"):
             self._unregister_crd(obj)
         self._collect_dependents(obj["metadata"]["uid"])
         namespace = obj["metadata"].get("namespace")
+        self._after_quota_relevant_change(rtype, namespace)
         if namespace:
             self._finish_namespace_if_empty(namespace)
         return self.present(rtype, obj)

@@ -1045,6 +1045,21 @@ def validate_service(obj: JsonObject, old: JsonObject | None) -> list[FieldError
     return problems
 
 
+def drop_type_dependent_fields(service: JsonObject, old: JsonObject | None) -> None:
+    """The Service registry's dropTypeDependentFields: switching to a type without node ports clears the node ports
+    the client left as they were (so `kubectl apply` of type ClusterIP over a NodePort Service is not refused)."""
+    if old is None:
+        return
+    spec, old_spec = service.get("spec") or {}, old.get("spec") or {}
+    needs = ("NodePort", "LoadBalancer")
+    if spec.get("type", "ClusterIP") in needs or old_spec.get("type", "ClusterIP") not in needs:
+        return
+    old_ports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in old_spec.get("ports") or []}
+    for port in spec.get("ports") or []:
+        if port.get("nodePort") and old_ports.get((port.get("port"), port.get("protocol", "TCP"))) == port["nodePort"]:
+            del port["nodePort"]
+
+
 def node_port_errors(service: JsonObject, taken: Mapping[int, str]) -> list[FieldError]:
     """The service node-port allocator's refusals (pkg/registry/core/service/portallocator), as the 422 the
     registry answers: out of range, or already allocated to another Service (`taken`: port -> owner key)."""

@@ -26,7 +26,7 @@ from typing import Any
 from kubellm_sandbox.pods import CONTAINER_ID_SCHEME, PORTS_ANNOTATION
 from kubellm_sandbox.processes import kill_recorded_group, process_start_time, recorded_pid, stop_leftover_processes
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
-from kubellm_sandbox.supervisor import Layout, configure_logging, serve, write_pid_file
+from kubellm_sandbox.supervisor import Layout, admin_token, configure_logging, serve, write_pid_file
 
 DEFAULT_DATA_DIR = pathlib.Path(".kubellm/sandbox")
 START_TIMEOUT_S = 60.0
@@ -188,8 +188,9 @@ def _tail(path: pathlib.Path, lines: int = 20) -> str:
         return f"(no log at {path})"
 
 
-def api_get(api_url: str, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(api_url + path, timeout=5) as response:
+def api_get(api_url: str, path: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(api_url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         body: dict[str, Any] = json.load(response)
         return body
 
@@ -223,9 +224,10 @@ def status(layout: Layout) -> int:
     print(f"local runner: in the sandbox process; pod logs under {layout.root / 'pods'}")
     print(export_line(layout))
     try:
-        services = api_get(state["api_url"], "/apis/kubellm.dev/v1alpha1/llmservices")["items"]
-        pods = api_get(state["api_url"], "/api/v1/pods")["items"]
-        forwarded = api_get(state["api_url"], "/api/v1/services")["items"]
+        token = admin_token(layout)
+        services = api_get(state["api_url"], "/apis/kubellm.dev/v1alpha1/llmservices", token)["items"]
+        pods = api_get(state["api_url"], "/api/v1/pods", token)["items"]
+        forwarded = api_get(state["api_url"], "/api/v1/services", token)["items"]
     except (OSError, urllib.error.URLError, KeyError, ValueError) as error:
         print(f"cannot read the API: {error}")
         return 1

@@ -25,7 +25,7 @@ import yaml
 from kubellm_sandbox import cli, kind
 from kubellm_sandbox.pods import PORTS_ANNOTATION
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
-from kubellm_sandbox.supervisor import Layout
+from kubellm_sandbox.supervisor import Layout, admin_token
 
 EXAMPLE = pathlib.Path("examples/tiny-smollm2.yaml")
 QUESTION = "What is Kubernetes? Answer in one sentence."
@@ -61,16 +61,17 @@ def load_llmservice(path: pathlib.Path) -> dict[str, Any]:
 
 
 class Api:
-    """The few API calls the demo makes, over plain HTTP to the sandbox (no client configuration needed)."""
+    """The few API calls the demo makes, over plain HTTP to the sandbox, with the admin token of its kubeconfig (the
+    emulator authenticates every request, as an apiserver does)."""
 
-    def __init__(self, api_url: str) -> None:
+    def __init__(self, api_url: str, token: str) -> None:
         self.api_url = api_url
+        self.token = token
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        request = urllib.request.Request(
-            self.api_url + path, data=data, method=method, headers={"Content-Type": content_type}
-        )
+        headers = {"Content-Type": content_type, "Authorization": f"Bearer {self.token}"}
+        request = urllib.request.Request(self.api_url + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
@@ -186,7 +187,7 @@ def run_sandbox(args: argparse.Namespace) -> int:
         print(f"  API {state['api_url']} (pid {state['pid']}); node {state['node']}; logs in {layout.logs}")
     kubeconfig = layout.kubeconfig.resolve()
     print(f"  export KUBECONFIG={kubeconfig}")
-    api = Api(state["api_url"])
+    api = Api(state["api_url"], admin_token(layout))
 
     has_kubectl = shutil.which("kubectl") is not None
     shown_example = os.path.relpath(example) if not example.is_absolute() else str(example)

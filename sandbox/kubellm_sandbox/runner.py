@@ -121,6 +121,7 @@ class LocalRunner:
         self._forward_owner: dict[int, str] = {}  # local port -> "namespace/service/port"
         self._forward_failed: dict[str, tuple[float, str]] = {}  # service port key -> (next retry, message)
         self._written_status: dict[str, str] = {}  # object key -> last status written (JSON)
+        self._create_failures: dict[str, str] = {}  # deployment uid -> why its last pod creation was refused
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping_pods: dict[str, asyncio.Task[None]] = {}
@@ -252,7 +253,22 @@ class LocalRunner:
                 },
                 "spec": json.loads(json.dumps(template.get("spec") or {})),
             }
-            created = self.store.create(pods_type, namespace, pod, self.write)
+            try:
+                created = self.store.create(pods_type, namespace, pod, self.write)
+            except ApiError as error:
+                # Refused by admission (a ResourceQuota): the ReplicaSet controller's FailedCreate, retried on the
+                # next pass; the Event only when the refusal changes (each Event write would wake this loop).
+                if self._create_failures.get(metadata["uid"]) != error.message:
+                    self.post_event(
+                        deployment,
+                        "Warning",
+                        "FailedCreate",
+                        f"Error creating: {error.message}",
+                        component="replicaset-controller",
+                    )
+                self._create_failures[metadata["uid"]] = error.message
+                return
+            self._create_failures.pop(metadata["uid"], None)
             self.post_event(
                 deployment,
                 "Normal",
@@ -383,7 +399,9 @@ class LocalRunner:
 
     def _roll_up(self, deployment: JsonObject, pods: list[JsonObject]) -> None:
         metadata = deployment["metadata"]
-        status = deployment_status(deployment, pods, now_rfc3339())
+        status = deployment_status(
+            deployment, pods, now_rfc3339(), create_failure=self._create_failures.get(metadata["uid"])
+        )
         if not self._changed_status(
             f"deployment/{metadata['uid']}", status, ignore_times=True, current=deployment.get("status")
         ):

@@ -3,7 +3,7 @@
 :func:`serve` is what `kubellm sandbox up` runs (in the foreground, or detached in the background): it serves the
 emulator on 127.0.0.1 with the LLMService CRD applied, seeds the Node and refreshes its disk figures, runs the
 :class:`~kubellm_sandbox.runner.LocalRunner` in-process, and runs `kubellm operator` as a child process against
-the sandbox's kubeconfig (restarted if it exits). SIGINT or SIGTERM stops all of it: pods first, then the operator,
+its own kubeconfig (restarted if it exits), as the ServiceAccount that deploy/ installs and with only deploy/'s RBAC. SIGINT or SIGTERM stops all of it: pods first, then the operator,
 then the API. The files it keeps under the data directory are described by :class:`Layout`.
 """
 
@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 from kubellm_emulator import Emulator
 from kubellm_operator.crd import crd
 from kubellm_sandbox import host
@@ -30,6 +32,11 @@ from kubellm_sandbox.processes import die_with_parent, process_start_time, stop_
 from kubellm_sandbox.runner import LocalRunner
 
 logger = logging.getLogger("kubellm.sandbox")
+# What `kubectl apply -k deploy/` installs for the operator's identity, applied into the emulator so that the
+# operator runs with exactly those permissions (present in a source checkout, where the sandbox runs from).
+DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
+OPERATOR_IDENTITY = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml")
+OPERATOR_SERVICE_ACCOUNT = ("kubellm-system", "kubellm-operator")
 NODE_REFRESH_S = 30.0
 OPERATOR_STOP_GRACE_S = 15.0
 
@@ -55,6 +62,11 @@ class Layout:
     @property
     def kubeconfig(self) -> pathlib.Path:
         return self.root / "kubeconfig"
+
+    @property
+    def operator_kubeconfig(self) -> pathlib.Path:
+        """The operator's: its ServiceAccount's token (the `kubeconfig` above is the cluster admin's, for you)."""
+        return self.root / "operator.kubeconfig"
 
     @property
     def logs(self) -> pathlib.Path:
@@ -101,7 +113,7 @@ class OperatorProcess:
             began = time.monotonic()
             with self.layout.operator_log.open("ab") as log:
                 self.process = await asyncio.create_subprocess_exec(
-                    *operator_command(self.layout.kubeconfig),
+                    *operator_command(self.layout.operator_kubeconfig),
                     env=operator_environment(),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
@@ -140,6 +152,27 @@ class OperatorProcess:
         self.layout.operator_pid_file.unlink(missing_ok=True)
 
 
+def admin_token(layout: Layout) -> str:
+    """The cluster admin's bearer token, from the sandbox's kubeconfig (for the CLI's own plain-HTTP reads)."""
+    config = yaml.safe_load(layout.kubeconfig.read_text())
+    return str(config["users"][0]["user"]["token"])
+
+
+def install_operator_identity(emulator: Emulator, layout: Layout) -> None:
+    """deploy/'s namespace, ServiceAccount and RBAC into the emulator, and the operator's kubeconfig for that
+    ServiceAccount; without a deploy/ folder (an installed wheel) the operator gets the admin's kubeconfig."""
+    files = [DEPLOY / name for name in OPERATOR_IDENTITY]
+    if not all(path.is_file() for path in files):
+        logger.warning("no deploy/ manifests at %s: the operator runs as the cluster admin", DEPLOY)
+        emulator.write_kubeconfig(layout.operator_kubeconfig, context="kubellm-sandbox")
+        return
+    for path in files:
+        emulator.apply_manifests(path)
+    emulator.write_kubeconfig(
+        layout.operator_kubeconfig, context="kubellm-sandbox-operator", service_account=OPERATOR_SERVICE_ACCOUNT
+    )
+
+
 def seed_node(emulator: Emulator, name: str, data_dir: pathlib.Path) -> None:
     emulator.seed_node(name, **host.node_fields(data_dir))
     emulator.seed_node_stats(name, **host.stats_fields(data_dir))
@@ -173,6 +206,7 @@ async def serve(
         emulator.apply_manifest(crd())
         seed_node(emulator, node, layout.root)
         emulator.write_kubeconfig(layout.kubeconfig, context="kubellm-sandbox")
+        install_operator_identity(emulator, layout)
         runner = LocalRunner(
             emulator.store, RunnerSettings(data_dir=layout.root, node_name=node, **(runner_settings or {}))
         )

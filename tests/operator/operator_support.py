@@ -29,6 +29,9 @@ from kubellm_operator.metrics import OperatorMetrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kubellm.dev_llmservices.yaml"
+# What `kubectl apply -k deploy/` installs for the operator's identity; the operator under test runs as it.
+OPERATOR_IDENTITY = [ROOT / "deploy" / name for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml")]
+OPERATOR_SERVICE_ACCOUNT = ("kubellm-system", "kubellm-operator")
 
 
 def llmservice(name: str = "tiny", namespace: str = "default", **spec: Any) -> dict[str, Any]:
@@ -45,9 +48,10 @@ def llmservice(name: str = "tiny", namespace: str = "default", **spec: Any) -> d
 class Kube:
     """The test's view of the emulator: reads from the store, writes over HTTP like a user would."""
 
-    def __init__(self, emulator: Emulator, kubeconfig: pathlib.Path) -> None:
+    def __init__(self, emulator: Emulator, kubeconfig: pathlib.Path, *, operator_kubeconfig: pathlib.Path) -> None:
         self.emulator = emulator
-        self.kubeconfig = kubeconfig
+        self.kubeconfig = kubeconfig  # the cluster admin's: the test's own kubectl calls
+        self.operator_kubeconfig = operator_kubeconfig  # the operator's ServiceAccount (deploy/rbac.yaml only)
         self.client = kubernetes.client.ApiClient(kubernetes_configuration(emulator, set_default=False))
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         self.apps = kubernetes.client.AppsV1Api(self.client)
@@ -192,7 +196,7 @@ async def operator_running(kube: Kube, **overrides: Any) -> AsyncIterator[Operat
     the test's loop, which serves the emulator.
     """
     settings = OperatorSettings(
-        **({"kubeconfig": str(kube.kubeconfig), "health_port": 0, "summary_refresh_s": 0.2} | overrides)
+        **({"kubeconfig": str(kube.operator_kubeconfig), "health_port": 0, "summary_refresh_s": 0.2} | overrides)
     )
     metrics = OperatorMetrics()
     ready = threading.Event()

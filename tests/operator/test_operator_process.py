@@ -44,7 +44,11 @@ async def test_kubectl_apply_get_scale_with_the_operator_process(kube: Kube, tmp
     port = free_port()
     log = tmp_path / "operator.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELLM_OPERATOR_")}
-    command = [str(pathlib.Path(sys.executable).parent / "kubellm"), "operator", f"--kubeconfig={kube.kubeconfig}"]
+    command = [
+        str(pathlib.Path(sys.executable).parent / "kubellm"),
+        "operator",
+        f"--kubeconfig={kube.operator_kubeconfig}",
+    ]
     command += [f"--health-port={port}", "--health-host=127.0.0.1", "--summary-refresh-s=1"]
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(*command, stdout=output, stderr=output, env=env, cwd=ROOT)

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from emulator_http import Api
 
+from kubellm_emulator.auth import ADMIN_TOKEN
 from kubellm_emulator.pytest_plugin import emulator, emulator_kubeconfig
 
 __all__ = ["emulator", "emulator_kubeconfig"]
@@ -80,5 +81,5 @@ def widget_crd() -> dict[str, Any]:
 
 @pytest.fixture
 async def api(emulator: Any) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as session:
         yield Api(session, emulator.api_url)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import pathlib
 import signal
+import ssl
 import sys
 
 import aiohttp
@@ -37,9 +39,21 @@ async def test_serves_until_sigterm(tmp_path: pathlib.Path) -> None:
     try:
         line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
         assert line.startswith("kubellm emulator serving http://127.0.0.1:"), line
-        server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{server}/apis/kubellm.dev/v1alpha1/llmservices") as response:
+        config = yaml.safe_load(kubeconfig.read_text())
+        server = config["clusters"][0]["cluster"]["server"]
+        token = config["users"][0]["user"]["token"]
+        authority = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+        trusted = ssl.create_default_context(cadata=authority)  # the kubeconfig's server is the HTTPS listener
+        llmservices = f"{server}/apis/kubellm.dev/v1alpha1/llmservices"
+        # No token: system:anonymous, refused as on a cluster.
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusted)) as session,
+            session.get(llmservices) as response,
+        ):
+            assert response.status == 403
+        authorized = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=authorized, connector=aiohttp.TCPConnector(ssl=trusted)) as session:
+            async with session.get(llmservices) as response:
                 assert response.status == 200
             async with session.get(f"{server}/api/v1/nodes/node-1/proxy/stats/summary") as response:
                 summary = json.loads(await response.text())

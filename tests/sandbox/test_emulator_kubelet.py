@@ -9,6 +9,7 @@ from typing import Any
 import requests
 
 from kubellm_emulator import Emulator
+from kubellm_emulator.auth import ADMIN_TOKEN
 from kubellm_emulator.kubelet import EVICTED_MESSAGE, Kubelet, PodOutcome, reconcile_sync
 
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
@@ -140,6 +141,47 @@ async def test_scaling_and_template_changes_replace_pods(emulator: Emulator, api
     assert rolled["status"]["observedGeneration"] == 3
 
 
+V2 = {"spec": {"template": {"spec": {"containers": [{"name": "inference", "image": "kubellm/inference:v2"}]}}}}
+
+
+async def test_rolling_update_keeps_old_pods_until_new_ones_are_ready(emulator: Emulator, api: Any) -> None:
+    """maxSurge 1, maxUnavailable 0 (pkg/controller/deployment/rolling.go): a new pod that never gets ready stalls
+    the rollout with both old pods serving; once new pods are ready, the old ReplicaSet goes to 0."""
+    body = deployment(replicas=2)
+    body["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    await api.post(DEPLOY, body)
+    async with Kubelet(emulator.api_url) as kubelet:
+        await kubelet.reconcile("default", "tiny")
+        await api.patch(f"{DEPLOY}/tiny", V2, kind="strategic")
+        stalled = await kubelet.reconcile("default", "tiny", PodOutcome.starting())
+        images = sorted(p["spec"]["containers"][0]["image"] for p in await pods(api))
+        assert images == ["kubellm/inference:dev", "kubellm/inference:dev", "kubellm/inference:v2"]
+        assert stalled["status"]["replicas"] == 3 and stalled["status"]["updatedReplicas"] == 1
+        assert conditions(stalled)["Available"] == ("True", "MinimumReplicasAvailable")
+        assert conditions(stalled)["Progressing"] == ("True", "ReplicaSetUpdated")
+        done = await kubelet.reconcile("default", "tiny")
+    images = sorted(p["spec"]["containers"][0]["image"] for p in await pods(api))
+    assert images == ["kubellm/inference:v2", "kubellm/inference:v2"]
+    assert conditions(done)["Progressing"] == ("True", "NewReplicaSetAvailable")
+    _, sets = await api.get("/apis/apps/v1/namespaces/default/replicasets")
+    assert sorted(rs["spec"]["replicas"] for rs in sets["items"]) == [0, 2]
+
+
+async def test_recreate_removes_every_old_pod_first(emulator: Emulator, api: Any) -> None:
+    """Recreate (pkg/controller/deployment/recreate.go): old pods go before new ones start, so a new template
+    whose pods never get ready leaves the Deployment unavailable."""
+    body = deployment(replicas=2)
+    body["spec"]["strategy"] = {"type": "Recreate"}
+    await api.post(DEPLOY, body)
+    async with Kubelet(emulator.api_url) as kubelet:
+        await kubelet.reconcile("default", "tiny")
+        await api.patch(f"{DEPLOY}/tiny", V2, kind="strategic")
+        rolled = await kubelet.reconcile("default", "tiny", PodOutcome.starting())
+    images = sorted(p["spec"]["containers"][0]["image"] for p in await pods(api))
+    assert images == ["kubellm/inference:v2", "kubellm/inference:v2"]
+    assert conditions(rolled)["Available"] == ("False", "MinimumReplicasUnavailable")
+
+
 def test_sync_reconcile_against_a_standalone_emulator() -> None:
     """The synchronous facade, against an emulator served by another thread's loop (as by `kubellm emulator`)."""
     started, stop = threading.Event(), threading.Event()
@@ -156,7 +198,12 @@ def test_sync_reconcile_against_a_standalone_emulator() -> None:
     try:
         assert started.wait(10)
         url = holder["url"]
-        created = requests.post(f"{url}{DEPLOY}", json=deployment(replicas=1), timeout=10)
+        created = requests.post(
+            f"{url}{DEPLOY}",
+            json=deployment(replicas=1),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=10,
+        )
         assert created.status_code == 201
         rolled = reconcile_sync(url, "default", "tiny")
         assert rolled["status"]["readyReplicas"] == 1

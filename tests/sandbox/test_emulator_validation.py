@@ -577,6 +577,10 @@ def test_node_ports_are_allocated_in_range_and_collisions_refused() -> None:
     updated = copy.deepcopy(created)
     updated["spec"]["ports"][0].pop("nodePort")
     assert store.replace(rtype, "default", "x", updated)["spec"]["ports"][0]["nodePort"] == allocated
+    # Back to ClusterIP: the untouched node port is dropped (dropTypeDependentFields), not refused.
+    current = store.get(rtype, "default", "x")
+    current["spec"]["type"] = "ClusterIP"
+    assert "nodePort" not in store.replace(rtype, "default", "x", current)["spec"]["ports"][0]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import aiohttp
 from emulator_http import Api
 
 from kubellm_emulator import Emulator, ObjectStore
+from kubellm_emulator.auth import ADMIN_TOKEN
 
 CM = "/api/v1/namespaces/default/configmaps"
 
@@ -78,7 +79,10 @@ async def test_cut_watches_ends_open_streams(emulator: Emulator, api: Any) -> No
 
 
 async def test_a_resource_version_older_than_the_retained_log_is_410_gone() -> None:
-    async with Emulator(store=ObjectStore(event_log_limit=2)) as emulator, aiohttp.ClientSession() as session:
+    async with (
+        Emulator(store=ObjectStore(event_log_limit=2)) as emulator,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as session,
+    ):
         api = Api(session, emulator.api_url)
         for name in ("a", "b", "c"):
             await api.post(CM, {"metadata": {"name": name}})

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -162,6 +163,26 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         left = sorted(pid for pid in [*running.pids, state["pid"], operator or 0] if pid and alive(pid))
         assert not left, f"processes left after `kubellm sandbox down`: {left}"
         assert not list(layout.root.glob("pods/*/*/*.pid")), "pod pid files left"
+
+
+OPERATOR = "system:serviceaccount:kubellm-system:kubellm-operator"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl on PATH")
+def test_the_operator_runs_as_deploys_service_account(sandbox: Sandbox) -> None:
+    """deploy/'s RBAC is all the sandbox's operator has: it may patch LLMService status, not read Secrets."""
+
+    def kubectl(kubeconfig: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
+        cache = f"--cache-dir={sandbox.layout.root / 'kubectl-cache'}"
+        command = ["kubectl", f"--kubeconfig={kubeconfig}", cache, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    denied = kubectl(sandbox.layout.kubeconfig, "auth", "can-i", "list", "secrets", "--as", OPERATOR)
+    assert (denied.returncode, denied.stdout.strip()) == (1, "no"), denied.stderr
+    allowed = kubectl(sandbox.layout.kubeconfig, "auth", "can-i", "patch", "llmservices/status", "--as", OPERATOR)
+    assert (allowed.returncode, allowed.stdout.strip()) == (0, "yes"), allowed.stderr
+    whoami = kubectl(sandbox.layout.operator_kubeconfig, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert whoami.stdout == OPERATOR, whoami.stderr
 
 
 def test_apply_ready_ask_scale_kill_delete(sandbox: Sandbox, tiny_model_folder: pathlib.Path) -> None:
