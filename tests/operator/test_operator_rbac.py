@@ -20,7 +20,8 @@ from kubellm_operator.api import PLURAL
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BASE_RBAC = ROOT / "deploy" / "rbac.yaml"
 KUBELET_STATS_RBAC = ROOT / "deploy" / "components" / "kubelet-stats" / "rbac.yaml"
-OPERATOR_AGENTS = ("kubellm-operator", "kopf/")  # the operator's client, and Kopf's
+# The operator runs as deploy/'s ServiceAccount (tests/operator/conftest.py); its client's and Kopf's requests alike.
+OPERATOR_USER = "system:serviceaccount:kubellm-system:kubellm-operator"
 
 Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
@@ -87,7 +88,7 @@ def granted(path: pathlib.Path) -> set[Rule]:
 
 
 def operator_requests(kube: Kube) -> list[RecordedRequest]:
-    return [r for r in kube.emulator.requests() if r.user_agent.startswith(OPERATOR_AGENTS)]
+    return [r for r in kube.emulator.requests() if r.user == OPERATOR_USER]
 
 
 async def exercise_every_path(kube: Kube) -> None:

@@ -239,3 +239,27 @@ def test_every_api_call_times_out_against_a_server_that_never_answers(kube: Kube
         for connection in accepted:
             connection.close()
         listener.close()
+
+
+async def test_without_kubelet_stats_free_space_is_allocatable_minus_pod_requests(kube: Kube) -> None:
+    # Without the opt-in component (nodes/proxy), as `kubectl apply -k deploy/` installs it.
+    rbac = kubernetes.client.RbacAuthorizationV1Api(kube.client)
+    await asyncio.to_thread(rbac.delete_cluster_role_binding, "kubellm-operator-kubelet-stats")
+    kube.emulator.seed_node("worker-1", ephemeral_storage="10Gi")
+    kube.emulator.seed_node_stats("worker-1", capacity="10Gi", available="9Gi")
+    other = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "other", "namespace": "default"},
+        "spec": {
+            "nodeName": "worker-1",
+            "containers": [{"name": "c", "image": "x", "resources": {"requests": {"ephemeral-storage": "8Gi"}}}],
+        },
+    }
+    await asyncio.to_thread(kube.core.create_namespaced_pod, "default", other)
+    async with operator_running(kube):
+        await kube.create(llmservice())  # 1Gi cache + 1Gi, plus 2Gi headroom: needs 4Gi
+        await kube.wait(lambda: kube.condition("tiny", "StorageReady").get("status") == "False", "StorageReady=False")
+        storage = status_of(kube)["storage"]
+        assert storage["bestNodeFree"] == "2Gi", storage  # 10Gi allocatable - 8Gi requested by the other pod
+        assert storage["basis"] == "allocatable minus the ephemeral-storage requests of the pods on each node"
