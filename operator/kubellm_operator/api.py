@@ -875,6 +875,32 @@ def format_path(path: tuple[str | int, ...]) -> str:
     return text
 
 
+# What a wrong-typed value should have been, in YAML words (pydantic says "instance of NodeAffinity").
+_TYPE_WORDS = {
+    "model_type": "a mapping (key: value fields)",
+    "model_attributes_type": "a mapping (key: value fields)",
+    "dict_type": "a mapping (key: value fields)",
+    "list_type": "a list",
+    "string_type": "a string",
+}
+
+
+def _json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
 def validation_messages(error: ValidationError) -> list[str]:
     """One ``field.path: what is wrong and what is allowed`` line per error, paths spelled as in the YAML."""
     lines: list[str] = []
@@ -890,6 +916,9 @@ def validation_messages(error: ValidationError) -> list[str]:
             message = "unknown field" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
         elif item["type"] == "missing":
             message = "required field is missing"
+        elif item["type"] in _TYPE_WORDS:
+            given = item.get("input")
+            message = f"must be {_TYPE_WORDS[item['type']]}, not {_json_type_name(given)}"
         elif item["type"] == "string_pattern_mismatch":
             pattern = (item.get("ctx") or {}).get("pattern", "")
             message = f"must be {PATTERN_MEANINGS[pattern]}" if pattern in PATTERN_MEANINGS else message
