@@ -583,7 +583,17 @@ class Operator:
         key = (namespace, name)
         # Observe. The children are read before their owner: a child missing because the garbage collector removed
         # it then comes with a 404 for the owner, never with an owner that looks alive (and would be re-created).
-        live = {kind: self.cluster.get_child(kind, namespace, name) for kind in CHILD_KINDS}
+        live: dict[str, dict[str, Any] | None] = {}
+        unreadable: dict[str, Refusal] = {}
+        for kind in CHILD_KINDS:
+            try:
+                live[kind] = self.cluster.get_child(kind, namespace, name)
+            except ApiException as exc:
+                # A read RBAC forbids is a refusal too: reported, and that child is not written blind.
+                refused = refusal(exc, f"{kind} {namespace}/{name}")
+                if refused is None:
+                    raise
+                live[kind], unreadable[kind] = None, refused
         obj = self.cluster.get_llmservice(namespace, name)
         if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
             # Deleted: ownerReferences make the children garbage.
@@ -630,6 +640,9 @@ class Operator:
             refusals = list(standing)
         else:
             for plan in plans:
+                if plan.kind in unreadable:
+                    refusals.append(unreadable[plan.kind])
+                    continue
                 actual, refused = self._write(plan, writes)
                 if refused is not None:
                     refusals.append(refused)

@@ -301,3 +301,53 @@ def test_health_fails_when_a_pass_has_been_due_too_long() -> None:
     assert op.health() is None
     op.queue.add(KEY, delay=-120)  # as if due two minutes ago and never taken
     assert "the work queue has had a pass due for 120s" in (op.health() or "")
+
+
+def test_a_first_start_slower_than_ten_minutes_is_still_progressing() -> None:
+    """The emulator's Deployment controller over the rendered Deployment: 20 minutes into a 30-minute startup
+    budget, a Deployment with the old default deadline (600 s) has timed out; the rendered one has not."""
+    import datetime
+
+    from kubellm_emulator.deployments import POD_TEMPLATE_HASH, deployment_status, template_hash
+    from kubellm_operator.api import LLMService
+    from kubellm_operator.render import render_deployment
+
+    llms = LLMService.model_validate(
+        {"metadata": {"name": "tiny", "namespace": "default"}, "spec": {"model": {"name": "m"}}}
+    )
+    rendered = render_deployment(llms, image_default="img")
+    rendered["metadata"]["generation"] = 1
+    started, now = "2026-01-01T00:00:00Z", "2026-01-01T00:20:00Z"
+    pod = {
+        "metadata": {"name": "tiny-1", "labels": {POD_TEMPLATE_HASH: template_hash(rendered["spec"]["template"])}},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [
+                {"name": "inference", "started": False, "state": {"running": {"startedAt": started}}}
+            ],
+        },
+    }
+
+    def progressing_after(deployment: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        first = {**deployment, "status": deployment_status(deployment, [pod], started)}
+        later = deployment_status(first, [pod], now)
+        status = compute_status(
+            observed(
+                deployment={**first, "status": later},
+                pods=[pod],
+                startup_budget_seconds=1800,
+                now=datetime.datetime(2026, 1, 1, 0, 20, tzinfo=datetime.UTC),
+            ),
+            None,
+            "T",
+        )
+        condition_of = {c["type"]: c for c in later["conditions"]}
+        return status, str(condition_of["Progressing"]["reason"])
+
+    old = {**rendered, "spec": {k: v for k, v in rendered["spec"].items() if k != "progressDeadlineSeconds"}}
+    _, reason = progressing_after(old)
+    assert reason == "ProgressDeadlineExceeded"  # what a real cluster said mid-download before issue 11
+    status, reason = progressing_after(rendered)
+    assert reason != "ProgressDeadlineExceeded"
+    assert (status["phase"], (condition(status, "Ready") or {})["reason"]) == ("Progressing", "ModelLoading")

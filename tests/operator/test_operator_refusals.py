@@ -263,3 +263,18 @@ async def test_without_kubelet_stats_free_space_is_allocatable_minus_pod_request
         storage = status_of(kube)["storage"]
         assert storage["bestNodeFree"] == "2Gi", storage  # 10Gi allocatable - 8Gi requested by the other pod
         assert storage["basis"] == "allocatable minus the ephemeral-storage requests of the pods on each node"
+
+
+async def test_a_write_rbac_forbids_is_forbidden_in_status(kube: Kube) -> None:
+    rbac = kubernetes.client.RbacAuthorizationV1Api(kube.client)
+    role = await asyncio.to_thread(rbac.read_cluster_role, "kubellm-operator")
+    role.rules = [rule for rule in role.rules if "services" not in rule.resources]
+    await asyncio.to_thread(rbac.replace_cluster_role, "kubellm-operator", role)
+    kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
+    async with operator_running(kube):
+        await kube.create(llmservice())
+        await kube.wait(lambda: kube.condition("tiny", "Degraded").get("reason") == "Forbidden", "Degraded=Forbidden")
+        message = kube.condition("tiny", "Degraded")["message"]
+        assert message.startswith("Service default/tiny was refused (403 Forbidden): ")
+        assert "system:serviceaccount:kubellm-system:kubellm-operator" in message and "services" in message
+        assert kube.get("Deployment", "tiny") is not None
