@@ -256,7 +256,8 @@ async def test_injected_conflicts_and_server_errors_are_retried(kube: Kube) -> N
     faults.fail(
         "/apis/kubellm.dev/v1alpha1/namespaces/default/llmservices/tiny/status", method="PATCH", times=2, status=409
     )
-    async with operator_running(kube) as metrics:
+    # Five failures in a row: the backoff (1 s doubling) capped at 1 s keeps the test short.
+    async with operator_running(kube, retry_max_s=1) as metrics:
         await kube.create(llmservice())
         await kube.wait(lambda: converged(kube), "convergence despite the injected errors", timeout=20)
     assert sorted({status for _, _, status in faults.served}) == [409, 500]
