@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from operator_support import Kube, llmservice, operator_running
 from test_operator_emulator import converged
 
+from kubellm_emulator.kubelet import Kubelet, PodOutcome
 from kubellm_emulator.testing import kubernetes_configuration
 from kubellm_operator.cluster import Cluster
 from kubellm_sandbox.processes import free_port
@@ -278,3 +279,26 @@ async def test_a_write_rbac_forbids_is_forbidden_in_status(kube: Kube) -> None:
         assert message.startswith("Service default/tiny was refused (403 Forbidden): ")
         assert "system:serviceaccount:kubellm-system:kubellm-operator" in message and "services" in message
         assert kube.get("Deployment", "tiny") is not None
+
+
+async def test_pods_a_resource_quota_refuses_are_quota_exceeded(kube: Kube) -> None:
+    kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
+    kube.emulator.apply_manifest(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "storage", "namespace": "default"},
+            "spec": {"hard": {"requests.ephemeral-storage": "1Gi"}},
+        }
+    )
+    async with operator_running(kube), Kubelet(kube.emulator.api_url) as kubelet:
+        await kube.create(llmservice())  # its pod requests 2Gi of ephemeral storage
+        await kube.wait(lambda: kube.get("Deployment", "tiny"), "the Deployment")
+        await kubelet.reconcile("default", "tiny", PodOutcome.ready_pods())  # the ReplicaSet's create is refused
+        await kube.wait(
+            lambda: kube.condition("tiny", "Degraded").get("reason") == "QuotaExceeded", "Degraded=QuotaExceeded"
+        )
+        message = kube.condition("tiny", "Degraded")["message"]
+        assert "exceeded quota: storage" in message and "requests.ephemeral-storage" in message
+        assert kube.condition("tiny", "Ready")["reason"] == "QuotaExceeded"
+        await kube.wait(lambda: kube.events("tiny", "QuotaExceeded"), "the QuotaExceeded Event")
