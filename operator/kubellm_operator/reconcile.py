@@ -326,6 +326,7 @@ class Refusal:
     message: str  # names the object and carries the apiserver's own message (which names the field)
     permanent: bool  # the same write will be refused again until the spec changes (400/422)
     retry_after: float | None = None
+    kind: str = ""  # the child refused (Deployment, Service)
 
 
 def is_transient(exc: ApiException) -> bool:
@@ -334,18 +335,19 @@ def is_transient(exc: ApiException) -> bool:
 
 
 def refusal(exc: ApiException, what: str) -> Refusal | None:
-    """The Refusal for a refused write of ``what`` ("Deployment default/tiny"), or None when it is transient."""
+    """The Refusal for a refused request about ``what`` ("Deployment default/tiny"), or None when it is transient."""
     if is_transient(exc):
         return None
     said = api_message(exc)
     message = f"{what} was refused ({exc.status} {api_reason(exc)}): {said}"
+    kind = what.split(" ", 1)[0]
     if exc.status == 403:
         # The quota admission plugin answers 403 Forbidden "exceeded quota: ..." (k8s.io/apiserver resourcequota).
         reason = QUOTA_EXCEEDED if "exceeded quota" in said else FORBIDDEN
-        return Refusal(reason, message, permanent=False, retry_after=retry_after_seconds(exc))
+        return Refusal(reason, message, permanent=False, retry_after=retry_after_seconds(exc), kind=kind)
     if exc.status in (400, 422):
-        return Refusal(CHILD_REJECTED, message, permanent=True)
-    return Refusal(API_REFUSED, message, permanent=False, retry_after=retry_after_seconds(exc))
+        return Refusal(CHILD_REJECTED, message, permanent=True, kind=kind)
+    return Refusal(API_REFUSED, message, permanent=False, retry_after=retry_after_seconds(exc), kind=kind)
 
 
 @dataclass
@@ -634,20 +636,18 @@ class Operator:
         # Execute: the writes the plan asks for, unless the same writes are still backing off.
         writes: list[str] = []
         refusals: list[Refusal] = []
-        standing = self.retry.holding(key, print_) if print_ is not None else None
+        standing = {r.kind: r for r in self.retry.holding(key, print_) or ()} if print_ is not None else {}
         deployment: Mapping[str, Any] | None = live["Deployment"]
-        if standing is not None:
-            refusals = list(standing)
-        else:
-            for plan in plans:
-                if plan.kind in unreadable:
-                    refusals.append(unreadable[plan.kind])
-                    continue
-                actual, refused = self._write(plan, writes)
-                if refused is not None:
-                    refusals.append(refused)
-                if plan.kind == "Deployment" and refused is None:
-                    deployment = actual
+        for plan in plans:
+            held_back = unreadable.get(plan.kind) or standing.get(plan.kind)
+            if held_back is not None:
+                refusals.append(held_back)  # not written again before its retry (drift elsewhere is still repaired)
+                continue
+            actual, refused = self._write(plan, writes)
+            if refused is not None:
+                refusals.append(refused)
+            if plan.kind == "Deployment" and refused is None:
+                deployment = actual
 
         # Status: from the observations and the refusals, written even when the children could not be.
         pods = self.cluster.list_pods(namespace, render.selector_string(name))
@@ -819,7 +819,8 @@ class Operator:
             self.queue.add(key, delay)
             return None
         if result.refusals:
-            if self.retry.holding(key, result.fingerprint or "") is not None:
+            standing = self.retry.holding(key, result.fingerprint or "") or ()
+            if all(refused in standing for refused in result.refusals):
                 # A pass between retries (something else changed): the retry stays due at its own time.
                 self.queue.add(key, self.retry.wait(key))
             else:

@@ -74,6 +74,14 @@ async def test_a_refused_child_is_degraded_with_the_apiservers_message_and_not_r
         assert service_patches(kube, marker) == 0
         assert len(kube.events("tiny", "ChildRejected")) == 1, "one Event per distinct message"
         assert metrics.reconciles.labels(outcome="refused")._value.get() >= 1
+        # The accepted child is still kept as rendered meanwhile.
+        old_uid = (kube.get("Deployment", "tiny") or {})["metadata"]["uid"]
+        await kube.delete("Deployment", "tiny")
+        await kube.wait(
+            lambda: (kube.get("Deployment", "tiny") or {}).get("metadata", {}).get("uid") not in (None, old_uid),
+            "the deleted Deployment to be recreated while the Service stays refused",
+        )
+        assert service_patches(kube, marker) == 0
 
         # A spec change is tried at once, and converges.
         await kube.patch_llmservice("tiny", {"spec": {"service": {"nodePort": TAKEN_NODE_PORT + 1}}})
