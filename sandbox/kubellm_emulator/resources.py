@@ -157,6 +157,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ),
     _core("endpoints", "Endpoints", short_names=("ep",)),
     _core("resourcequotas", "ResourceQuota", short_names=("quota",), status_subresource=True),
+    _core("limitranges", "LimitRange", short_names=("limits",)),
     _apps("deployments", "Deployment", "deploy"),
     _apps("replicasets", "ReplicaSet", "rs"),
     _apps("statefulsets", "StatefulSet", "sts"),

@@ -28,6 +28,7 @@ from kubellm_emulator.apply import (
     server_side_apply,
 )
 from kubellm_emulator.errors import ApiError, FieldError
+from kubellm_emulator.limitranges import admit_pod as admit_pod_limits
 from kubellm_emulator.patching import (
     PatchError,
     apply_json_patch,
@@ -282,7 +283,8 @@ class ObjectStore:
         return [obj for key, obj in self._objects.items() if key[:3] == ("", plural, namespace)]
 
     def _admit_pod_quota(self, namespace: str, pod: JsonObject) -> None:
-        """The ResourceQuota admission plugin, for pods (quota.py)."""
+        """The LimitRanger and then the ResourceQuota admission plugins, for pods (limitranges.py, quota.py)."""
+        admit_pod_limits(pod, self._namespace_objects("limitranges", namespace))
         quotas = self._namespace_objects("resourcequotas", namespace)
         if quotas:
             admit_pod(pod, quotas, self._namespace_objects("pods", namespace))
@@ -1007,6 +1009,13 @@ def _builtin_defaults(rtype: ResourceType, obj: JsonObject) -> JsonObject:
     elif kind == ("", "pods"):
         obj.setdefault("status", {}).setdefault("phase", "Pending")
         spec = obj.setdefault("spec", {})
+        # SetDefaults_Pod: a container's limit is its request where it declares none (what quota then counts).
+        for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            resources = container.get("resources") if isinstance(container, dict) else None
+            if isinstance(resources, dict) and isinstance(resources.get("limits"), dict):
+                requests = resources.setdefault("requests", {})
+                for name, value in resources["limits"].items():
+                    requests.setdefault(name, value)
         spec.setdefault("restartPolicy", "Always")
         spec.setdefault("schedulerName", "default-scheduler")
     elif kind == ("", "services"):

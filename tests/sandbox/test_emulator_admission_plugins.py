@@ -173,6 +173,85 @@ async def test_deployment_stand_in_reports_replica_failure(emulator: Emulator) -
         assert rolled["status"]["readyReplicas"] == 1
 
 
+def limit_range(item: dict[str, Any]) -> JsonObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": {"name": "limits"},
+        "spec": {"limits": [{"type": "Container", **item}]},
+    }
+
+
+def test_limit_range_defaults_then_quota_counts_them() -> None:
+    """LimitRanger (defaultContainerResourceRequirements) before ResourceQuota: the defaults are what is counted."""
+    store = _store_with({"requests.ephemeral-storage": "15Gi"})
+    store.create(
+        store.type_for("", "v1", "limitranges"),
+        "default",
+        limit_range({"default": {"ephemeral-storage": "20Gi"}, "defaultRequest": {"ephemeral-storage": "10Gi"}}),
+    )
+    created = _create_pod(store, pod("a"))
+    assert created["spec"]["containers"][0]["resources"] == {
+        "requests": {"ephemeral-storage": "10Gi"},
+        "limits": {"ephemeral-storage": "20Gi"},
+    }
+    assert created["metadata"]["annotations"]["kubernetes.io/limit-ranger"] == (
+        "LimitRanger plugin set: ephemeral-storage request for container server; ephemeral-storage limit for "
+        "container server"
+    )
+    with pytest.raises(ApiError) as caught:
+        _create_pod(store, pod("b"))
+    assert caught.value.message == (
+        'pods "b" is forbidden: exceeded quota: compute, requested: requests.ephemeral-storage=10Gi, used: '
+        "requests.ephemeral-storage=10Gi, limited: requests.ephemeral-storage=15Gi"
+    )
+
+
+@pytest.mark.parametrize(
+    ("item", "resources", "message"),
+    [
+        (
+            {"max": {"ephemeral-storage": "50Gi"}},
+            {"limits": {"ephemeral-storage": "60Gi"}},
+            'pods "p" is forbidden: maximum ephemeral-storage usage per Container is 50Gi, but limit is 60Gi',
+        ),
+        (
+            {"max": {"cpu": "2"}},
+            {"requests": {"cpu": "1"}},
+            'pods "p" is forbidden: maximum cpu usage per Container is 2.  No limit is specified',
+        ),
+        (
+            {"min": {"memory": "100Mi"}},
+            {"requests": {"memory": "50Mi"}},
+            'pods "p" is forbidden: minimum memory usage per Container is 100Mi, but request is 50Mi',
+        ),
+        (
+            {"maxLimitRequestRatio": {"cpu": "2"}},
+            {"requests": {"cpu": "500m"}, "limits": {"cpu": "2"}},
+            'pods "p" is forbidden: cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000',
+        ),
+    ],
+    ids=["max", "max-needs-a-limit", "min", "ratio"],
+)
+def test_limit_range_bounds(item: dict[str, Any], resources: dict[str, Any], message: str) -> None:
+    """LimitRanger's minConstraint, maxConstraint and limitRequestRatioConstraint."""
+    store = ObjectStore()
+    store.create(store.type_for("", "v1", "limitranges"), "default", limit_range(item))
+    body = pod("p")
+    body["spec"]["containers"][0]["resources"] = resources
+    with pytest.raises(ApiError) as caught:
+        _create_pod(store, body)
+    assert (caught.value.code, caught.value.message) == (403, message)
+
+
+def test_a_limit_alone_is_also_the_request() -> None:
+    """SetDefaults_Pod: requests default to limits, so a quota on requests counts a limit-only container."""
+    store = _store_with({"requests.ephemeral-storage": "5Gi"})
+    with pytest.raises(ApiError) as caught:
+        _create_pod(store, pod("p", limits={"ephemeral-storage": "8Gi"}))
+    assert "requested: requests.ephemeral-storage=8Gi" in caught.value.message
+
+
 @pytest.fixture
 async def builder(emulator: Emulator) -> Any:
     """A ServiceAccount that may create and patch ConfigMaps and read Widgets, but nothing on finalizers or delete."""
