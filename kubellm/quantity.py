@@ -40,14 +40,16 @@ def parse_quantity(value: str | int | float) -> Decimal:
 
 
 def format_bytes(value: Decimal | int) -> str:
-    """A byte count as the largest exact binary unit, else rounded to one decimal Gi (for messages)."""
+    """A byte count for people, in the largest binary unit it reaches: exact as a whole number (``10Ti``), else to
+    one decimal (``69.0Gi``). The one formatter of sizes in kubellm's messages, so units never mix in one line."""
     number = int(value)
+    magnitude = abs(number)
     for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
         factor = _BINARY[suffix]
-        if number and number % factor == 0:
-            return f"{number // factor}{suffix}"
-    if number >= _BINARY["Gi"]:
-        return f"{number / _BINARY['Gi']:.1f}Gi"
+        if magnitude >= factor:
+            if number % factor == 0:
+                return f"{number // factor}{suffix}"
+            return f"{number / factor:.1f}{suffix}"
     return str(number)
 
 

@@ -75,6 +75,13 @@ def resolve_dtype(setting: DType, device: torch.device) -> torch.dtype:
 def resolve_device(setting: Device) -> torch.device:
     import torch
 
+    if setting is Device.cuda and torch.version.cuda is None:
+        # The default image's torch is a CPU build: no driver or GPU can make it use CUDA.
+        raise ModelLoadError(
+            f"KUBELLM_DEVICE=cuda but this image's torch {torch.__version__} is a CPU-only build (no CUDA support): "
+            "use a CUDA build of the inference image (Dockerfile.inference with TORCH_INDEX_URL set to a CUDA wheel "
+            "index; the operator's --gpu-inference-image)"
+        )
     if setting is Device.cuda and not torch.cuda.is_available():
         raise ModelLoadError("KUBELLM_DEVICE=cuda but no CUDA device is available")
     if setting is Device.auto:

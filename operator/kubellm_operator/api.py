@@ -9,6 +9,7 @@ apiserver (``x-kubernetes-validations``) and as pydantic validators for the CLI,
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
-from pydantic.json_schema import JsonDict
+from pydantic.json_schema import JsonDict, JsonValue
 
 from kubellm.contract import DType, env_name
 from kubellm.quantity import QUANTITY_PATTERN, format_bytes, parse_quantity
@@ -216,6 +217,11 @@ class Toleration(_Model):
                     "message": "a toleration with operator Exists takes no value",
                     "fieldPath": ".value",
                 },
+                {
+                    "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                    "message": "tolerationSeconds needs effect NoExecute",
+                    "fieldPath": ".tolerationSeconds",
+                },
             ]
         }
     )
@@ -228,12 +234,184 @@ class Toleration(_Model):
 
     @model_validator(mode="after")
     def _operator_fits(self) -> Toleration:
-        # The same rules the apiserver applies to a pod's tolerations, caught here rather than at rollout.
+        # The same rules the apiserver applies to a pod's tolerations (k8s.io/kubernetes pkg/apis/core/validation
+        # validateTolerations), caught here rather than as a rejected Deployment at rollout.
         if self.key is None and self.operator != TolerationOperator.exists:
             raise FieldError(("operator",), "a toleration without key needs operator Exists")
         if self.operator == TolerationOperator.exists and self.value is not None:
             raise FieldError(("value",), "a toleration with operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != TaintEffect.no_execute:
+            raise FieldError(("tolerationSeconds",), "tolerationSeconds needs effect NoExecute")
         return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Affinity: core/v1 Affinity, typed, so the CRD and `kubellm render` refuse a malformed one naming the field,
+# instead of the apiserver refusing the Deployment at rollout (or the storage check tripping over it).
+# ---------------------------------------------------------------------------------------------------------
+
+
+class NodeSelectorOperator(StrEnum):
+    in_ = "In"
+    not_in = "NotIn"
+    exists = "Exists"
+    does_not_exist = "DoesNotExist"
+    gt = "Gt"
+    lt = "Lt"
+
+
+class LabelSelectorOperator(StrEnum):
+    in_ = "In"
+    not_in = "NotIn"
+    exists = "Exists"
+    does_not_exist = "DoesNotExist"
+
+
+def _values_rule(with_numbers: bool) -> list[JsonValue]:
+    rules: list[JsonValue] = [
+        {
+            "rule": "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+            "message": "operator In and NotIn need at least one value",
+            "fieldPath": ".values",
+        },
+        {
+            "rule": "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
+            "message": "operator Exists and DoesNotExist take no values",
+            "fieldPath": ".values",
+        },
+    ]
+    if with_numbers:
+        rules.append(
+            {
+                "rule": "!(self.operator in ['Gt', 'Lt']) || (has(self.values) && size(self.values) == 1 && "
+                "self.values[0].matches('^-?[0-9]+$'))",
+                "message": "operator Gt and Lt need exactly one integer value",
+                "fieldPath": ".values",
+            }
+        )
+    return rules
+
+
+def _check_values(operator: str, values: list[str] | None) -> None:
+    # k8s.io/kubernetes pkg/apis/core/validation validateNodeSelectorRequirement and
+    # apimachinery validation ValidateLabelSelectorRequirement.
+    count = len(values or [])
+    if operator in ("In", "NotIn") and count == 0:
+        raise FieldError(("values",), "operator In and NotIn need at least one value")
+    if operator in ("Exists", "DoesNotExist") and count:
+        raise FieldError(("values",), "operator Exists and DoesNotExist take no values")
+    if operator in ("Gt", "Lt") and (count != 1 or not re.fullmatch(r"-?[0-9]+", (values or [""])[0])):
+        raise FieldError(("values",), "operator Gt and Lt need exactly one integer value")
+
+
+class NodeSelectorRequirement(_Model):
+    """A node label (or field) requirement: key, operator, values."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _values_rule(True)})
+
+    key: str = Field(..., min_length=1, max_length=317)
+    operator: NodeSelectorOperator
+    values: list[Annotated[str, StringConstraints(max_length=63)]] | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _values_fit(self) -> NodeSelectorRequirement:
+        _check_values(self.operator.value, self.values)
+        return self
+
+
+class NodeSelectorTerm(_Model):
+    """Requirements ANDed together; an empty term matches no node."""
+
+    match_expressions: list[NodeSelectorRequirement] | None = Field(None, max_length=32)
+    match_fields: list[NodeSelectorRequirement] | None = Field(None, max_length=32)
+
+
+class NodeSelector(_Model):
+    """Terms ORed together."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(..., min_length=1, max_length=32)
+
+
+class PreferredSchedulingTerm(_Model):
+    weight: int = Field(..., ge=1, le=100)
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(_Model):
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = Field(
+        None, max_length=32
+    )
+
+
+class LabelSelectorRequirement(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _values_rule(False)})
+
+    key: QualifiedName
+    operator: LabelSelectorOperator
+    values: list[Annotated[str, StringConstraints(max_length=63)]] | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _values_fit(self) -> LabelSelectorRequirement:
+        _check_values(self.operator.value, self.values)
+        return self
+
+
+class LabelSelector(_Model):
+    match_labels: dict[QualifiedName, LabelValue] | None = Field(None, max_length=MAP_MAX_PROPERTIES)
+    match_expressions: list[LabelSelectorRequirement] | None = Field(None, max_length=32)
+
+
+class PodAffinityTerm(_Model):
+    label_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    namespaces: list[Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL)]] | None = Field(
+        None, max_length=32
+    )
+    topology_key: str = Field(..., min_length=1, max_length=317, pattern=QUALIFIED_NAME)
+    match_label_keys: list[QualifiedName] | None = Field(None, max_length=32)
+    mismatch_label_keys: list[QualifiedName] | None = Field(None, max_length=32)
+
+
+class WeightedPodAffinityTerm(_Model):
+    weight: int = Field(..., ge=1, le=100)
+    pod_affinity_term: PodAffinityTerm
+
+
+class PodAffinity(_Model):
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] | None = Field(None, max_length=32)
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] | None = Field(
+        None, max_length=32
+    )
+
+
+class Affinity(_Model):
+    """A core/v1 Affinity: node affinity, pod affinity and pod anti-affinity."""
+
+    node_affinity: NodeAffinity | None = None
+    pod_affinity: PodAffinity | None = None
+    pod_anti_affinity: PodAffinity | None = None
+
+
+class RolloutStrategy(StrEnum):
+    auto = "Auto"
+    surge = "Surge"
+    no_surge = "NoSurge"
+    recreate = "Recreate"
+
+
+class RolloutSpec(_Model):
+    """How a changed spec replaces the running pods."""
+
+    strategy: RolloutStrategy = Field(
+        RolloutStrategy.auto,
+        description=(
+            "Auto (default): Recreate with storage.claimName (a ReadWriteOnce claim cannot be mounted by a second "
+            "pod on another node), NoSurge with a GPU request (a surge pod would wait for a spare GPU), Surge "
+            "otherwise. Surge: one extra pod, never below spec.replicas ready. NoSurge: replace one pod at a "
+            "time (one replica fewer during the rollout). Recreate: stop every old pod first."
+        ),
+    )
 
 
 class ServiceType(StrEnum):
@@ -449,11 +627,8 @@ class LLMServiceSpec(_Model):
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations for the pods (GPU nodes are often tainted)."
     )
-    affinity: dict[str, Any] | None = Field(
-        None,
-        description="A core/v1 Affinity, passed to the pod as written.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-    )
+    affinity: Affinity | None = Field(None, description="A core/v1 Affinity for the pods.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How a changed spec replaces the pods.")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service in front of the pods.")
     auth: AuthSpec | None = Field(None, description="Require an API key on inference routes.")
     probes: ProbesSpec = Field(default_factory=ProbesSpec, description="Startup, readiness and liveness policy.")
@@ -505,6 +680,23 @@ class LLMServiceSpec(_Model):
         """The nvidia.com/gpu count asked for (the limit, else the request); None when no GPU is wanted."""
         count = self.resources.limits.nvidia_gpu or self.resources.requests.nvidia_gpu
         return count if count is not None and parse_quantity(count) > 0 else None
+
+    def effective_rollout(self) -> tuple[RolloutStrategy, str]:
+        """The rollout strategy in effect (never Auto) and why, in words for status.rollout."""
+        chosen = self.rollout.strategy
+        if chosen != RolloutStrategy.auto:
+            return chosen, "set by spec.rollout.strategy"
+        if self.storage.claim_name is not None:
+            return RolloutStrategy.recreate, (
+                f"automatic: storage.claimName {self.storage.claim_name} may be ReadWriteOnce, which a second pod on "
+                "another node cannot mount (set spec.rollout.strategy: Surge for a ReadWriteMany claim)"
+            )
+        if self.gpu_count() is not None:
+            return RolloutStrategy.no_surge, (
+                "automatic: a GPU request; a surge pod would wait for a spare GPU (set spec.rollout.strategy: Surge "
+                "when the pool has one)"
+            )
+        return RolloutStrategy.surge, "automatic: no GPU and no claim, so one extra pod keeps every replica serving"
 
     def problems(self) -> list[str]:
         """Constraints the schema accepts but that can never work; the operator reports them as InvalidSpec."""
@@ -578,6 +770,14 @@ class StorageStatus(_Model):
     nodes_seen: int = Field(0, description="All nodes the operator sees.")
     best_node: str | None = None
     best_node_free: str | None = None
+    basis: str | None = Field(None, description="How free space was counted (the kubelet summary, or requests).")
+
+
+class RolloutStatus(_Model):
+    """The rollout strategy in effect, and why (spec.rollout.strategy Auto resolves to one of the others)."""
+
+    strategy: RolloutStrategy
+    reason: str
 
 
 class LLMServiceStatus(_Model):
@@ -592,6 +792,7 @@ class LLMServiceStatus(_Model):
     selector: str | None = Field(None, description="Label selector of the pods (for the /scale subresource).")
     endpoint: str | None = Field(None, description="In-cluster address: <name>.<namespace>.svc.cluster.local:<port>.")
     storage: StorageStatus | None = Field(None, description="The last storage pre-flight check.")
+    rollout: RolloutStatus | None = Field(None, description="The Deployment's rollout strategy in effect.")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
@@ -674,6 +875,32 @@ def format_path(path: tuple[str | int, ...]) -> str:
     return text
 
 
+# What a wrong-typed value should have been, in YAML words (pydantic says "instance of NodeAffinity").
+_TYPE_WORDS = {
+    "model_type": "a mapping (key: value fields)",
+    "model_attributes_type": "a mapping (key: value fields)",
+    "dict_type": "a mapping (key: value fields)",
+    "list_type": "a list",
+    "string_type": "a string",
+}
+
+
+def _json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
 def validation_messages(error: ValidationError) -> list[str]:
     """One ``field.path: what is wrong and what is allowed`` line per error, paths spelled as in the YAML."""
     lines: list[str] = []
@@ -689,6 +916,9 @@ def validation_messages(error: ValidationError) -> list[str]:
             message = "unknown field" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
         elif item["type"] == "missing":
             message = "required field is missing"
+        elif item["type"] in _TYPE_WORDS:
+            given = item.get("input")
+            message = f"must be {_TYPE_WORDS[item['type']]}, not {_json_type_name(given)}"
         elif item["type"] == "string_pattern_mismatch":
             pattern = (item.get("ctx") or {}).get("pattern", "")
             message = f"must be {PATTERN_MEANINGS[pattern]}" if pattern in PATTERN_MEANINGS else message

@@ -62,11 +62,50 @@ def _loads(response: Any) -> dict[str, Any]:
     return data
 
 
-class Cluster:
-    """The API calls of a reconcile; every method returns wire-shape dicts and raises ApiException."""
+USER_AGENT = "kubellm-operator"
 
-    def __init__(self, config: kubernetes.client.Configuration) -> None:
+
+def retry_after_seconds(exc: ApiException) -> float | None:
+    """The ``Retry-After`` of an API error in seconds (the apiserver sends whole seconds), or None."""
+    headers = getattr(exc, "headers", None) or {}
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def api_message(exc: ApiException) -> str:
+    """The apiserver's own message of an error (its Status ``message``), else the HTTP reason."""
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+    except (TypeError, ValueError):
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or exc.reason or f"HTTP {exc.status}")
+
+
+def api_reason(exc: ApiException) -> str:
+    """The apiserver's Status ``reason`` (Invalid, Forbidden, ...), else the HTTP reason."""
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+    except (TypeError, ValueError):
+        body = {}
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return str(reason or exc.reason or "")
+
+
+class Cluster:
+    """The API calls of a reconcile; every method returns wire-shape dicts and raises ApiException.
+
+    Every request carries a timeout (``timeout`` seconds, connect and read): a hung connection fails the pass,
+    which the retry policy retries, instead of holding a worker for ever.
+    """
+
+    def __init__(self, config: kubernetes.client.Configuration, timeout: float = 30.0) -> None:
         self.client = kubernetes.client.ApiClient(config)
+        self.client.user_agent = USER_AGENT
+        self.timeout = timeout
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
@@ -79,26 +118,34 @@ class Cluster:
     def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._absent_is_none(
             lambda: self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self.timeout
             )
         )
 
     def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         read, _ = self._child_calls(kind)
-        return self._absent_is_none(lambda: read(name, namespace, _preload_content=False))
+        return self._absent_is_none(
+            lambda: read(name, namespace, _preload_content=False, _request_timeout=self.timeout)
+        )
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        listing = _loads(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
+        listing = _loads(
+            self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False, _request_timeout=self.timeout
+            )
+        )
         items: list[dict[str, Any]] = listing.get("items") or []
         return items
 
     def node_names(self) -> list[str]:
-        listing = _loads(self.core.list_node(_preload_content=False))
+        listing = _loads(self.core.list_node(_preload_content=False, _request_timeout=self.timeout))
         return sorted(str(item["metadata"]["name"]) for item in listing.get("items") or [])
 
     def node_summary(self, name: str) -> dict[str, Any]:
         """The kubelet's ``stats/summary`` through the apiserver's node proxy (RBAC: nodes/proxy get)."""
-        response = self.core.connect_get_node_proxy_with_path(name, "stats/summary", _preload_content=False)
+        response = self.core.connect_get_node_proxy_with_path(
+            name, "stats/summary", _preload_content=False, _request_timeout=self.timeout
+        )
         return _loads(response)
 
     # Writes -----------------------------------------------------------------------------------------------
@@ -113,9 +160,26 @@ class Cluster:
             "force": True,
             "_content_type": "application/apply-patch+yaml",
             "_preload_content": False,
+            "_request_timeout": self.timeout,
         }
         _, patch = self._child_calls(kind)
         return _loads(patch(name, namespace, obj, **options))
+
+    def replace_fields(self, kind: str, namespace: str, name: str, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        """A JSON patch (RFC 6902) of a child as field manager ``kubellm``: lists someone else merged into are
+        replaced whole, which server-side apply cannot do for items another manager owns."""
+        _, patch = self._child_calls(kind)
+        return _loads(
+            patch(
+                name,
+                namespace,
+                operations,
+                field_manager=FIELD_MANAGER,
+                _content_type="application/json-patch+json",
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+        )
 
     def patch_llmservice_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return _loads(
@@ -128,6 +192,7 @@ class Cluster:
                 {"status": patch},
                 _content_type="application/merge-patch+json",
                 _preload_content=False,
+                _request_timeout=self.timeout,
             )
         )
 
@@ -158,7 +223,12 @@ class Cluster:
             "lastTimestamp": now,
             "count": 1,
         }
-        self.core.create_namespaced_event(namespace, event, _preload_content=False)  # type: ignore[arg-type]
+        self.core.create_namespaced_event(
+            namespace,
+            event,  # type: ignore[arg-type]
+            _preload_content=False,
+            _request_timeout=self.timeout,
+        )
 
     def _child_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """The read and patch calls of a child kind."""

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes
-from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE
+from kubellm_operator.render import DEFAULT_GPU_INFERENCE_IMAGE, DEFAULT_INFERENCE_IMAGE
 from kubellm_operator.storage import parse_headroom
 
 ENV_PREFIX = "KUBELLM_OPERATOR_"
@@ -50,6 +50,11 @@ class OperatorSettings(BaseSettings):
     inference_image: str = Field(
         DEFAULT_INFERENCE_IMAGE, min_length=1, description="Image for LLMServices that name none."
     )
+    gpu_inference_image: str = Field(
+        DEFAULT_GPU_INFERENCE_IMAGE,
+        min_length=1,
+        description="CUDA image for LLMServices that request a GPU and name no image (the default image is CPU-only).",
+    )
     storage_headroom: str = Field("2Gi", description="Free node storage required beyond an LLMService's request.")
     summary_refresh_s: float = Field(
         60.0, ge=0, description="How often kubelet stats summaries are read (nodes/proxy); 0 turns them off."
@@ -67,6 +72,23 @@ class OperatorSettings(BaseSettings):
     peering_name: str = Field("kubellm", min_length=1, description="Kopf peering object when not standalone.")
     priority: int = Field(0, description="Kopf peering priority of this replica (highest one works).")
     workers: int = Field(4, ge=1, le=64, description="Threads that run reconciles.")
+    api_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Timeout of every API request (watches: the server ends them sooner)."
+    )
+    retry_max_s: float = Field(
+        300.0, ge=1, le=3600, description="Longest wait between retries of a failing LLMService (1s, doubling)."
+    )
+    stall_after_s: float = Field(
+        300.0,
+        ge=0,
+        description="/healthz fails when the work queue has had a pass due or running this long; 0 turns it off.",
+    )
+    watch_stall_after_s: float = Field(
+        900.0,
+        ge=0,
+        description="/healthz fails when no watch event arrived this long (kubelets update their Node at least "
+        "every 5 minutes); 0 turns it off.",
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -102,7 +124,7 @@ class OperatorSettings(BaseSettings):
         where = "all namespaces" if self.clusterwide else "namespaces " + ",".join(self.namespaces)
         peering = "standalone" if self.standalone else f"peering {self.peering_name} priority {self.priority}"
         return (
-            f"watching {where}; default image {self.inference_image}; storage headroom "
+            f"watching {where}; default image {self.inference_image} (GPU: {self.gpu_inference_image}); storage headroom "
             f"{format_bytes(self.headroom_bytes)}; kubelet summaries every {self.summary_refresh_s:g}s; {peering}"
         )
 

@@ -1,13 +1,17 @@
-"""Kopf registrations: what the operator watches, and which pass each change triggers.
+"""Kopf registrations: what the operator watches, and which pass each change queues.
 
-- LLMService create / update / resume: one level-based reconcile (:meth:`Operator.converge`); an impossible
-  spec ends in ``kopf.PermanentError`` (after the InvalidSpec condition and Event), replicas held by
-  ``storage.enforce`` in ``kopf.TemporaryError`` (Kopf retries; node changes re-run it sooner).
+Every pass runs from the operator's work queue, under its one retry policy (``reconcile.py``); no handler here
+reconciles or raises for Kopf to retry.
+
+- LLMService create / update / resume: a spec change; the LLMService's backoff starts over and a pass is queued.
 - Nodes: a ``kopf.index`` of :class:`NodeFacts`; every Node change re-evaluates every LLMService's storage
   pre-flight through the work queue, without touching any LLMService.
+- Pods: a ``kopf.index`` of the ephemeral-storage requests of the pods bound to each node (the pre-flight counts
+  free space as the scheduler does).
 - Deployments, Services and Pods labelled as kubellm's: a change queues a pass over their LLMService, which
   restores a hand-edited or deleted child and recomputes the status from the workload.
 
+Every watch event also tells the health endpoint that the watches make progress.
 All handlers are synchronous: Kopf runs them in threads, and the kubernetes client they call is synchronous.
 """
 
@@ -22,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.cluster import connection_info
-from kubellm_operator.reconcile import Operator, retry_delay_for
+from kubellm_operator.reconcile import Operator, pod_use
 from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_operator.storage import NodeFacts, node_facts
 
@@ -31,6 +35,7 @@ logger = logging.getLogger("kubellm.operator")
 LLMSERVICES = (GROUP, VERSION, PLURAL)
 OWNED = {SELECTOR_LABEL: kopf.PRESENT}
 PROGRESS_PREFIX = GROUP  # Kopf's bookkeeping annotations: kubellm.dev/..., not kopf.zalando.org/...
+WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch request after this; Kopf re-opens it
 
 
 def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.client.Configuration) -> None:
@@ -45,6 +50,15 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
             prefix=PROGRESS_PREFIX, key="last-handled-configuration"
         )
         settings.execution.max_workers = op.settings.workers
+        # Every request of Kopf's has a timeout too; a watch is ended by the server after a while and re-opened.
+        timeout = op.settings.api_timeout_s
+        settings.networking.request_timeout = timeout
+        settings.networking.connect_timeout = min(timeout, 10.0)
+        settings.watching.connect_timeout = min(timeout, 10.0)
+        settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
+        settings.watching.client_timeout = WATCH_SERVER_TIMEOUT_S + timeout
+        # Honour the apiserver's Retry-After on Kopf's own requests (its annotation patches).
+        settings.networking.enforce_retry_after = True
         # The resources are known up front; scanning for new CRDs would need list/watch on CRDs and namespaces.
         settings.scanning.disabled = True
         # Read the kubelet summaries before the first reconcile, so a restart computes the same status as before.
@@ -67,42 +81,46 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeFacts]:
         return {name: node_facts(body)}
 
+    @kopf.index("pods", registry=registry, id="pod_index")
+    def pod_index(body: kopf.Body, **_: Any) -> dict[str, tuple[str, int]] | None:
+        use = pod_use(body)
+        return None if use is None else {use[0]: use[1]}
+
     @kopf.on.event("nodes", registry=registry, id="node_changed")
     def node_changed(**kwargs: Any) -> None:
+        op.watched()
         node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
         op.nodes.replace(node_index)
+        op.nodes.replace_pods(kwargs["pod_index"])
         op.requeue_all()
 
     @kopf.on.event(*LLMSERVICES, registry=registry, id="llmservice_seen")
     def llmservice_seen(type: str, namespace: str | None, name: str, **_: Any) -> None:
+        op.watched()
         op.remember((namespace or "default", name), exists=type != "DELETED")
 
     @kopf.on.resume(*LLMSERVICES, registry=registry, id="reconcile")
     @kopf.on.create(*LLMSERVICES, registry=registry, id="reconcile")
     @kopf.on.update(*LLMSERVICES, registry=registry, id="reconcile")
     def reconcile(namespace: str | None, name: str, reason: str, **kwargs: Any) -> None:
-        namespace = namespace or "default"
         op.nodes.replace(kwargs["node_index"])
-        op.remember((namespace, name), exists=True)
-        try:
-            result = op.converge(namespace, name, announce=reason == kopf.Reason.RESUME)
-        except ApiException as exc:
-            delay = retry_delay_for(exc)
-            if delay is None:
-                raise
-            raise kopf.TemporaryError(f"API answered {exc.status} {exc.reason}; retrying", delay=delay) from exc
-        if result.invalid is not None:
-            raise kopf.PermanentError(f"InvalidSpec: {result.invalid}")
-        if result.held is not None:
-            raise kopf.TemporaryError(
-                f"InsufficientStorage: storage.enforce holds replicas at 0: {result.held.message}",
-                delay=op.settings.storage_retry_s,
-            )
+        op.nodes.replace_pods(kwargs["pod_index"])
+        op.spec_changed((namespace or "default", name), announce=reason == kopf.Reason.RESUME)
 
     @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry, id="child_changed")
     @kopf.on.event("", "v1", "services", labels=OWNED, registry=registry, id="child_changed")
-    @kopf.on.event("", "v1", "pods", labels=OWNED, registry=registry, id="child_changed")
     def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+        op.watched()
         owner = labels.get(SELECTOR_LABEL)
         if namespace and owner:
-            op.queue.add((namespace, owner))
+            op.trigger((namespace, owner))
+
+    @kopf.on.event("", "v1", "pods", registry=registry, id="pod_changed")
+    def pod_changed(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+        op.watched()
+        owner = labels.get(SELECTOR_LABEL)
+        if namespace and owner:
+            op.trigger((namespace, owner))
+        if op.nodes.replace_pods(kwargs["pod_index"]):
+            # A pod was bound or finished: node storage taken or freed changes the pre-flight of other LLMServices.
+            op.requeue_all()

@@ -25,7 +25,7 @@ from kubellm_operator.reconcile import Operator
 
 # Watch handlers run on every event of kubellm's pods, children, Nodes and LLMServices; their routine
 # "succeeded" lines would drown the log (failures are still logged at ERROR).
-QUIET_HANDLERS = ("child_changed", "node_changed", "llmservice_seen")
+QUIET_HANDLERS = ("child_changed", "pod_changed", "node_changed", "llmservice_seen")
 
 
 class RoutineSuccessFilter(logging.Filter):
@@ -79,12 +79,12 @@ async def run(
 ) -> None:
     """The operator until ``stop_flag`` is set (or a signal arrives, when run in the main thread)."""
     config = load_configuration(settings.kubeconfig)
-    cluster = Cluster(config)
+    cluster = Cluster(config, timeout=settings.api_timeout_s)
     op = Operator(settings, cluster, metrics or OperatorMetrics())
     registry = kopf.OperatorRegistry()
     register(registry, op, config)
     health = (
-        await start_health_server(op.metrics, settings.health_host, settings.health_port)
+        await start_health_server(op.metrics, settings.health_host, settings.health_port, op.health)
         if settings.health_port
         else None
     )

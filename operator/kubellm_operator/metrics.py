@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from aiohttp import web
@@ -24,6 +24,7 @@ CHANGED = "changed"  # a child or the status was written
 UNCHANGED = "unchanged"  # nothing to write
 INVALID = "invalid"  # the spec can never work (InvalidSpec)
 WAITING = "waiting"  # held for the world to change (storage.enforce)
+REFUSED = "refused"  # the API refused a child; the status says why
 ERROR = "error"  # an API error; Kopf retries
 
 
@@ -34,7 +35,7 @@ class OperatorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.reconciles = Counter(
             "kubellm_operator_reconciles",
-            "Reconcile passes by outcome (changed, unchanged, invalid, waiting, error).",
+            "Reconcile passes by outcome (changed, unchanged, invalid, waiting, refused, error).",
             ["outcome"],
             registry=self.registry,
         )
@@ -95,10 +96,15 @@ class OperatorMetrics:
         return generate_latest(self.registry)
 
 
-def health_app(metrics: OperatorMetrics) -> web.Application:
-    """/healthz answers while the operator's event loop runs; /metrics serves the registry."""
+def health_app(metrics: OperatorMetrics, stuck: Callable[[], str | None] = lambda: None) -> web.Application:
+    """/healthz: 200 while the operator's event loop runs and ``stuck()`` finds nothing (its watches and its work
+    queue make progress), else 503 with the reason, so the kubelet restarts a stuck operator. /metrics: the registry.
+    """
 
     async def healthz(_: web.Request) -> web.Response:
+        why = stuck()
+        if why is not None:
+            return web.json_response({"status": "stuck", "reason": why}, status=503)
         return web.json_response({"status": "ok"})
 
     async def serve_metrics(_: web.Request) -> web.Response:
@@ -112,9 +118,11 @@ def health_app(metrics: OperatorMetrics) -> web.Application:
     return app
 
 
-async def start_health_server(metrics: OperatorMetrics, host: str, port: int) -> web.AppRunner:
+async def start_health_server(
+    metrics: OperatorMetrics, host: str, port: int, stuck: Callable[[], str | None] = lambda: None
+) -> web.AppRunner:
     """Start the endpoint on the running loop; the caller calls ``cleanup()`` on the runner to stop it."""
-    runner = web.AppRunner(health_app(metrics), access_log=None)
+    runner = web.AppRunner(health_app(metrics, stuck), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from kubellm_operator.api import API_VERSION, KIND, LLMService, validation_messages
 from kubellm_operator.crd import api_reference, crd_yaml, dump_yaml
-from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE, render
+from kubellm_operator.render import DEFAULT_GPU_INFERENCE_IMAGE, DEFAULT_INFERENCE_IMAGE, render
 
 EXIT_USAGE = 2  # bad input, as argparse itself exits
 
@@ -92,7 +92,7 @@ def _render(args: argparse.Namespace) -> int:
     for llms in services:
         if args.namespace:
             llms.metadata.namespace = args.namespace
-        manifests += render(llms, image_default=args.image)
+        manifests += render(llms, image_default=args.image, gpu_image_default=args.gpu_image)
     sys.stdout.write(dump_yaml(manifests))
     return 0
 
@@ -107,6 +107,11 @@ def _render_parser() -> argparse.ArgumentParser:
         "-f", "--file", required=True, help="LLMService YAML (several documents allowed); - reads stdin"
     )
     parser.add_argument("--image", default=DEFAULT_INFERENCE_IMAGE, help="inference image when spec.image is unset")
+    parser.add_argument(
+        "--gpu-image",
+        default=DEFAULT_GPU_INFERENCE_IMAGE,
+        help="CUDA inference image when spec.image is unset and a GPU is requested",
+    )
     parser.add_argument("-n", "--namespace", help="override metadata.namespace")
     return parser
 

@@ -5,19 +5,29 @@ what the API holds (server-side apply, field manager ``kubellm``), reads the Dep
 storage pre-flight against the Node snapshot, computes the status and writes it only when it changed. It is
 the only function that writes, and it is idempotent: a pass over a converged LLMService makes reads only.
 
-It runs from two places: Kopf's create/update/resume handlers (``handlers.py``), and a small work queue fed by
-the watches of what kubellm does not own but depends on (its children, their pods, Nodes, kubelet summaries).
-The queue coalesces bursts (one pass per LLMService however many pods changed) and retries transient API
-errors with backoff.
+Every pass runs from one work queue: Kopf's create/update/resume handlers only queue the LLMService (a spec
+change), and so do the watches of what kubellm depends on (its children, their pods, Nodes, kubelet summaries).
+The queue coalesces bursts (one pass per LLMService however many pods changed), and one retry policy
+(:class:`RetryPolicy`) decides when a failing LLMService is tried again: exponential backoff with jitter, 1 s
+doubling to ``--retry-max-s``, ``Retry-After`` honoured, reset only when what the pass would write changes (the
+spec, or what it depends on); a write the API refuses as invalid is not retried until then.
+
+A pass is a plan and a thin executor: :func:`plan_child` decides, from what was read, how each child is written
+(nothing, server-side apply, or a JSON patch that first replaces lists someone else merged into); the executor
+makes those writes, turns every refusal into a :class:`Refusal`, and the status (``status.py``) is computed from
+the observations and the refusals and written even when the children could not be.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
+import math
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,20 +43,26 @@ from kubellm.quantity import format_bytes, parse_quantity
 from kubellm.timefmt import now_rfc3339
 from kubellm_operator import render
 from kubellm_operator.api import GIB, LLMService
-from kubellm_operator.cluster import Cluster
+from kubellm_operator.cluster import Cluster, api_message, api_reason, retry_after_seconds
 from kubellm_operator.config import OperatorSettings
-from kubellm_operator.metrics import CHANGED, ERROR, INVALID, UNCHANGED, WAITING, OperatorMetrics
+from kubellm_operator.metrics import CHANGED, ERROR, INVALID, REFUSED, UNCHANGED, WAITING, OperatorMetrics
 from kubellm_operator.status import (
+    API_REFUSED,
+    CHILD_REJECTED,
+    DEGRADED,
+    FORBIDDEN,
     INSUFFICIENT_STORAGE,
     INVALID_SPEC,
+    QUOTA_EXCEEDED,
     READY,
+    REFUSAL_REASONS,
     STORAGE_READY,
     Observed,
     compute_status,
     condition,
     status_patch,
 )
-from kubellm_operator.storage import NodeFacts, StorageCheck, check_storage, summary_available
+from kubellm_operator.storage import NodeFacts, StorageCheck, check_storage, pod_ephemeral_request, summary_available
 
 logger = logging.getLogger("kubellm.operator")
 
@@ -93,7 +109,8 @@ def is_applied(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
             return False
         if desired and all(isinstance(item, Mapping) and "name" in item for item in desired):
             by_name = {item.get("name"): item for item in actual if isinstance(item, Mapping)}
-            return all(
+            # Exactly kubellm's items: an item someone else added (a second port) is drift too.
+            return len(desired) == len(actual) and all(
                 item["name"] in by_name and is_applied(item, by_name[item["name"]], (*path, str(item["name"])))
                 for item in desired
             )
@@ -101,6 +118,60 @@ def is_applied(desired: Any, actual: Any, path: tuple[str, ...] = ()) -> bool:
             is_applied(d, a, (*path, str(i))) for i, (d, a) in enumerate(zip(desired, actual, strict=True))
         )
     return _same_scalar(desired, actual, path)
+
+
+# The merge keys server-side apply uses for the lists kubellm renders (k8s.io/api struct tags
+# patchMergeKey/listMapKeys): items another manager added under another key survive a forced apply.
+_MERGE_KEYS: dict[str, tuple[str, ...]] = {
+    "containers": ("name",),
+    "initContainers": ("name",),
+    "env": ("name",),
+    "volumes": ("name",),
+    "volumeMounts": ("mountPath",),
+    "ownerReferences": ("uid",),
+}
+_PORT_KEYS = {"Service": ("port", "protocol"), "Deployment": ("containerPort", "protocol")}
+
+
+def _merge_key(kind: str, field: str, item: Any) -> tuple[Any, ...] | None:
+    keys = _PORT_KEYS.get(kind) if field == "ports" else _MERGE_KEYS.get(field)
+    if keys is None or not isinstance(item, Mapping):
+        return None
+    # protocol defaults to TCP on the server: a port written without it has the same key as one with TCP.
+    return tuple(item.get(key, "TCP" if key == "protocol" else None) for key in keys)
+
+
+def _pointer(path: tuple[str | int, ...]) -> str:
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
+
+
+def list_repairs(kind: str, desired: Any, actual: Any, path: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
+    """JSON-patch operations that replace the keyed lists of ``actual`` holding items under keys kubellm does not
+    render (or twice): server-side apply merges by key and leaves another manager's items in place, so a Service
+    whose ports someone replaced would get kubellm's port beside theirs (two ports named http, which the apiserver
+    refuses). Lists without foreign items are left to server-side apply (recursing into their items)."""
+    if isinstance(desired, Mapping) and isinstance(actual, Mapping):
+        return [
+            op
+            for key, value in desired.items()
+            if key in actual
+            for op in list_repairs(kind, value, actual[key], (*path, key))
+        ]
+    if not (isinstance(desired, list) and isinstance(actual, list) and path and isinstance(path[-1], str)):
+        return []
+    field = path[-1]
+    wanted = [_merge_key(kind, field, item) for item in desired]
+    if not wanted or any(key is None for key in wanted):
+        return []  # an atomic list: a forced apply replaces it whole
+    present = [_merge_key(kind, field, item) for item in actual]
+    if any(key not in wanted for key in present) or len(set(present)) != len(present):
+        return [{"op": "replace", "path": _pointer(path), "value": desired}]
+    ops: list[dict[str, Any]] = []
+    for item in desired:
+        index = present.index(_merge_key(kind, field, item)) if _merge_key(kind, field, item) in present else None
+        if index is not None:
+            ops += list_repairs(kind, item, actual[index], (*path, index))
+    return ops
 
 
 def with_applied_hash(child: dict[str, Any]) -> dict[str, Any]:
@@ -123,11 +194,20 @@ class NodeBook:
         self._lock = threading.Lock()
         self._facts: dict[str, NodeFacts] = {}
         self._summaries: dict[str, tuple[int | None, int | None]] = {}
+        self._requested: dict[str, tuple[tuple[str, int], ...]] = {}
 
     def replace(self, index: Mapping[str, Iterable[NodeFacts]]) -> None:
         facts = {name: next(iter(store)) for name, store in index.items() if store}
         with self._lock:
             self._facts = facts
+
+    def replace_pods(self, index: Mapping[str, Iterable[tuple[str, int]]]) -> bool:
+        """The ephemeral-storage requests of the pods bound to each node; True when they changed."""
+        requested = {node: tuple(sorted(uses)) for node, uses in index.items() if uses}
+        with self._lock:
+            changed = requested != self._requested
+            self._requested = requested
+        return changed
 
     def names(self) -> list[str]:
         with self._lock:
@@ -154,7 +234,14 @@ class NodeBook:
             merged = []
             for name, facts in self._facts.items():
                 fs, image_fs = self._summaries.get(name, (None, None))
-                merged.append(dataclasses.replace(facts, fs_available=fs, image_fs_available=image_fs))
+                merged.append(
+                    dataclasses.replace(
+                        facts,
+                        fs_available=fs,
+                        image_fs_available=image_fs,
+                        requested=self._requested.get(name, ()),
+                    )
+                )
             return merged
 
 
@@ -182,10 +269,24 @@ class WorkQueue:
         self._closed = False
 
     def add(self, key: Key, delay: float = 0.0) -> None:
+        if math.isinf(delay):
+            return
         with self._cond:
             due = time.monotonic() + delay
             self._due[key] = min(self._due.get(key, due), due)
             self._cond.notify()
+
+    def due_in(self, key: Key) -> float | None:
+        """Seconds until ``key`` is due (negative when overdue), or None when it is not queued."""
+        with self._cond:
+            due = self._due.get(key)
+            return None if due is None else due - time.monotonic()
+
+    def overdue(self) -> float:
+        """How long the longest-waiting due key has been due (0 when none is): a stuck queue grows this."""
+        with self._cond:
+            now = time.monotonic()
+            return max((now - due for due in self._due.values() if due <= now), default=0.0)
 
     def get(self) -> Key | None:
         """The next due key (blocking), or None once closed."""
@@ -213,8 +314,145 @@ class WorkQueue:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The reconcile
+# Refusals and the one retry policy
 # ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A write the API refused with a 4xx that waiting alone will not fix: what the status and the Event say."""
+
+    reason: str  # a status.py refusal reason: ChildRejected, Forbidden, QuotaExceeded, ApiRefused
+    message: str  # names the object and carries the apiserver's own message (which names the field)
+    permanent: bool  # the same write will be refused again until the spec changes (400/422)
+    retry_after: float | None = None
+    kind: str = ""  # the child refused (Deployment, Service)
+
+
+def is_transient(exc: ApiException) -> bool:
+    """Errors that a later try of the same request may not get: conflicts, throttling, timeouts, server errors."""
+    return exc.status in (0, 408, 409, 429, None) or (exc.status or 0) >= 500
+
+
+def refusal(exc: ApiException, what: str) -> Refusal | None:
+    """The Refusal for a refused request about ``what`` ("Deployment default/tiny"), or None when it is transient."""
+    if is_transient(exc):
+        return None
+    said = api_message(exc)
+    message = f"{what} was refused ({exc.status} {api_reason(exc)}): {said}"
+    kind = what.split(" ", 1)[0]
+    if exc.status == 403:
+        # The quota admission plugin answers 403 Forbidden "exceeded quota: ..." (k8s.io/apiserver resourcequota).
+        reason = QUOTA_EXCEEDED if "exceeded quota" in said else FORBIDDEN
+        return Refusal(reason, message, permanent=False, retry_after=retry_after_seconds(exc), kind=kind)
+    if exc.status in (400, 422):
+        return Refusal(CHILD_REJECTED, message, permanent=True, kind=kind)
+    return Refusal(API_REFUSED, message, permanent=False, retry_after=retry_after_seconds(exc), kind=kind)
+
+
+@dataclass
+class _Backoff:
+    attempts: int
+    fingerprint: str | None  # what the pass would write when it failed; a different one resets the backoff
+    until: float  # monotonic time before which no write is retried (inf: not until the fingerprint changes)
+    refusals: tuple[Refusal, ...] = ()
+
+
+class RetryPolicy:
+    """One backoff per LLMService: ``base`` doubling to ``cap`` seconds, with jitter (a random 50-100% of the
+    step, so LLMServices failing together do not retry together), never sooner than ``Retry-After``."""
+
+    def __init__(
+        self,
+        base: float = 1.0,
+        cap: float = 300.0,
+        *,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base, self.cap, self._rng, self._clock = base, cap, rng, clock
+        self._lock = threading.Lock()
+        self._state: dict[Key, _Backoff] = {}
+
+    def failed(
+        self,
+        key: Key,
+        fingerprint: str | None,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        refusals: tuple[Refusal, ...] = (),
+    ) -> float:
+        """Record a failed pass; the delay until the next try (inf: not before the fingerprint changes)."""
+        with self._lock:
+            before = self._state.get(key)
+            if before is not None and fingerprint is not None and before.fingerprint not in (None, fingerprint):
+                before = None  # a different write failed: its own backoff starts over
+            attempts = (before.attempts if before else 0) + 1
+            step = min(self.cap, self.base * 2 ** (attempts - 1))
+            delay = math.inf if permanent else max(step * (0.5 + self._rng() / 2), retry_after or 0.0)
+            self._state[key] = _Backoff(
+                attempts,
+                fingerprint or (before.fingerprint if before else None),
+                self._clock() + delay,
+                refusals or (before.refusals if before else ()),
+            )
+            return delay
+
+    def succeeded(self, key: Key) -> None:
+        with self._lock:
+            self._state.pop(key, None)
+
+    reset = succeeded  # a spec change: whatever failed before is not what will be tried next
+
+    def wait(self, key: Key) -> float:
+        """Seconds until ``key`` may be tried again (0 when it is not backing off, inf when parked)."""
+        with self._lock:
+            state = self._state.get(key)
+            return 0.0 if state is None else max(0.0, state.until - self._clock())
+
+    def holding(self, key: Key, fingerprint: str) -> tuple[Refusal, ...] | None:
+        """The refusals to keep reporting instead of writing again: same write, still within its backoff."""
+        with self._lock:
+            state = self._state.get(key)
+            if state is None or not state.refusals or state.fingerprint != fingerprint or self._clock() >= state.until:
+                return None
+            return state.refusals
+
+    def attempts(self, key: Key) -> int:
+        with self._lock:
+            state = self._state.get(key)
+            return state.attempts if state else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan of a pass (pure) and its executor
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """How one child is written this pass: not at all, by server-side apply, and/or a JSON patch of lists."""
+
+    kind: str
+    desired: dict[str, Any]  # rendered, adopted and hash-stamped
+    live: dict[str, Any] | None
+    repairs: tuple[dict[str, Any], ...] = ()  # JSON-patch operations replacing lists with foreign items
+    apply: bool = False
+
+
+def plan_child(desired: dict[str, Any], live: dict[str, Any] | None) -> ChildPlan:
+    kind = desired["kind"]
+    if live is None:
+        return ChildPlan(kind, desired, live, apply=True)
+    repairs = tuple(list_repairs(kind, desired, live))
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    stamped = annotations.get(APPLIED_HASH_ANNOTATION) == desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+    return ChildPlan(kind, desired, live, repairs, apply=not (stamped and is_applied(desired, live)) or bool(repairs))
+
+
+def fingerprint(children: Iterable[Mapping[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(list(children), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -224,6 +462,8 @@ class Result:
     invalid: str | None = None
     held: StorageCheck | None = None  # set when storage.enforce holds the replicas at 0
     status: Mapping[str, Any] = field(default_factory=dict)
+    refusals: tuple[Refusal, ...] = ()
+    fingerprint: str | None = None
 
 
 def _describe_validation(exc: ValidationError) -> str:
@@ -232,10 +472,6 @@ def _describe_validation(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"])
         parts.append(f"{where}: {error['msg']}" if where else error["msg"])
     return "; ".join(parts)
-
-
-def _is_transient(exc: ApiException) -> bool:
-    return exc.status in (409, 429) or (exc.status or 0) >= 500 or exc.status == 0
 
 
 class Operator:
@@ -248,10 +484,14 @@ class Operator:
         self.nodes = NodeBook()
         self.locks = KeyedLocks()
         self.queue = WorkQueue()
+        self.retry = RetryPolicy(cap=settings.retry_max_s)
         self._known: set[Key] = set()
         self._known_lock = threading.Lock()
-        self._failures: dict[Key, int] = {}
+        self._announce_keys: set[Key] = set()
+        self._posted: dict[Key, set[tuple[str, str]]] = {}
         self._summaries_forbidden = False
+        self._running: dict[int, float] = {}  # thread id -> monotonic start of the pass it runs
+        self.last_watch_event = time.monotonic()
 
     # Which LLMServices exist (fed by the LLMService watch) --------------------------------------------------
 
@@ -261,20 +501,69 @@ class Operator:
                 self._known.add(key)
             else:
                 self._known.discard(key)
+                self._posted.pop(key, None)
         if not exists:
             self.metrics.set_phase(*key, None)
+            self.retry.reset(key)
+
+    def watched(self) -> None:
+        """A watch delivered an event: the watches make progress (see :meth:`health`)."""
+        self.last_watch_event = time.monotonic()
+
+    # Triggers: the only ways a pass gets queued ------------------------------------------------------------
+
+    def spec_changed(self, key: Key, *, announce: bool = False) -> None:
+        """Kopf saw the LLMService created, changed or resumed: start over, now."""
+        self.remember(key, exists=True)
+        self.retry.reset(key)
+        if announce:
+            with self._known_lock:
+                self._announce_keys.add(key)
+        self.queue.add(key)
+
+    def trigger(self, key: Key) -> None:
+        """Something the LLMService depends on changed: a pass now, unless it is backing off (then at its time).
+
+        A pass that finds the same writes still within their backoff reports the refusals without writing again.
+        """
+        wait = self.retry.wait(key)
+        self.queue.add(key, 0.0 if math.isinf(wait) else wait)
 
     def requeue_all(self) -> None:
         with self._known_lock:
             keys = sorted(self._known)
         for key in keys:
-            self.queue.add(key)
+            self.trigger(key)
+
+    # Health --------------------------------------------------------------------------------------------------
+
+    def health(self) -> str | None:
+        """Why the operator is stuck (for /healthz), or None while its watches and its queue make progress."""
+        now = time.monotonic()
+        stall = self.settings.stall_after_s
+        if stall > 0:
+            overdue = self.queue.overdue()
+            if overdue > stall:
+                return f"the work queue has had a pass due for {overdue:.0f}s (--stall-after-s {stall:g})"
+            with self._known_lock:
+                running = max((now - started for started in self._running.values()), default=0.0)
+            if running > stall:
+                return f"a reconcile pass has been running for {running:.0f}s (--stall-after-s {stall:g})"
+        watch_stall = self.settings.watch_stall_after_s
+        if watch_stall > 0 and now - self.last_watch_event > watch_stall:
+            return (
+                f"no watch event for {now - self.last_watch_event:.0f}s (--watch-stall-after-s {watch_stall:g}); "
+                "kubelets update their Node at least every 5 minutes, so the watches are stuck"
+            )
+        return None
 
     # The pass ---------------------------------------------------------------------------------------------
 
     def converge(self, namespace: str, name: str, *, announce: bool = False) -> Result:
         """One level-based pass over the LLMService; ``announce`` re-logs a standing storage warning (resume)."""
         with self.metrics.timed(), self.locks.hold((namespace, name)):
+            with self._known_lock:
+                self._running[threading.get_ident()] = time.monotonic()
             try:
                 result = self._converge(namespace, name, announce=announce)
             except ApiException as exc:
@@ -286,13 +575,27 @@ class Operator:
                 self.metrics.errors.labels(kind="other").inc()
                 self.metrics.reconciles.labels(outcome=ERROR).inc()
                 raise
+            finally:
+                with self._known_lock:
+                    self._running.pop(threading.get_ident(), None)
         self.metrics.reconciles.labels(outcome=result.outcome).inc()
         return result
 
     def _converge(self, namespace: str, name: str, *, announce: bool) -> Result:
-        # The children are read before their owner: a child missing because the garbage collector removed it
-        # then comes with a 404 for the owner, never with an owner that looks alive (and would be re-created).
-        live = {kind: self.cluster.get_child(kind, namespace, name) for kind in CHILD_KINDS}
+        key = (namespace, name)
+        # Observe. The children are read before their owner: a child missing because the garbage collector removed
+        # it then comes with a 404 for the owner, never with an owner that looks alive (and would be re-created).
+        live: dict[str, dict[str, Any] | None] = {}
+        unreadable: dict[str, Refusal] = {}
+        for kind in CHILD_KINDS:
+            try:
+                live[kind] = self.cluster.get_child(kind, namespace, name)
+            except ApiException as exc:
+                # A read RBAC forbids is a refusal too: reported, and that child is not written blind.
+                refused = refusal(exc, f"{kind} {namespace}/{name}")
+                if refused is None:
+                    raise
+                live[kind], unreadable[kind] = None, refused
         obj = self.cluster.get_llmservice(namespace, name)
         if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
             # Deleted: ownerReferences make the children garbage.
@@ -301,6 +604,8 @@ class Operator:
         metadata = obj.get("metadata") or {}
         generation = metadata.get("generation")
         previous: Mapping[str, Any] = obj.get("status") or {}
+
+        # Plan.
         llms: LLMService | None = None
         invalid: str | None = None
         try:
@@ -309,32 +614,42 @@ class Operator:
             invalid = "; ".join(problems) if problems else None
         except ValidationError as exc:
             invalid = _describe_validation(exc)
-
-        storage = check_storage(llms.spec, self.nodes.facts(), self.settings.headroom_bytes) if llms else None
+        owner = f"{namespace}/{name}"
+        storage = check_storage(llms.spec, self.nodes.facts(), self.settings.headroom_bytes, owner) if llms else None
         # storage.enforce holds the replicas at 0 only when the check knows some nodes and none fits.
         enforced = llms is not None and llms.spec.storage.enforce
         held = storage if enforced and storage is not None and storage.nodes_seen and not storage.ok else None
-        writes: list[str] = []
-        deployment: dict[str, Any] | None
+        plans: list[ChildPlan] = []
+        print_: str | None = None
         if llms is not None and invalid is None:
             children = render.render(
-                llms, image_default=self.settings.inference_image, replicas=0 if held is not None else None
+                llms,
+                image_default=self.settings.inference_image,
+                gpu_image_default=self.settings.gpu_inference_image,
+                replicas=0 if held is not None else None,
             )
             kopf.adopt(children, owner=obj)  # type: ignore[arg-type]
-            deployment = None
-            for child in (with_applied_hash(c) for c in children):
-                kind = child["kind"]
-                actual = live[kind]
-                if not self._applied(child, actual):
-                    verb = "created" if actual is None else "updated (spec changed or edited by hand)"
-                    actual = self.cluster.apply(child)
-                    writes.append(kind)
-                    self.metrics.writes.labels(target=kind.lower()).inc()
-                    logger.info("LLMService %s/%s: %s %s", namespace, name, kind, verb)
-                if kind == "Deployment":
-                    deployment = actual
-        else:
-            deployment = live["Deployment"]
+            stamped = [with_applied_hash(c) for c in children]
+            print_ = fingerprint(stamped)
+            plans = [plan_child(child, live[child["kind"]]) for child in stamped]
+
+        # Execute: the writes the plan asks for, unless the same writes are still backing off.
+        writes: list[str] = []
+        refusals: list[Refusal] = []
+        standing = {r.kind: r for r in self.retry.holding(key, print_) or ()} if print_ is not None else {}
+        deployment: Mapping[str, Any] | None = live["Deployment"]
+        for plan in plans:
+            held_back = unreadable.get(plan.kind) or standing.get(plan.kind)
+            if held_back is not None:
+                refusals.append(held_back)  # not written again before its retry (drift elsewhere is still repaired)
+                continue
+            actual, refused = self._write(plan, writes)
+            if refused is not None:
+                refusals.append(refused)
+            if plan.kind == "Deployment" and refused is None:
+                deployment = actual
+
+        # Status: from the observations and the refusals, written even when the children could not be.
         pods = self.cluster.list_pods(namespace, render.selector_string(name))
         raw_replicas = (obj.get("spec") or {}).get("replicas", 1)
         seen = Observed(
@@ -347,6 +662,10 @@ class Operator:
             endpoint=render.endpoint(llms) if llms is not None else None,
             held_for_storage=held is not None,
             invalid=invalid,
+            refusals=tuple((r.reason, r.message) for r in refusals),
+            rollout=llms.spec.effective_rollout() if llms is not None and invalid is None else None,
+            startup_budget_seconds=llms.spec.probes.startup.budget_seconds if llms is not None else None,
+            now=datetime.datetime.now(datetime.UTC),
         )
         status = compute_status(seen, previous, now_rfc3339())
         patch = status_patch(previous, status)
@@ -355,19 +674,46 @@ class Operator:
             writes.append("status")
             self.metrics.writes.labels(target="status").inc()
         self.metrics.set_phase(namespace, name, status.get("phase"))
-        self._announce(obj, previous, status, storage, invalid, announce)
+        self._announce(obj, previous, status, storage, invalid, announce, tuple(refusals))
+        result_refusals = tuple(refusals)
         if invalid is not None:
             return Result(INVALID, tuple(writes), invalid=invalid, status=status)
+        if refusals:
+            return Result(REFUSED, tuple(writes), status=status, refusals=result_refusals, fingerprint=print_)
         if held is not None:
-            return Result(WAITING, tuple(writes), held=held, status=status)
-        return Result(CHANGED if writes else UNCHANGED, tuple(writes), status=status)
+            return Result(WAITING, tuple(writes), held=held, status=status, fingerprint=print_)
+        return Result(CHANGED if writes else UNCHANGED, tuple(writes), status=status, fingerprint=print_)
 
-    def _applied(self, child: Mapping[str, Any], actual: Mapping[str, Any] | None) -> bool:
-        if actual is None:
-            return False
-        annotations = (actual.get("metadata") or {}).get("annotations") or {}
-        wanted = child["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
-        return annotations.get(APPLIED_HASH_ANNOTATION) == wanted and is_applied(child, actual)
+    def _write(self, plan: ChildPlan, writes: list[str]) -> tuple[Mapping[str, Any] | None, Refusal | None]:
+        """Carry out one child's plan; a refusal is returned, a transient error raised (the pass is retried)."""
+        metadata = plan.desired["metadata"]
+        what = f"{plan.kind} {metadata.get('namespace')}/{metadata['name']}"
+        actual: Mapping[str, Any] | None = plan.live
+        try:
+            if plan.repairs:
+                # Lists another manager merged into: replaced whole first, so the apply below adds no duplicate.
+                actual = self.cluster.replace_fields(
+                    plan.kind, metadata["namespace"], metadata["name"], list(plan.repairs)
+                )
+                self._count_write(plan.kind, writes)
+                logger.info("%s: replaced lists edited by someone else (%s)", what, _paths(plan.repairs))
+            # After a repair, the apply is needed only if the repaired object still differs.
+            if plan.apply and (not plan.repairs or actual is None or plan_child(plan.desired, dict(actual)).apply):
+                verb = "created" if plan.live is None else "updated (spec changed or edited by hand)"
+                actual = self.cluster.apply(plan.desired)
+                self._count_write(plan.kind, writes)
+                logger.info("%s %s", what, verb)
+        except ApiException as exc:
+            refused = refusal(exc, what)
+            if refused is None:
+                raise
+            logger.warning("%s", refused.message)
+            return plan.live, refused
+        return actual, None
+
+    def _count_write(self, kind: str, writes: list[str]) -> None:
+        writes.append(kind)
+        self.metrics.writes.labels(target=kind.lower()).inc()
 
     def _announce(
         self,
@@ -377,6 +723,7 @@ class Operator:
         storage: StorageCheck | None,
         invalid: str | None,
         announce: bool,
+        refusals: tuple[Refusal, ...] = (),
     ) -> None:
         """Log and post an Event when a warning appears or changes, never on a pass where nothing changed."""
         metadata = obj.get("metadata") or {}
@@ -420,6 +767,21 @@ class Operator:
         if invalid is not None and is_new(READY, INVALID_SPEC, lambda before: invalid in str(before.get("message"))):
             logger.warning("LLMService %s has an invalid spec: %s", who, invalid)
             self._post_event(obj, "Warning", INVALID_SPEC, invalid)
+        # One Warning Event per distinct refusal (and per ReplicaFailure the status reports), not one per retry.
+        degraded = condition(status, DEGRADED) or {}
+        found = [(r.reason, r.message) for r in refusals]
+        if not found and degraded.get("reason") in REFUSAL_REASONS:
+            found = [(str(degraded["reason"]), str(degraded.get("message", "")))]
+        before = condition(previous, DEGRADED) or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        with self._known_lock:
+            posted = self._posted.setdefault(key, set())
+            fresh_refusals = [
+                item for item in found if item not in posted and item[1] not in str(before.get("message", ""))
+            ]
+            posted.update(found)
+        for reason, message in fresh_refusals:
+            self._post_event(obj, "Warning", reason, message)
 
     def _post_event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         try:
@@ -434,21 +796,48 @@ class Operator:
     def run_queue(self) -> None:
         """Process queued LLMServices until the queue is closed (runs in its own thread)."""
         while (key := self.queue.get()) is not None:
-            try:
-                self.converge(*key)
-                self._failures.pop(key, None)
-            except ApiException as exc:
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(0.5 * 2 ** (failures - 1), 30.0)
-                level = logging.INFO if _is_transient(exc) else logging.WARNING
-                logger.log(
-                    level, "LLMService %s/%s: API error %s %s; retrying in %.1fs", *key, exc.status, exc.reason, delay
+            with self._known_lock:
+                announce = key in self._announce_keys
+                self._announce_keys.discard(key)
+            self.run_once(key, announce=announce)
+
+    def run_once(self, key: Key, *, announce: bool = False) -> Result | None:
+        """One pass and its retry decision (the one retry policy of the operator)."""
+        try:
+            result = self.converge(*key, announce=announce)
+        except ApiException as exc:
+            delay = self.retry.failed(key, None, retry_after=retry_after_seconds(exc))
+            level = logging.INFO if is_transient(exc) else logging.WARNING
+            logger.log(
+                level, "LLMService %s/%s: API error %s %s; retrying in %.1fs", *key, exc.status, exc.reason, delay
+            )
+            self.queue.add(key, delay)
+            return None
+        except Exception:
+            delay = self.retry.failed(key, None)
+            logger.exception("LLMService %s/%s: reconcile failed; retrying in %.1fs", *key, delay)
+            self.queue.add(key, delay)
+            return None
+        if result.refusals:
+            standing = self.retry.holding(key, result.fingerprint or "") or ()
+            if all(refused in standing for refused in result.refusals):
+                # A pass between retries (something else changed): the retry stays due at its own time.
+                self.queue.add(key, self.retry.wait(key))
+            else:
+                retry_after = max((r.retry_after or 0.0 for r in result.refusals), default=0.0) or None
+                delay = self.retry.failed(
+                    key,
+                    result.fingerprint,
+                    permanent=all(r.permanent for r in result.refusals),
+                    retry_after=retry_after,
+                    refusals=result.refusals,
                 )
                 self.queue.add(key, delay)
-            except Exception:
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                logger.exception("LLMService %s/%s: reconcile failed; retrying", *key)
-                self.queue.add(key, min(0.5 * 2 ** (failures - 1), 30.0))
+        else:
+            self.retry.succeeded(key)
+            if result.held is not None:
+                self.queue.add(key, self.settings.storage_retry_s)
+        return result
 
     # Kubelet summaries ------------------------------------------------------------------------------------
 
@@ -463,8 +852,8 @@ class Operator:
             except ApiException as exc:
                 if exc.status in (401, 403):
                     logger.warning(
-                        "kubelet summaries are not readable (RBAC nodes/proxy get: %s); using allocatable "
-                        "ephemeral-storage only",
+                        "kubelet summaries are not readable (RBAC nodes/proxy get: %s; deploy/components/"
+                        "kubelet-stats grants it); counting allocatable minus pod requests only",
                         exc.status,
                     )
                     self._summaries_forbidden = True
@@ -478,6 +867,17 @@ class Operator:
         return changed
 
 
-def retry_delay_for(exc: ApiException) -> float | None:
-    """Kopf retry delay for an API error in a handler: short for transient ones, None for the rest."""
-    return 1.0 if _is_transient(exc) else None
+def pod_use(pod: Mapping[str, Any]) -> tuple[str, tuple[str, int]] | None:
+    """(node, (owning LLMService "namespace/name" or "", ephemeral-storage request)) of a pod bound to a node and
+    not finished, as the scheduler counts it; None for the others."""
+    spec = pod.get("spec") or {}
+    node = spec.get("nodeName")
+    if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return None
+    metadata = pod.get("metadata") or {}
+    owner = (metadata.get("labels") or {}).get(render.SELECTOR_LABEL)
+    return str(node), (f"{metadata.get('namespace')}/{owner}" if owner else "", pod_ephemeral_request(pod))
+
+
+def _paths(operations: Iterable[Mapping[str, Any]]) -> str:
+    return ", ".join(str(op.get("path")) for op in operations)

@@ -23,10 +23,15 @@ from kubellm.contract import (
     env_name,
 )
 from kubellm.quantity import to_quantity
-from kubellm_operator.api import GROUP, LivenessMode, LLMService, SecretKeyRef
+from kubellm_operator.api import GROUP, LivenessMode, LLMService, RolloutStrategy, SecretKeyRef
 
 # The operator's default inference image (its settings reuse this), and `kubellm render`'s default --image.
 DEFAULT_INFERENCE_IMAGE = "ghcr.io/kubellm/inference:0.1.0"
+# The default for LLMServices that request a GPU and name no image: the CPU image's torch has no CUDA, and its server
+# refuses KUBELLM_DEVICE=cuda. Built from Dockerfile.inference with TORCH_INDEX_URL set to a CUDA wheel index.
+DEFAULT_GPU_INFERENCE_IMAGE = "ghcr.io/kubellm/inference:0.1.0-cuda"
+# progressDeadlineSeconds beyond the startup budget: the Deployment default (600 s), for scheduling and the image pull.
+PROGRESS_DEADLINE_MARGIN_SECONDS = 600
 CONTAINER_NAME = "inference"
 PORT_NAME = "http"
 CACHE_VOLUME = "model-cache"
@@ -206,10 +211,43 @@ def _container(llms: LLMService, image: str) -> dict[str, Any]:
     return container
 
 
-def render_deployment(llms: LLMService, *, image_default: str, replicas: int | None = None) -> dict[str, Any]:
+def image_for(llms: LLMService, *, image_default: str, gpu_image_default: str = DEFAULT_GPU_INFERENCE_IMAGE) -> str:
+    """spec.image, else the GPU default when a GPU is requested, else the default."""
+    if llms.spec.image is not None:
+        return llms.spec.image
+    return gpu_image_default if llms.spec.gpu_count() is not None else image_default
+
+
+def progress_deadline_seconds(llms: LLMService) -> int:
+    """Covers the startup probe's whole budget plus the Deployment default for scheduling and pulling the image,
+    so a slow but healthy first start is not reported as ProgressDeadlineExceeded mid-download."""
+    startup = llms.spec.probes.startup
+    budget = math.ceil(startup.budget_seconds / startup.period_seconds) * startup.period_seconds
+    return budget + startup.timeout_seconds + PROGRESS_DEADLINE_MARGIN_SECONDS
+
+
+def deployment_strategy(llms: LLMService) -> dict[str, Any]:
+    """The Deployment strategy for the rollout strategy in effect (see LLMServiceSpec.effective_rollout)."""
+    strategy, _ = llms.spec.effective_rollout()
+    if strategy == RolloutStrategy.recreate:
+        return {"type": "Recreate"}
+    if strategy == RolloutStrategy.no_surge:
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    # Keep serving capacity during a rollout: a new pod must be Ready before an old one goes.
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+def render_deployment(
+    llms: LLMService,
+    *,
+    image_default: str,
+    gpu_image_default: str = DEFAULT_GPU_INFERENCE_IMAGE,
+    replicas: int | None = None,
+) -> dict[str, Any]:
     """The Deployment; `replicas` overrides spec.replicas (the operator holds it at 0 when storage is enforced)."""
     spec = llms.spec
     name = llms.metadata.name
+    image = image_for(llms, image_default=image_default, gpu_image_default=gpu_image_default)
     pod_spec: dict[str, Any] = {
         # Service links would inject KUBELLM_PORT=tcp://... for a Service named "kubellm" and clash with settings.
         "enableServiceLinks": False,
@@ -222,7 +260,7 @@ def render_deployment(llms: LLMService, *, image_default: str, replicas: int | N
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(llms, spec.image or image_default)],
+        "containers": [_container(llms, image)],
         "volumes": _volumes(llms),
     }
     if spec.node_selector:
@@ -232,7 +270,7 @@ def render_deployment(llms: LLMService, *, image_default: str, replicas: int | N
             t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in spec.tolerations
         ]
     if spec.affinity is not None:
-        pod_spec["affinity"] = spec.affinity
+        pod_spec["affinity"] = spec.affinity.model_dump(by_alias=True, exclude_none=True, mode="json")
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -240,9 +278,9 @@ def render_deployment(llms: LLMService, *, image_default: str, replicas: int | N
         "spec": {
             "replicas": spec.replicas if replicas is None else replicas,
             "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": progress_deadline_seconds(llms),
             "selector": {"matchLabels": selector_labels(name)},
-            # Keep serving capacity during a rollout: a new pod must be Ready before an old one goes.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": deployment_strategy(llms),
             "template": {
                 "metadata": {
                     "labels": child_labels(name),
@@ -275,6 +313,15 @@ def render_service(llms: LLMService) -> dict[str, Any]:
     }
 
 
-def render(llms: LLMService, *, image_default: str, replicas: int | None = None) -> list[dict[str, Any]]:
+def render(
+    llms: LLMService,
+    *,
+    image_default: str,
+    gpu_image_default: str = DEFAULT_GPU_INFERENCE_IMAGE,
+    replicas: int | None = None,
+) -> list[dict[str, Any]]:
     """Every child of `llms`, in apply order: the Deployment, then the Service."""
-    return [render_deployment(llms, image_default=image_default, replicas=replicas), render_service(llms)]
+    deployment = render_deployment(
+        llms, image_default=image_default, gpu_image_default=gpu_image_default, replicas=replicas
+    )
+    return [deployment, render_service(llms)]

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubellm.quantity import format_bytes
-from kubellm_operator.api import Condition, ConditionStatus, LLMServiceStatus, Phase, StorageStatus
+from kubellm_operator.api import (
+    Condition,
+    ConditionStatus,
+    LLMServiceStatus,
+    Phase,
+    RolloutStatus,
+    RolloutStrategy,
+    StorageStatus,
+)
 from kubellm_operator.storage import StorageCheck
 
 READY = "Ready"
@@ -51,6 +59,13 @@ CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
 UNSCHEDULABLE = "Unschedulable"
 EVICTED = "Evicted"
 POD_FAILED = "PodFailed"
+# Refusals of kubellm's writes (reconcile.Refusal), and of the pods the ReplicaSet creates (Deployment ReplicaFailure).
+CHILD_REJECTED = "ChildRejected"  # 400/422: the apiserver or an admission webhook refused the child as rendered
+FORBIDDEN = "Forbidden"  # 403: RBAC or an admission policy
+QUOTA_EXCEEDED = "QuotaExceeded"  # 403 "exceeded quota": a ResourceQuota
+API_REFUSED = "ApiRefused"  # any other 4xx
+PODS_REJECTED = "PodsRejected"  # the ReplicaSet cannot create pods (ReplicaFailure: admission, LimitRange, ...)
+REFUSAL_REASONS = frozenset({CHILD_REJECTED, FORBIDDEN, QUOTA_EXCEEDED, API_REFUSED, PODS_REJECTED})
 
 # Pod problems, most telling first: when pods fail in different ways, the first one names the LLMService's.
 PROBLEM_PRIORITY = (
@@ -241,6 +256,10 @@ class Observed:
     endpoint: str | None
     held_for_storage: bool = False  # storage.enforce holds the Deployment at 0 replicas
     invalid: str | None = None  # why the spec can never work
+    refusals: tuple[tuple[str, str], ...] = ()  # (reason, message) of writes the API refused in this pass
+    rollout: tuple[RolloutStrategy, str] | None = None  # the strategy in effect and why
+    startup_budget_seconds: int | None = None  # the startup probe's budget: a start within it is still loading
+    now: datetime.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -265,10 +284,25 @@ def _verdict(seen: Observed, counts: Mapping[str, int]) -> _Verdict:
         message = "replicas held at 0 by storage.enforce: " + (seen.storage.message if seen.storage else "")
         held = (_F, INSUFFICIENT_STORAGE, message)
         return _Verdict(Phase.pending, held, held, healthy)
+    deployment = seen.deployment or {}
+    ready_enough = ready >= desired and seen.deployment is not None
+    if seen.refusals:
+        reason = seen.refusals[0][0]
+        message = "; ".join(text for _, text in seen.refusals)
+        refused = (_F, reason, message)
+        kept = (_T, MINIMUM_REPLICAS_AVAILABLE, f"{ready}/{desired} replicas ready (of the last accepted spec)")
+        return _Verdict(Phase.degraded, kept if ready_enough and desired else refused, refused, (_T, *refused[1:]))
     if desired == 0:
         zero = (_F, SCALED_TO_ZERO, "spec.replicas is 0")
         return _Verdict(Phase.pending, zero, zero, healthy)
-    deployment = seen.deployment or {}
+    failure = _deployment_condition(deployment, "ReplicaFailure")
+    if failure.get("status") == "True":
+        text = str(failure.get("message") or failure.get("reason") or "the ReplicaSet cannot create pods")
+        reason = QUOTA_EXCEEDED if "exceeded quota" in text else PODS_REJECTED
+        message = f"{ready}/{desired} replicas ready; pods are refused: {text}"
+        rejected = (_F, reason, message)
+        available = (_T, MINIMUM_REPLICAS_AVAILABLE, f"{ready}/{desired} replicas ready")
+        return _Verdict(Phase.degraded, available if ready >= desired else rejected, rejected, (_T, reason, message))
     observed_generation = (deployment.get("status") or {}).get("observedGeneration")
     generation = (deployment.get("metadata") or {}).get("generation")
     rollout_seen = generation is None or (observed_generation is not None and observed_generation >= generation)
@@ -295,7 +329,11 @@ def _verdict(seen: Observed, counts: Mapping[str, int]) -> _Verdict:
             (_T, problem.reason, message),
         )
     deadline = _deployment_condition(deployment, "Progressing")
-    if deadline.get("status") == "False" and deadline.get("reason") == PROGRESS_DEADLINE_EXCEEDED:
+    if (
+        deadline.get("status") == "False"
+        and deadline.get("reason") == PROGRESS_DEADLINE_EXCEEDED
+        and not _still_loading(seen, live)
+    ):
         message = f"{enough}; {deadline.get('message') or 'the rollout passed its progress deadline'}"
         stuck = (_F, PROGRESS_DEADLINE_EXCEEDED, message)
         return _Verdict(Phase.failed if ready == 0 else Phase.degraded, serving or stuck, stuck, (_T, *stuck[1:]))
@@ -311,6 +349,23 @@ def _verdict(seen: Observed, counts: Mapping[str, int]) -> _Verdict:
     else:
         reason, message = MODEL_LOADING, f"{enough}; waiting for the model to load and the pods to become ready"
     return _Verdict(Phase.progressing, serving or (_F, reason, message), (_T, reason, message), healthy)
+
+
+def _still_loading(seen: Observed, live: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether some pod runs a container that has not started yet and is still within its startup budget: a slow
+    first start (a big download) the kubelet has not given up on, whatever the Deployment's deadline says."""
+    if seen.now is None or seen.startup_budget_seconds is None:
+        return False
+    for pod in live:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Running":
+            continue
+        for container in status.get("containerStatuses") or []:
+            started_at = _time(((container.get("state") or {}).get("running") or {}).get("startedAt"))
+            running_for = (seen.now - started_at).total_seconds() if started_at is not None else None
+            if container.get("started") is False and running_for is not None:
+                return running_for <= seen.startup_budget_seconds
+    return False
 
 
 def _storage_condition(storage: StorageCheck | None) -> tuple[ConditionStatus, str, str]:
@@ -331,6 +386,7 @@ def storage_summary(storage: StorageCheck) -> StorageStatus:
         nodes_seen=storage.nodes_seen,
         best_node=storage.best_node,
         best_node_free=format_bytes(storage.best_node_free) if storage.best_node_free is not None else None,
+        basis=storage.basis,
     )
 
 
@@ -377,6 +433,7 @@ def compute_status(seen: Observed, previous: Mapping[str, Any] | None, now: str)
         selector=seen.selector,
         endpoint=seen.endpoint,
         storage=storage_summary(seen.storage) if seen.storage is not None else None,
+        rollout=RolloutStatus(strategy=seen.rollout[0], reason=seen.rollout[1]) if seen.rollout else None,
         conditions=conditions,
     )
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")

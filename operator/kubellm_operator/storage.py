@@ -4,12 +4,13 @@ Pure functions over plain Kubernetes objects (a Node, optionally its kubelet sta
 LLMService spec; the Kopf handlers feed them from a Node index. The seed's pods were evicted with "The node
 was low on resource: ephemeral-storage": this check says so before the pods are scheduled.
 
-How free space is counted (deliberately simple and conservative; the scheduler stays the final arbiter):
-a node's free bytes are the minimum of what is known about it, namely the allocatable ``ephemeral-storage``
-(capacity when allocatable is missing) and, when the kubelet summary is available, the available bytes of the
-node filesystem (``node.fs``, where emptyDirs and logs live) and of the runtime image filesystem
-(``node.runtime.imageFs``, containerd's ``/var/lib/containerd``). Requests of pods already scheduled are not
-subtracted: the kubelet's available bytes already reflect what they actually use.
+How free space is counted (the scheduler stays the final arbiter): a node's free bytes are the minimum of what is
+known about it. Always: its allocatable ``ephemeral-storage`` (capacity when allocatable is missing) minus the
+ephemeral-storage requests of the pods already bound to it, as the scheduler's NodeResourcesFit counts (the
+LLMService's own pods excepted: they are the ones being placed). With the opt-in RBAC for the kubelet summary
+(``deploy/components/kubelet-stats``: nodes/proxy get), also the available bytes of the node filesystem
+(``node.fs``, where emptyDirs and logs live) and of the runtime image filesystem (``node.runtime.imageFs``,
+containerd's ``/var/lib/containerd``).
 
 A node is eligible when it is Ready, not cordoned, not under DiskPressure, carries no NoSchedule/NoExecute
 taint the LLMService does not tolerate, and matches its nodeSelector and required node affinity.
@@ -22,10 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubellm.quantity import format_bytes, parse_quantity
-from kubellm_operator.api import LLMServiceSpec, Toleration
+from kubellm_operator.api import Affinity, LLMServiceSpec, Toleration
 
 EPHEMERAL_STORAGE = "ephemeral-storage"
 BLOCKING_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+BASIS_REQUESTS = "allocatable minus the ephemeral-storage requests of the pods on each node"
+BASIS_SUMMARY = "the kubelet summary (node and image filesystems) and " + BASIS_REQUESTS
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,35 @@ class NodeFacts:
     capacity: int | None = None
     fs_available: int | None = None  # kubelet summary: node.fs.availableBytes
     image_fs_available: int | None = None  # kubelet summary: node.runtime.imageFs.availableBytes
+    # ephemeral-storage requests of the pods bound to the node, by owning LLMService ("namespace/name", "" for others)
+    requested: tuple[tuple[str, int], ...] = ()
+
+    def free_for(self, owner: str | None = None) -> int | None:
+        """Free ephemeral storage for ``owner``'s pods: the minimum of what is known (see the module docstring)."""
+        base = self.allocatable if self.allocatable is not None else self.capacity
+        if base is not None:
+            base -= sum(amount for who, amount in self.requested if owner is None or who != owner)
+        known = [v for v in (base, self.fs_available, self.image_fs_available) if v is not None]
+        return max(0, min(known)) if known else None
 
     @property
     def free(self) -> int | None:
-        """Free ephemeral storage: the minimum of what is known (see the module docstring)."""
-        base = self.allocatable if self.allocatable is not None else self.capacity
-        known = [v for v in (base, self.fs_available, self.image_fs_available) if v is not None]
-        return min(known) if known else None
+        return self.free_for(None)
+
+
+def pod_ephemeral_request(pod: Mapping[str, Any]) -> int:
+    """A pod's ephemeral-storage request as the scheduler counts it: the sum over its containers, or the largest
+    init container's when that is more, plus the pod overhead (k8s.io/component-helpers resource.PodRequests)."""
+
+    def request(container: Mapping[str, Any]) -> int:
+        value = ((container.get("resources") or {}).get("requests") or {}).get(EPHEMERAL_STORAGE)
+        return _bytes(value) or 0
+
+    spec = pod.get("spec") or {}
+    containers = sum(request(c) for c in spec.get("containers") or [])
+    init = max((request(c) for c in spec.get("initContainers") or []), default=0)
+    overhead = _bytes((spec.get("overhead") or {}).get(EPHEMERAL_STORAGE)) or 0
+    return max(containers, init) + overhead
 
 
 def _bytes(value: Any) -> int | None:
@@ -159,12 +184,16 @@ def _match_term(term: Mapping[str, Any], node: NodeFacts) -> bool:
     return True
 
 
-def required_affinity_terms(affinity: Mapping[str, Any] | None) -> list[Mapping[str, Any]] | None:
-    """The nodeSelectorTerms of requiredDuringSchedulingIgnoredDuringExecution, or None when not set."""
-    required = ((affinity or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
-    if not required:
+def required_affinity_terms(affinity: Affinity | None) -> list[Mapping[str, Any]] | None:
+    """The nodeSelectorTerms of requiredDuringSchedulingIgnoredDuringExecution (wire shape), or None when not set.
+
+    The affinity is typed (api.Affinity), so a malformed one never reaches this check: the CRD refuses it.
+    """
+    node_affinity = affinity.node_affinity if affinity is not None else None
+    required = node_affinity.required_during_scheduling_ignored_during_execution if node_affinity else None
+    if required is None:
         return None
-    return list(required.get("nodeSelectorTerms") or [])
+    return [term.model_dump(by_alias=True, exclude_none=True, mode="json") for term in required.node_selector_terms]
 
 
 def ineligibility(node: NodeFacts, spec: LLMServiceSpec) -> str | None:
@@ -205,6 +234,7 @@ class StorageCheck:
     best_node: str | None
     best_node_free: int | None
     excluded: tuple[tuple[str, str], ...]  # (node, why) for nodes that are not eligible
+    basis: str = BASIS_REQUESTS  # how free space was counted, for status.storage
 
     @property
     def ok(self) -> bool:
@@ -228,8 +258,11 @@ class StorageCheck:
         return f"no eligible node has {need}; {best} ({self.eligible_nodes} eligible of {self.nodes_seen} nodes)"
 
 
-def check_storage(spec: LLMServiceSpec, nodes: Iterable[NodeFacts], headroom: int) -> StorageCheck:
-    """Count the nodes that are eligible for the LLMService's pods and have the free storage it needs."""
+def check_storage(
+    spec: LLMServiceSpec, nodes: Iterable[NodeFacts], headroom: int, owner: str | None = None
+) -> StorageCheck:
+    """Count the nodes that are eligible for the LLMService's pods and have the free storage it needs
+    (``owner``, "namespace/name", names the LLMService whose own pods' requests are not subtracted)."""
     request = spec.storage_plan().min_node_free
     need = request + headroom
     seen = 0
@@ -242,19 +275,22 @@ def check_storage(spec: LLMServiceSpec, nodes: Iterable[NodeFacts], headroom: in
             eligible.append(node)
         else:
             excluded.append((node.name, reason))
-    known = [n for n in eligible if n.free is not None]
+    free = {n.name: n.free_for(owner) for n in eligible}
+    known = [n for n in eligible if free[n.name] is not None]
     # max() keeps the first of equals and the nodes are sorted by name: the message is stable across passes.
-    best = max(known, key=lambda n: n.free or 0, default=None)
+    best = max(known, key=lambda n: free[n.name] or 0, default=None)
+    summarised = any(n.fs_available is not None or n.image_fs_available is not None for n in eligible)
     return StorageCheck(
         need=need,
         request=request,
         headroom=headroom,
         nodes_seen=seen,
         eligible_nodes=len(eligible),
-        fitting_nodes=sum(1 for n in known if (n.free or 0) >= need),
+        fitting_nodes=sum(1 for n in known if (free[n.name] or 0) >= need),
         best_node=best.name if best is not None else None,
-        best_node_free=best.free if best is not None else None,
+        best_node_free=free[best.name] if best is not None else None,
         excluded=tuple(excluded),
+        basis=BASIS_SUMMARY if summarised else BASIS_REQUESTS,
     )
 
 

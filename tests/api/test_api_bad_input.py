@@ -54,6 +54,35 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("env-bad-name", minimal(env=[{"name": "1=A", "value": "x"}]), "spec.env[0].name"),
     ("toleration-no-key-equal", minimal(tolerations=[{"effect": "NoSchedule"}]), "spec.tolerations[0].operator"),
     (
+        "toleration-seconds-without-no-execute",
+        minimal(tolerations=[{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 30}]),
+        "spec.tolerations[0].tolerationSeconds",
+    ),
+    ("affinity-not-an-object", minimal(affinity={"nodeAffinity": "x"}), "spec.affinity.nodeAffinity"),
+    ("affinity-unknown-field", minimal(affinity={"nodeAfinity": {}}), "spec.affinity.nodeAfinity"),
+    (
+        "affinity-in-without-values",
+        minimal(
+            affinity={
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In"}]}]
+                    }
+                }
+            }
+        ),
+        "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]"
+        ".matchExpressions[0].values",
+    ),
+    (
+        "affinity-list-where-a-string-belongs",
+        minimal(
+            affinity={"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": ["z"]}]}}
+        ),
+        "spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey",
+    ),
+    ("rollout-strategy-unknown", minimal(rollout={"strategy": "BlueGreen"}), "spec.rollout.strategy"),
+    (
         "toleration-effect-unknown",
         minimal(tolerations=[{"operator": "Exists", "effect": "Sometimes"}]),
         "spec.tolerations[0].effect",

@@ -20,8 +20,10 @@ from kubellm.contract import (
 from kubellm_operator.api import RESERVED_ENV_NAMES
 from kubellm_operator.render import (
     CACHE_VOLUME,
+    DEFAULT_GPU_INFERENCE_IMAGE,
     DEFAULT_INFERENCE_IMAGE,
     child_labels,
+    deployment_strategy,
     endpoint,
     render,
     selector_labels,
@@ -100,7 +102,10 @@ def test_shape_shared_by_every_variant(variant: str) -> None:
     assert "ownerReferences" not in deployment["metadata"]
     assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"] == selector_labels(name)
     assert pod["metadata"]["labels"] == deployment["metadata"]["labels"] == child_labels(name)
-    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert deployment["spec"]["strategy"] == deployment_strategy(llms(VARIANTS[variant]))
+    # The progress deadline covers the whole startup budget: a slow first start is not "failed" mid-download.
+    startup = llms(VARIANTS[variant]).spec.probes.startup
+    assert deployment["spec"]["progressDeadlineSeconds"] >= startup.budget_seconds + 600
     assert main["command"] == SERVE_COMMAND
     assert "initialDelaySeconds" not in yaml.safe_dump(deployment)
     # Hardened pod: non-root, no escalation, no capabilities, seccomp, read-only root with writable mounts.
@@ -240,3 +245,40 @@ def test_endpoint_and_selector_string() -> None:
     assert endpoint(llms(VARIANTS["seed"])) == "mistral-7b.default.svc.cluster.local:5000"
     assert endpoint(llms(VARIANTS["nodeport"])) == "demo.ml.svc.cluster.local:8080"
     assert selector_string("demo") == "kubellm.dev/llmservice=demo"
+
+
+SURGE = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+NO_SURGE = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+RECREATE = {"type": "Recreate"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "strategy", "effective"),
+    [
+        ({}, SURGE, "Surge"),
+        ({"resources": {"limits": {"nvidia.com/gpu": 1}}}, NO_SURGE, "NoSurge"),
+        ({"storage": {"claimName": "models"}}, RECREATE, "Recreate"),
+        ({"storage": {"claimName": "models"}, "rollout": {"strategy": "Surge"}}, SURGE, "Surge"),
+        ({"resources": {"limits": {"nvidia.com/gpu": 1}}, "rollout": {"strategy": "Surge"}}, SURGE, "Surge"),
+        ({"rollout": {"strategy": "Recreate"}}, RECREATE, "Recreate"),
+        ({"rollout": {"strategy": "NoSurge"}}, NO_SURGE, "NoSurge"),
+    ],
+)
+def test_rollout_strategy_automatic_default_and_forced(spec: dict[str, Any], strategy: Any, effective: str) -> None:
+    service = llms(minimal(**spec))
+    deployment, _ = render(service, image_default=IMAGE)
+    assert deployment["spec"]["strategy"] == strategy
+    chosen, why = service.spec.effective_rollout()
+    assert chosen.value == effective
+    assert why.startswith("set by spec.rollout" if "rollout" in spec else "automatic:")
+
+
+def test_a_gpu_request_gets_the_cuda_image_unless_an_image_is_named() -> None:
+    gpu = minimal(resources={"limits": {"nvidia.com/gpu": 1}})
+    assert container(render(llms(gpu), image_default=IMAGE)[0])["image"] == DEFAULT_GPU_INFERENCE_IMAGE
+    assert container(render(llms(gpu), image_default=IMAGE, gpu_image_default="cuda:1")[0])["image"] == "cuda:1"
+    named = minimal(image="mine:cuda", resources={"limits": {"nvidia.com/gpu": 1}})
+    assert container(render(llms(named), image_default=IMAGE)[0])["image"] == "mine:cuda"
+    assert container(render(llms(minimal()), image_default=IMAGE)[0])["image"] == IMAGE
+    # The GPU example names the CUDA image it needs rather than relying on any default.
+    assert "cuda" in str(load_example("gpu-mistral-7b.yaml")["spec"]["image"])

@@ -31,6 +31,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "kubellm.dev_llmservices.yaml"
 # What `kubectl apply -k deploy/` installs for the operator's identity; the operator under test runs as it.
 OPERATOR_IDENTITY = [ROOT / "deploy" / name for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml")]
+# The opt-in kubelet-summary RBAC (deploy/components/kubelet-stats): granted in these tests, so the summaries count;
+# a test of the fallback removes its binding.
+KUBELET_STATS = ROOT / "deploy" / "components" / "kubelet-stats" / "rbac.yaml"
 OPERATOR_SERVICE_ACCOUNT = ("kubellm-system", "kubellm-operator")
 
 

@@ -81,8 +81,8 @@ def test_main_without_credentials_exits_2(tmp_path: object, capsys: pytest.Captu
 def test_describe_is_one_line() -> None:
     line = OperatorSettings(namespaces=["a"], standalone=False).describe()
     assert line == (
-        "watching namespaces a; default image ghcr.io/kubellm/inference:0.1.0; storage headroom 2Gi; "
-        "kubelet summaries every 60s; peering kubellm priority 0"
+        "watching namespaces a; default image ghcr.io/kubellm/inference:0.1.0 (GPU: "
+        "ghcr.io/kubellm/inference:0.1.0-cuda); storage headroom 2Gi; kubelet summaries every 60s; peering kubellm priority 0"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import pathlib
 import shutil
 import subprocess
@@ -19,22 +20,6 @@ from kubellm_operator.metrics import HEALTHZ_PATH
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_VERSIONS = ["1.32.0", kubernetes_validate.utils.latest_version()]
-
-# The operator's API calls, and nothing more (see deploy/rbac.yaml for why each is needed).
-EXPECTED_RULES = {
-    ("kubellm.dev", "llmservices"): {"get", "list", "watch", "patch"},
-    ("kubellm.dev", "llmservices/status"): {"get", "patch"},
-    ("kubellm.dev", "llmservices/scale"): {"get"},
-    ("kubellm.dev", "llmservices/finalizers"): {
-        "update"
-    },  # blockOwnerDeletion under OwnerReferencesPermissionEnforcement
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
-    ("", "services"): {"get", "list", "watch", "create", "patch"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "nodes"): {"get", "list", "watch"},
-    ("", "nodes/proxy"): {"get"},
-    ("", "events"): {"create", "patch"},
-}
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +68,49 @@ def test_builtin_kinds_validate(built: list[dict[str, Any]], version: str) -> No
             kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_rbac_is_least_privilege(built: list[dict[str, Any]]) -> None:
-    granted: dict[tuple[str, str], set[str]] = {}
+def test_rbac_binds_the_operators_account_without_wildcards(built: list[dict[str, Any]]) -> None:
+    # Which rules, exactly, is derived from the operator's own requests in test_operator_rbac.py.
     for rule in one(built, "ClusterRole")["rules"]:
         assert not rule.get("resourceNames") and "*" not in rule["verbs"] and "*" not in rule["resources"]
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    assert granted == EXPECTED_RULES
+        assert "nodes/proxy" not in rule["resources"], "kubelet access is the opt-in component's"
     binding = one(built, "ClusterRoleBinding")
     account = one(built, "ServiceAccount")
     assert binding["roleRef"]["name"] == one(built, "ClusterRole")["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "kubellm-system"}
     ]
+
+
+def test_the_kubelet_stats_component_adds_nodes_proxy_for_the_same_account(
+    built: list[dict[str, Any]], tmp_path: pathlib.Path
+) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # kustomize takes relative paths only
+                "resources": [os.path.relpath(DEPLOY, overlay)],
+                "components": [os.path.relpath(DEPLOY / "components" / "kubelet-stats", overlay)],
+            }
+        )
+    )
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None  # `built` skipped otherwise
+    result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    roles = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == "ClusterRole"}
+    assert roles["kubellm-operator-kubelet-stats"]["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]}
+    ]
+    bindings = [doc for doc in documents if doc["kind"] == "ClusterRoleBinding"]
+    assert {b["subjects"][0]["name"] for b in bindings} == {one(built, "ServiceAccount")["metadata"]["name"]}
+    for doc in documents:
+        if doc["kind"] != "CustomResourceDefinition":
+            kubernetes_validate.validate(doc, K8S_VERSIONS[0], strict=True)
 
 
 def test_operator_deployment(built: list[dict[str, Any]]) -> None:

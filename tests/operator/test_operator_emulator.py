@@ -13,6 +13,7 @@ from operator_support import Kube, llmservice, operator_running
 from kubellm_operator.api import LLMService
 from kubellm_operator.reconcile import is_applied, with_applied_hash
 from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE, render
+from kubellm_operator.storage import BASIS_SUMMARY
 
 GIB = 2**30
 
@@ -149,6 +150,7 @@ async def test_storage_warning_then_a_big_node_fixes_it(kube: Kube, caplog: pyte
             "nodesSeen": 3,
             "bestNode": "small",
             "bestNodeFree": "12Gi",
+            "basis": BASIS_SUMMARY,
         }
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         line = (
@@ -254,7 +256,8 @@ async def test_injected_conflicts_and_server_errors_are_retried(kube: Kube) -> N
     faults.fail(
         "/apis/kubellm.dev/v1alpha1/namespaces/default/llmservices/tiny/status", method="PATCH", times=2, status=409
     )
-    async with operator_running(kube) as metrics:
+    # Five failures in a row: the backoff (1 s doubling) capped at 1 s keeps the test short.
+    async with operator_running(kube, retry_max_s=1) as metrics:
         await kube.create(llmservice())
         await kube.wait(lambda: converged(kube), "convergence despite the injected errors", timeout=20)
     assert sorted({status for _, _, status in faults.served}) == [409, 500]

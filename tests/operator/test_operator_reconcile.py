@@ -55,12 +55,14 @@ CONTAINER = ["spec", "template", "spec", "containers", 0]
         # Server defaults and other managers' fields do not count as drift.
         (edit([*CONTAINER, "terminationMessagePath"], "/dev/termination-log"), True),
         (edit(["metadata", "uid"], "123"), True),
+        (edit([*CONTAINER, "env"], [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]), True),
+        # A variable someone else added is drift: the lists end up exactly as rendered.
         (
             edit(
                 [*CONTAINER, "env"],
                 [{"name": "B", "value": "2"}, {"name": "X", "value": "9"}, {"name": "A", "value": "1"}],
             ),
-            True,
+            False,
         ),
         # Quantities compare by value, as the apiserver canonicalises them.
         (edit([*CONTAINER, "resources", "limits", "memory"], "1Gi"), True),

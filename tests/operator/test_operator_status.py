@@ -8,7 +8,7 @@ import pytest
 
 from kubellm_operator.api import GIB, LLMServiceSpec
 from kubellm_operator.status import Observed, compute_status, condition, merge_patch, pod_problem, status_patch
-from kubellm_operator.storage import NodeFacts, check_storage
+from kubellm_operator.storage import BASIS_REQUESTS, NodeFacts, check_storage
 
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-01T00:05:00Z"
@@ -291,6 +291,7 @@ def test_status_fields_for_kubectl_and_scale() -> None:
         "nodesSeen": 1,
         "bestNode": "big",
         "bestNodeFree": "100Gi",
+        "basis": BASIS_REQUESTS,
     }
     assert [c["type"] for c in status["conditions"]] == ["Ready", "StorageReady", "Progressing", "Degraded"]
     assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] == T0 for c in status["conditions"])
