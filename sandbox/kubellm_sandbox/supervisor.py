@@ -35,7 +35,9 @@ logger = logging.getLogger("kubellm.sandbox")
 # What `kubectl apply -k deploy/` installs for the operator's identity, applied into the emulator so that the
 # operator runs with exactly those permissions (present in a source checkout, where the sandbox runs from).
 DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
-OPERATOR_IDENTITY = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml")
+# The sandbox's node is this machine, whose kubelet summary it emulates: it opts into the kubelet-stats component,
+# so the storage pre-flight reads real free bytes instead of counting requests.
+OPERATOR_IDENTITY = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "components/kubelet-stats/rbac.yaml")
 OPERATOR_SERVICE_ACCOUNT = ("kubellm-system", "kubellm-operator")
 NODE_REFRESH_S = 30.0
 OPERATOR_STOP_GRACE_S = 15.0
