@@ -14,8 +14,8 @@ Hub's shapes, so the real client works against it through ``HF_ENDPOINT``:
   ``X-Error-Message``, with the Hub's status codes (an anonymous request for a missing or private repo is 401).
 
 Knobs (flags at start, or ``POST /_hub/knobs`` with JSON while it runs): ``bandwidth`` (bytes/s of file bodies),
-``stall_after_bytes`` + ``stall_count`` (the next N file bodies stop after that many bytes and hang until the
-client gives up), ``fail_count`` + ``fail_status`` (the next N file requests fail), ``corrupt_count`` (the next N
+``stall_after_bytes`` + ``stall_count`` (the next N file bodies longer than that stop after that many bytes and
+hang until the client gives up), ``fail_count`` + ``fail_status`` (the next N file requests fail), ``corrupt_count`` (the next N
 file bodies have one byte flipped), ``token`` (the one valid token), ``private`` and ``gated`` (repo ids that need
 it). ``GET /_hub/stats`` counts requests by kind, for measuring a client's overhead.
 """
@@ -366,11 +366,12 @@ class HubHandler(BaseHTTPRequestHandler):
         if head:
             return
         self.hub.count("file_body")
-        stall = self.hub.take("stall_count")
-        corrupt = self.hub.take("corrupt_count")
         with self.hub.lock:
             bandwidth = self.hub.knobs.bandwidth
             stall_after = self.hub.knobs.stall_after_bytes
+        # Only a body longer than the stall point can stall; shorter ones leave the countdown alone.
+        stall = length > stall_after and self.hub.take("stall_count")
+        corrupt = self.hub.take("corrupt_count")
         block = _SEND_BLOCK if not bandwidth else max(1024, min(_SEND_BLOCK, bandwidth // 20))
         sent = 0
         began = time.monotonic()
