@@ -104,7 +104,7 @@ def resolve_model(
             # A mirror without the Hub's safetensors summary: read the headers (ranged GETs, one per shard).
             metadata = api.get_safetensors_metadata(name, revision=info.sha, token=token or False)
             requests += 1 + len(metadata.files_metadata)
-            parameters = dict(metadata.parameter_count)
+            parameters = {str(k): int(v) for k, v in metadata.parameter_count.items()}
     except Exception as error:  # classified below; anything else is a bug to see
         classified = classify_hub_error(error, name, endpoint)
         if classified is None:

@@ -150,7 +150,8 @@ def test_derived_sizes_from_the_resolved_bytes() -> None:
     assert effective.spec.model.hub is not None and effective.spec.model.hub.endpoint == "http://hub"
     # 7.24e9 x 4 bytes (float32 on CPU) = 26.98Gi, + KV 2 x 32 x 8 x 128 x 4 x 8 x 2304 = 4.5Gi, + 1Gi -> 33Gi
     assert effective.spec.resources.requests.memory == "33Gi"
-    assert effective.spec.probes.startup.budget_seconds == startup_budget(_mistral_like(), 50 * MIB) == 1080
+    # 2 x 14848Mi / 50Mi/s = 594s, + 14848Mi / 200Mi/s = 74s, + 300s = 968s -> 1020s
+    assert effective.spec.probes.startup.budget_seconds == startup_budget(_mistral_like(), 50 * MIB) == 1020
     assert set(fields) >= {
         "spec.model.sizeHint",
         "spec.storage.cacheSize",
