@@ -160,7 +160,7 @@ def test_derived_sizes_from_the_resolved_bytes() -> None:
         "spec.probes.startup.budgetSeconds",
         "spec.model.revision",
     }
-    deployment = render(effective)[0]
+    deployment = render(effective, image_default="kubellm/inference:dev")[0]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBELLM_REVISION"] == "c" * 40 and env["KUBELLM_HUB_ENDPOINT"] == "http://hub"
