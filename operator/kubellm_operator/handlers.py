@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.cluster import connection_info
+from kubellm_operator.modelplan import HOLD_RETRY_S
 from kubellm_operator.reconcile import Operator, retry_delay_for
 from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_operator.storage import NodeFacts, node_facts
@@ -93,6 +94,8 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
             raise kopf.TemporaryError(f"API answered {exc.status} {exc.reason}; retrying", delay=delay) from exc
         if result.invalid is not None:
             raise kopf.PermanentError(f"InvalidSpec: {result.invalid}")
+        if result.model_hold is not None:
+            raise kopf.TemporaryError(f"the hub refused the model: {result.model_hold}", delay=HOLD_RETRY_S)
         if result.held is not None:
             raise kopf.TemporaryError(
                 f"InsufficientStorage: storage.enforce holds replicas at 0: {result.held.message}",

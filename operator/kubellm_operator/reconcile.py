@@ -36,6 +36,15 @@ from kubellm_operator.api import GIB, LLMService
 from kubellm_operator.cluster import Cluster
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.metrics import CHANGED, ERROR, INVALID, UNCHANGED, WAITING, OperatorMetrics
+from kubellm_operator.modelplan import (
+    LOADING_REFRESH_S,
+    ModelPlan,
+    fetch_loadz,
+    loading_status,
+    plan_model,
+    secret_token_reader,
+)
+from kubellm_operator.resolve import ModelResolver
 from kubellm_operator.status import (
     INSUFFICIENT_STORAGE,
     INVALID_SPEC,
@@ -223,6 +232,7 @@ class Result:
     writes: tuple[str, ...] = ()
     invalid: str | None = None
     held: StorageCheck | None = None  # set when storage.enforce holds the replicas at 0
+    model_hold: str | None = None  # set when the hub refused the model (kubellm_operator.modelplan)
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -252,6 +262,8 @@ class Operator:
         self._known_lock = threading.Lock()
         self._failures: dict[Key, int] = {}
         self._summaries_forbidden = False
+        self.models = ModelResolver()
+        self.fetch_loadz = fetch_loadz
 
     # Which LLMServices exist (fed by the LLMService watch) --------------------------------------------------
 
@@ -302,9 +314,19 @@ class Operator:
         generation = metadata.get("generation")
         previous: Mapping[str, Any] = obj.get("status") or {}
         llms: LLMService | None = None
+        model_plan: ModelPlan | None = None
         invalid: str | None = None
         try:
             llms = LLMService.from_object({k: v for k, v in obj.items() if k != "status"})
+            # The hub model resolved and what the user left unset derived from it, before anything is planned.
+            model_plan = plan_model(
+                llms,
+                self.models,
+                default_endpoint=self.settings.hub_endpoint,
+                bandwidth=self.settings.bandwidth_bytes,
+                read_token=secret_token_reader(self.cluster.get_secret, namespace),
+            )
+            llms = model_plan.llms
             problems = llms.spec.problems()
             invalid = "; ".join(problems) if problems else None
         except ValidationError as exc:
@@ -316,7 +338,8 @@ class Operator:
         held = storage if enforced and storage is not None and storage.nodes_seen and not storage.ok else None
         writes: list[str] = []
         deployment: dict[str, Any] | None
-        if llms is not None and invalid is None:
+        model_hold = model_plan.hold if model_plan is not None else None
+        if llms is not None and invalid is None and model_hold is None:
             children = render.render(
                 llms, image_default=self.settings.inference_image, replicas=0 if held is not None else None
             )
@@ -347,6 +370,9 @@ class Operator:
             endpoint=render.endpoint(llms) if llms is not None else None,
             held_for_storage=held is not None,
             invalid=invalid,
+            model=model_plan.status if model_plan is not None else None,
+            model_hold=(model_hold[0].value, model_hold[1]) if model_hold is not None else None,
+            loading=loading_status(pods, self.fetch_loadz) if invalid is None and model_hold is None else None,
         )
         status = compute_status(seen, previous, now_rfc3339())
         patch = status_patch(previous, status)
@@ -355,9 +381,14 @@ class Operator:
             writes.append("status")
             self.metrics.writes.labels(target="status").inc()
         self.metrics.set_phase(namespace, name, status.get("phase"))
+        if seen.loading is not None:
+            # No pod event marks a download's progress: read the pods again soon while they load.
+            self.queue.add((namespace, name), delay=LOADING_REFRESH_S)
         self._announce(obj, previous, status, storage, invalid, announce)
         if invalid is not None:
             return Result(INVALID, tuple(writes), invalid=invalid, status=status)
+        if model_hold is not None:
+            return Result(WAITING, tuple(writes), model_hold=model_hold[1], status=status)
         if held is not None:
             return Result(WAITING, tuple(writes), held=held, status=status)
         return Result(CHANGED if writes else UNCHANGED, tuple(writes), status=status)
