@@ -163,7 +163,7 @@ def load_model(settings: ServerSettings, progress: LoadProgress | None = None) -
     dtype = resolve_dtype(settings.dtype, device)
     source, hub = model_source(settings, progress)
     if progress is not None:
-        progress.set_phase(Phase.loading, source)
+        progress.set_phase(Phase.loading, "the weights into memory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **hub)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hub)

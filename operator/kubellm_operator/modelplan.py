@@ -175,6 +175,11 @@ def fetch_loadz(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return answer if isinstance(answer, dict) else None
 
 
+def pods_loading(pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any pod runs without being ready yet: its load may be moving, though no pod event says so."""
+    return any(_loading(pod) for pod in pods)
+
+
 def _loading(pod: Mapping[str, Any]) -> bool:
     status = pod.get("status") or {}
     if (pod.get("metadata") or {}).get("deletionTimestamp") or status.get("phase") != "Running":

@@ -42,6 +42,7 @@ from kubellm_operator.modelplan import (
     fetch_loadz,
     loading_status,
     plan_model,
+    pods_loading,
     secret_token_reader,
 )
 from kubellm_operator.resolve import ModelResolver
@@ -381,7 +382,7 @@ class Operator:
             writes.append("status")
             self.metrics.writes.labels(target="status").inc()
         self.metrics.set_phase(namespace, name, status.get("phase"))
-        if seen.loading is not None:
+        if invalid is None and model_hold is None and pods_loading(pods):
             # No pod event marks a download's progress: read the pods again soon while they load.
             self.queue.add((namespace, name), delay=LOADING_REFRESH_S)
         self._announce(obj, previous, status, storage, invalid, announce)
