@@ -35,6 +35,16 @@ BUDGET_MIN_SECONDS, BUDGET_MAX_SECONDS = 600, 86400
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "U8": 1}
 
 
+def human_bytes(count: int) -> str:
+    """9858368 -> '9.4Mi': for people (a quantity that kubectl reads too), not for exact sizes."""
+    value = float(count)
+    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
+        if value < 1024 or unit == "Ti":
+            return f"{value:.0f}" if unit == "" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class Derived:
     field: str  # the spec path it fills, as written in YAML
@@ -97,7 +107,11 @@ def effective_llmservice(
         if llms.spec.model.size_hint is None:
             model_spec["sizeHint"] = str(model.bytes)
             derived.append(
-                Derived("spec.model.sizeHint", format_bytes(model.bytes), f"{len(model.files)} files on the hub")
+                Derived(
+                    "spec.model.sizeHint",
+                    str(model.bytes),
+                    f"{len(model.files)} files on the hub, {human_bytes(model.bytes)}",
+                )
             )
         if "budget_seconds" not in llms.spec.probes.startup.model_fields_set:
             budget = startup_budget(model, bandwidth)
@@ -106,7 +120,7 @@ def effective_llmservice(
                 Derived(
                     "spec.probes.startup.budgetSeconds",
                     str(budget),
-                    f"{format_bytes(model.bytes)} at {format_bytes(bandwidth)}/s (x2) + load + 300s",
+                    f"{human_bytes(model.bytes)} at {human_bytes(bandwidth)}/s (x2) + load + 300s",
                 )
             )
         if llms.spec.resources.requests.memory is None:

@@ -189,3 +189,25 @@ def test_memory_on_gpu_uses_bfloat16() -> None:
     gpu = _llms(resources={"limits": {"nvidia.com/gpu": "1"}})
     cpu_bytes, gpu_bytes = memory_estimate(_llms(), _mistral_like()), memory_estimate(gpu, _mistral_like())
     assert cpu_bytes is not None and gpu_bytes is not None and gpu_bytes < cpu_bytes
+
+
+def test_render_resolve_shows_derived_values_and_their_sources(
+    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubellm_operator.offline import render_main
+
+    manifest = tmp_path / "hub.yaml"
+    manifest.write_text(
+        "apiVersion: kubellm.dev/v1alpha1\nkind: LLMService\nmetadata: {name: hubby}\n"
+        "spec:\n  model: {name: acme/tiny}\n  resources: {requests: {memory: 3Gi}}\n"
+    )
+    assert render_main(["-f", str(manifest), "--resolve", "--hub-endpoint", hub.endpoint]) == 0
+    out = capsys.readouterr().out
+    comments = [line for line in out.splitlines() if line.startswith("#")]
+    assert comments[0].startswith(f"# LLMService hubby: acme/tiny on {hub.endpoint} is commit ")
+    assert any("spec.storage.cacheSize: 1Gi  <- 1.2 x sizeHint" in line for line in comments)
+    assert not any("resources.requests.memory" in line for line in comments), "the user's memory wins"
+    assert "KUBELLM_REVISION" in out and "memory: 3Gi" in out
+    manifest.write_text(manifest.read_text().replace("acme/tiny", "acme/typo"))
+    assert render_main(["-f", str(manifest), "--resolve", "--hub-endpoint", hub.endpoint]) == 2
+    assert "model not found: acme/typo" in capsys.readouterr().err
