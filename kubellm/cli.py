@@ -40,6 +40,7 @@ DELEGATES: dict[str, Delegate] = {
     "emulator": Delegate("kubellm_emulator.cli", "sandbox", "run the Kubernetes API emulator"),
     "sandbox": Delegate("kubellm_sandbox.cli", "sandbox", "sandbox up|down|status: a local cluster stand-in"),
     "demo": Delegate("kubellm_sandbox.demo", "sandbox", "run kubellm's main job end to end on this machine"),
+    "hub": Delegate("kubellm_hub.server", None, "serve model folders over the Hugging Face Hub API (tests, sandbox)"),
 }
 
 

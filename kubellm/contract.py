@@ -33,6 +33,7 @@ HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"
 LIVEZ_PATH = "/livez"
 METRICS_PATH = "/metrics"
+LOADZ_PATH = "/loadz"  # the model load's phase and download progress (JSON), for people and the operator
 
 
 class DType(StrEnum):
@@ -60,6 +61,15 @@ class ServerSettings(BaseSettings):
     # Outside a pod the cache lives in the user's home; in a pod the renderer points it at the cache volume.
     cache_dir: Path = Field(Path.home() / ".cache" / "kubellm", description="Model download and conversion cache")
     hub_token: SecretStr | None = Field(None, description="Hugging Face token for gated models")
+    hub_endpoint: str | None = Field(
+        None, description="Hub URL (a mirror or proxy); unset: HF_ENDPOINT, else https://huggingface.co"
+    )
+    download_stall_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="A download that receives no byte for this long is restarted"
+    )
+    download_max_restarts: int = Field(
+        3, ge=0, le=100, description="Restarts of a stalled or failed download before the load fails"
+    )
     api_key: SecretStr | None = Field(None, description="When set, inference routes require it as a bearer token")
 
     max_input_tokens: int = Field(2048, ge=1, le=1_000_000)

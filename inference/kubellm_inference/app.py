@@ -14,17 +14,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kubellm.contract import HEALTHZ_PATH, LIVEZ_PATH, METRICS_PATH, READYZ_PATH, ServerSettings
+from kubellm.contract import HEALTHZ_PATH, LIVEZ_PATH, LOADZ_PATH, METRICS_PATH, READYZ_PATH, ServerSettings
 from kubellm_inference.engine import GenerationEngine
 from kubellm_inference.errors import install_error_handlers
 from kubellm_inference.loading import LoadedModel, load_model
 from kubellm_inference.metrics import ServerMetrics
-from kubellm_inference.routes import health, metrics, openai_api, seed
+from kubellm_inference.progress import LoadProgress, ProgressCollector
+from kubellm_inference.routes import health, loading, metrics, openai_api, seed
 from kubellm_inference.state import ServerState
 
 log = logging.getLogger(__name__)
 
-_PROBE_PATHS = frozenset({HEALTHZ_PATH, READYZ_PATH, LIVEZ_PATH, METRICS_PATH})
+_PROBE_PATHS = frozenset({HEALTHZ_PATH, READYZ_PATH, LIVEZ_PATH, METRICS_PATH, LOADZ_PATH})
 
 
 def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | None = None) -> FastAPI:
@@ -33,15 +34,17 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
     ``loader`` replaces ``load_model(settings)``; tests use it to hold the real load back behind a gate.
     """
     server_metrics = ServerMetrics()
+    progress = LoadProgress()
+    server_metrics.registry.register(ProgressCollector(progress))
     engine = GenerationEngine(
-        loader or (lambda: load_model(settings)),
+        loader or (lambda: load_model(settings, progress)),
         queue_size=settings.queue_size,
         max_batch_size=settings.max_batch_size,
         stuck_step_timeout_s=settings.stuck_step_timeout_s,
         debug_step_delay_s=settings.debug_step_delay_s,
         metrics=server_metrics,
     )
-    state = ServerState(settings=settings, metrics=server_metrics, engine=engine)
+    state = ServerState(settings=settings, metrics=server_metrics, engine=engine, progress=progress)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +64,7 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
     )
     app.state.kubellm = state
     install_error_handlers(app)
-    for router in (seed.router, openai_api.router, health.router, metrics.router):
+    for router in (seed.router, openai_api.router, health.router, metrics.router, loading.router):
         app.include_router(router)
     app.add_middleware(RequestMetricsMiddleware, metrics=server_metrics)
     return app

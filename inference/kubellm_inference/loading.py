@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubellm.contract import EMBEDDED_MODEL, Device, DType, ServerSettings
+from kubellm_inference.progress import LoadProgress, Phase
 
 if TYPE_CHECKING:
     import torch
@@ -149,23 +150,36 @@ def _check_readable(folder: Path) -> None:
             )
 
 
-def model_source(settings: ServerSettings) -> tuple[str, dict[str, Any]]:
+def model_source(settings: ServerSettings, progress: LoadProgress | None = None) -> tuple[str, dict[str, Any]]:
     """Where from_pretrained loads from, and the hub keyword arguments it needs."""
     if settings.model == EMBEDDED_MODEL:
+        if progress is not None:
+            progress.set_phase(Phase.converting, "the embedded GGUF model (the first start only)")
         return str(converted_embedded_folder(settings.cache_dir, settings.prebuilt_dir)), {}
     if Path(settings.model).is_dir():
         return settings.model, {}
     if settings.model.startswith(("/", "./", "../", "~")):
         raise ModelLoadError(f"no model folder at {settings.model}")
-    hub: dict[str, Any] = {"cache_dir": str(settings.cache_dir / "hub")}
-    if settings.revision:
-        hub["revision"] = settings.revision
-    if settings.hub_token is not None:
-        hub["token"] = settings.hub_token.get_secret_value()
-    return settings.model, hub
+    # A hub id: fetched pinned, resumable and verified into the cache, then loaded as a local folder.
+    from kubellm_inference.download import HubDownloadError, fetch_model, hub_endpoint
+
+    try:
+        folder = fetch_model(
+            settings.model,
+            settings.revision,
+            cache_dir=settings.cache_dir / "hub",
+            endpoint=hub_endpoint(settings),
+            token=settings.hub_token.get_secret_value() if settings.hub_token is not None else None,
+            progress=progress or LoadProgress(),
+            stall_timeout_s=settings.download_stall_timeout_s,
+            max_restarts=settings.download_max_restarts,
+        )
+    except HubDownloadError as error:
+        raise ModelLoadError(str(error)) from error
+    return str(folder), {}
 
 
-def load_model(settings: ServerSettings) -> LoadedModel:
+def load_model(settings: ServerSettings, progress: LoadProgress | None = None) -> LoadedModel:
     """Load the configured model and tokenizer onto the configured device; raises ModelLoadError."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,9 +187,11 @@ def load_model(settings: ServerSettings) -> LoadedModel:
     started = time.monotonic()
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    source, hub = model_source(settings)
+    source, hub = model_source(settings, progress)
     if Path(source).is_dir():
         _check_readable(Path(source))
+    if progress is not None:
+        progress.set_phase(Phase.loading, "the weights into memory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **hub)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hub)
@@ -183,6 +199,9 @@ def load_model(settings: ServerSettings) -> LoadedModel:
         raise ModelLoadError(f"cannot load model {settings.model!r}: {error}") from error
     model.to(device)  # type: ignore[arg-type]
     model.eval()
+    if progress is not None:
+        # The engine runs its warm-up generation as soon as the loader returns.
+        progress.set_phase(Phase.warming_up)
     eos = _eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id
     if pad is None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from kubellm.contract import ServerSettings
 from kubellm_inference.engine import GenerationEngine
 from kubellm_inference.metrics import ServerMetrics
+from kubellm_inference.progress import LoadProgress
 
 
 @dataclass
@@ -18,6 +19,7 @@ class ServerState:
     metrics: ServerMetrics
     engine: GenerationEngine
     started_at: int = field(default_factory=lambda: int(time.time()))
+    progress: LoadProgress = field(default_factory=LoadProgress)
 
 
 def app_state(app: FastAPI) -> ServerState:

@@ -119,6 +119,18 @@ class SecretKeyRef(_Model):
     key: str = Field(..., min_length=1, max_length=253, description="Key inside the Secret")
 
 
+class HubSpec(_Model):
+    """Where hub ids are resolved and downloaded from."""
+
+    endpoint: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="Hub URL (a mirror or an air-gapped proxy such as http://hub.internal:8090). "
+        "Default: the operator's hubEndpoint setting, else https://huggingface.co.",
+    )
+
+
 class ModelSpec(_Model):
     """Which model to serve, and the generation defaults for requests that name none."""
 
@@ -134,13 +146,16 @@ class ModelSpec(_Model):
     revision: str | None = Field(None, max_length=256, description="Hub branch, tag or commit.")
     dtype: DType = Field(DType.auto, description="Weights dtype; auto picks float32 on CPU, the model's own on GPU.")
     size_hint: Quantity | None = Field(
-        None, description="Approximate size of the downloaded weights (e.g. 15Gi), used for storage planning."
+        None,
+        description="Size of the weights (e.g. 15Gi), for storage planning. Default for hub models: the size the "
+        "operator resolves from the hub (status.model.bytes); set it to work offline or to override.",
     )
     max_new_tokens: int = Field(256, ge=1, le=32768, description="Default max new tokens per request.")
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature (0 = greedy).")
     hub_token_secret_ref: SecretKeyRef | None = Field(
         None, description="Secret key holding a Hugging Face token, for gated models such as Mistral."
     )
+    hub: HubSpec | None = Field(None, description="The hub that serves model.name (a mirror or proxy).")
 
 
 class ResourceList(_Model):
@@ -578,6 +593,7 @@ RENDERED_SETTINGS = (
     "device",
     "cache_dir",
     "hub_token",
+    "hub_endpoint",
     "api_key",
     "port",
     "default_max_new_tokens",
@@ -780,6 +796,31 @@ class RolloutStatus(_Model):
     reason: str
 
 
+class ModelStatus(_Model):
+    """What the operator resolved model.name to before rolling out; pods load exactly this commit."""
+
+    name: str | None = Field(None, description="The model as named in the spec.")
+    endpoint: str | None = Field(None, description="The hub it was resolved on.")
+    revision: str | None = Field(None, description="The revision asked for (default main).")
+    commit: str | None = Field(None, description="The commit the revision resolved to; pods load this one.")
+    files: list[str] = Field(default_factory=list, description="The files the server downloads.")
+    bytes: int | None = Field(None, description="Their total size in bytes.")
+    size: str | None = Field(None, description="The same, as a quantity (e.g. 14.5Gi).")
+    parameters: int | None = Field(None, description="Parameter count from the safetensors metadata.")
+    dtype: str | None = Field(None, description="Dtype of the stored weights (the largest share), e.g. BF16.")
+    error: str | None = Field(None, description="Why the last resolution failed, if it did.")
+
+
+class LoadingStatus(_Model):
+    """Model download and load progress of the pods that are not ready yet."""
+
+    phase: str | None = Field(None, description="resolving, downloading, converting, loading or warming up.")
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    bytes_per_second: float | None = None
+    message: str | None = Field(None, description="e.g. Downloading 6.2/14.5Gi (43%), 38.0MiB/s")
+
+
 class LLMServiceStatus(_Model):
     """What the operator observed; written by the operator only."""
 
@@ -793,6 +834,8 @@ class LLMServiceStatus(_Model):
     endpoint: str | None = Field(None, description="In-cluster address: <name>.<namespace>.svc.cluster.local:<port>.")
     storage: StorageStatus | None = Field(None, description="The last storage pre-flight check.")
     rollout: RolloutStatus | None = Field(None, description="The Deployment's rollout strategy in effect.")
+    model: ModelStatus | None = Field(None, description="The resolved model: commit, files, bytes, parameters.")
+    loading: LoadingStatus | None = Field(None, description="Download and load progress while pods start.")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

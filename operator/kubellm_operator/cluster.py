@@ -128,6 +128,10 @@ class Cluster:
             lambda: read(name, namespace, _preload_content=False, _request_timeout=self.timeout)
         )
 
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret (the hub token's); None when absent. Needs get on it (docs/hub.md)."""
+        return self._absent_is_none(lambda: self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         listing = _loads(
             self.core.list_namespaced_pod(

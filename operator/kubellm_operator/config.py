@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from kubellm.quantity import format_bytes
+from kubellm.quantity import format_bytes, parse_quantity
 from kubellm_operator.render import DEFAULT_GPU_INFERENCE_IMAGE, DEFAULT_INFERENCE_IMAGE
 from kubellm_operator.storage import parse_headroom
 
@@ -61,6 +61,15 @@ class OperatorSettings(BaseSettings):
     )
     storage_retry_s: float = Field(
         60.0, gt=0, description="Retry delay while storage.enforce holds an LLMService at 0 replicas."
+    )
+    hub_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="Hub for LLMServices that name none in spec.model.hub.endpoint (a mirror or proxy); "
+        "default https://huggingface.co.",
+    )
+    download_bandwidth: str = Field(
+        "50Mi", description="Assumed download bandwidth per second (a quantity), for derived startup budgets."
     )
     log_format: LogFormat = Field(LogFormat.text, description="text or json.")
     log_level: LogLevel = Field(LogLevel.info, description="DEBUG, INFO, WARNING or ERROR.")
@@ -110,6 +119,17 @@ class OperatorSettings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("download_bandwidth")
+    @classmethod
+    def _valid_bandwidth(cls, value: str) -> str:
+        if parse_quantity(value) <= 0:
+            raise ValueError(f"{value!r} must be a positive quantity of bytes per second, such as 50Mi")
+        return value
+
+    @property
+    def bandwidth_bytes(self) -> int:
+        return int(parse_quantity(self.download_bandwidth))
 
     @property
     def headroom_bytes(self) -> int:

@@ -89,11 +89,21 @@ def _render(args: argparse.Namespace) -> int:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE
     manifests: list[dict[str, Any]] = []
+    notes: list[str] = []
     for llms in services:
         if args.namespace:
             llms.metadata.namespace = args.namespace
+        if args.resolve:
+            from kubellm_operator.hubrender import resolve_for_render
+
+            llms, lines, problem = resolve_for_render(llms, args.hub_endpoint, args.download_bandwidth)
+            if problem is not None:
+                print(f"error: {problem}", file=sys.stderr)
+                return EXIT_USAGE
+            notes += lines
         manifests += render(llms, image_default=args.image, gpu_image_default=args.gpu_image)
-    sys.stdout.write(dump_yaml(manifests))
+    # YAML comments: `kubectl apply -f -` ignores them; people see where each derived value came from.
+    sys.stdout.write("".join(f"# {line}\n" for line in notes) + dump_yaml(manifests))
     return 0
 
 
@@ -113,6 +123,14 @@ def _render_parser() -> argparse.ArgumentParser:
         help="CUDA inference image when spec.image is unset and a GPU is requested",
     )
     parser.add_argument("-n", "--namespace", help="override metadata.namespace")
+    parser.add_argument(
+        "--resolve",
+        action="store_true",
+        help="ask the hub about hub models, as the operator does, and derive what the spec leaves unset "
+        "(printed as comments with their source; token from HF_TOKEN)",
+    )
+    parser.add_argument("--hub-endpoint", help="the operator's hub setting (default: HF_ENDPOINT, else huggingface.co)")
+    parser.add_argument("--download-bandwidth", default="50Mi", help="assumed bytes/s (default: %(default)s)")
     return parser
 
 

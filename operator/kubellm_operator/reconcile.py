@@ -46,6 +46,17 @@ from kubellm_operator.api import GIB, LLMService
 from kubellm_operator.cluster import Cluster, api_message, api_reason, retry_after_seconds
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.metrics import CHANGED, ERROR, INVALID, REFUSED, UNCHANGED, WAITING, OperatorMetrics
+from kubellm_operator.modelplan import (
+    HOLD_RETRY_S,
+    LOADING_REFRESH_S,
+    ModelPlan,
+    fetch_loadz,
+    loading_status,
+    plan_model,
+    pods_loading,
+    secret_token_reader,
+)
+from kubellm_operator.resolve import ModelResolver
 from kubellm_operator.status import (
     API_REFUSED,
     CHILD_REJECTED,
@@ -461,6 +472,7 @@ class Result:
     writes: tuple[str, ...] = ()
     invalid: str | None = None
     held: StorageCheck | None = None  # set when storage.enforce holds the replicas at 0
+    model_hold: str | None = None  # set when the hub refused the model (kubellm_operator.modelplan)
     status: Mapping[str, Any] = field(default_factory=dict)
     refusals: tuple[Refusal, ...] = ()
     fingerprint: str | None = None
@@ -492,6 +504,8 @@ class Operator:
         self._summaries_forbidden = False
         self._running: dict[int, float] = {}  # thread id -> monotonic start of the pass it runs
         self.last_watch_event = time.monotonic()
+        self.models = ModelResolver()
+        self.fetch_loadz = fetch_loadz
 
     # Which LLMServices exist (fed by the LLMService watch) --------------------------------------------------
 
@@ -607,9 +621,19 @@ class Operator:
 
         # Plan.
         llms: LLMService | None = None
+        model_plan: ModelPlan | None = None
         invalid: str | None = None
         try:
             llms = LLMService.from_object({k: v for k, v in obj.items() if k != "status"})
+            # The hub model resolved and what the user left unset derived from it, before anything is planned.
+            model_plan = plan_model(
+                llms,
+                self.models,
+                default_endpoint=self.settings.hub_endpoint,
+                bandwidth=self.settings.bandwidth_bytes,
+                read_token=secret_token_reader(self.cluster.get_secret, namespace),
+            )
+            llms = model_plan.llms
             problems = llms.spec.problems()
             invalid = "; ".join(problems) if problems else None
         except ValidationError as exc:
@@ -621,7 +645,8 @@ class Operator:
         held = storage if enforced and storage is not None and storage.nodes_seen and not storage.ok else None
         plans: list[ChildPlan] = []
         print_: str | None = None
-        if llms is not None and invalid is None:
+        model_hold = model_plan.hold if model_plan is not None else None
+        if llms is not None and invalid is None and model_hold is None:
             children = render.render(
                 llms,
                 image_default=self.settings.inference_image,
@@ -666,6 +691,9 @@ class Operator:
             rollout=llms.spec.effective_rollout() if llms is not None and invalid is None else None,
             startup_budget_seconds=llms.spec.probes.startup.budget_seconds if llms is not None else None,
             now=datetime.datetime.now(datetime.UTC),
+            model=model_plan.status if model_plan is not None else None,
+            model_hold=(model_hold[0].value, model_hold[1]) if model_hold is not None else None,
+            loading=loading_status(pods, self.fetch_loadz) if invalid is None and model_hold is None else None,
         )
         status = compute_status(seen, previous, now_rfc3339())
         patch = status_patch(previous, status)
@@ -674,12 +702,17 @@ class Operator:
             writes.append("status")
             self.metrics.writes.labels(target="status").inc()
         self.metrics.set_phase(namespace, name, status.get("phase"))
+        if invalid is None and model_hold is None and pods_loading(pods):
+            # No pod event marks a download's progress: read the pods again soon while they load.
+            self.queue.add(key, LOADING_REFRESH_S)
         self._announce(obj, previous, status, storage, invalid, announce, tuple(refusals))
         result_refusals = tuple(refusals)
         if invalid is not None:
             return Result(INVALID, tuple(writes), invalid=invalid, status=status)
         if refusals:
             return Result(REFUSED, tuple(writes), status=status, refusals=result_refusals, fingerprint=print_)
+        if model_hold is not None:
+            return Result(WAITING, tuple(writes), model_hold=model_hold[1], status=status)
         if held is not None:
             return Result(WAITING, tuple(writes), held=held, status=status, fingerprint=print_)
         return Result(CHANGED if writes else UNCHANGED, tuple(writes), status=status, fingerprint=print_)
@@ -837,6 +870,10 @@ class Operator:
             self.retry.succeeded(key)
             if result.held is not None:
                 self.queue.add(key, self.settings.storage_retry_s)
+            if result.model_hold is not None:
+                # The hub refused the model (not found, gated, bad token): asked again at a steady pace, since the
+                # fix (a token, access granted, the repo made public) happens on the hub, not in the spec.
+                self.queue.add(key, HOLD_RETRY_S)
         return result
 
     # Kubelet summaries ------------------------------------------------------------------------------------

@@ -112,6 +112,8 @@ def _env(llms: LLMService) -> list[dict[str, Any]]:
     }
     if model.revision is not None:
         values[env_name("revision")] = model.revision
+    if model.hub is not None and model.hub.endpoint is not None:
+        values[env_name("hub_endpoint")] = model.hub.endpoint
     env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in values.items()]
     if model.hub_token_secret_ref is not None:
         env.append(_secret_env(env_name("hub_token"), model.hub_token_secret_ref))

@@ -18,16 +18,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubellm.modelfiles import HubFailure
 from kubellm.quantity import format_bytes
 from kubellm_operator.api import (
     Condition,
     ConditionStatus,
     LLMServiceStatus,
+    LoadingStatus,
+    ModelStatus,
     Phase,
     RolloutStatus,
     RolloutStrategy,
     StorageStatus,
 )
+from kubellm_operator.modelplan import hub_failure_problem
 from kubellm_operator.storage import StorageCheck
 
 READY = "Ready"
@@ -75,6 +79,8 @@ PROBLEM_PRIORITY = (
     IMAGE_PULL_BACK_OFF,
     CREATE_CONTAINER_CONFIG_ERROR,
     STARTUP_PROBE_FAILED,
+    # The pods' own account of a failed hub download (kubellm.modelfiles), before a generic crash loop.
+    *(failure.value for failure in HubFailure),
     CRASH_LOOP_BACK_OFF,
     UNSCHEDULABLE,
     EVICTED,
@@ -165,6 +171,9 @@ def _container_problem(pod: Mapping[str, Any], container: Mapping[str, Any]) -> 
             OOM_KILLED,
             f"{where} was OOMKilled ({restarts} restarts); raise resources.limits.memory or pick a smaller model",
         )
+    hub_failure = hub_failure_problem(where, container)
+    if hub_failure is not None:
+        return PodProblem(hub_failure[0].value, hub_failure[1])
     waiting_reason = waiting.get("reason")
     detail = f": {waiting['message']}" if waiting.get("message") else ""
     if waiting_reason in _IMAGE_PULL_REASONS:
@@ -260,6 +269,9 @@ class Observed:
     rollout: tuple[RolloutStrategy, str] | None = None  # the strategy in effect and why
     startup_budget_seconds: int | None = None  # the startup probe's budget: a start within it is still loading
     now: datetime.datetime | None = None
+    model: ModelStatus | None = None  # the resolved hub model (kubellm_operator.modelplan)
+    model_hold: tuple[str, str] | None = None  # (reason, message): the hub refused the model, no rollout
+    loading: LoadingStatus | None = None  # the not-ready pods' download and load progress
 
 
 @dataclass(frozen=True)
@@ -280,6 +292,9 @@ def _verdict(seen: Observed, counts: Mapping[str, int]) -> _Verdict:
     if seen.invalid is not None:
         bad = (_F, INVALID_SPEC, seen.invalid)
         return _Verdict(Phase.failed, bad, bad, (_T, INVALID_SPEC, seen.invalid))
+    if seen.model_hold is not None:
+        held_model = (_F, *seen.model_hold)
+        return _Verdict(Phase.degraded, held_model, held_model, (_T, *seen.model_hold))
     if seen.held_for_storage:
         message = "replicas held at 0 by storage.enforce: " + (seen.storage.message if seen.storage else "")
         held = (_F, INSUFFICIENT_STORAGE, message)
@@ -348,6 +363,8 @@ def _verdict(seen: Observed, counts: Mapping[str, int]) -> _Verdict:
         reason, message = ROLLING_UPDATE, f"{enough}; {updated}/{desired} replicas updated"
     else:
         reason, message = MODEL_LOADING, f"{enough}; waiting for the model to load and the pods to become ready"
+        if seen.loading is not None and seen.loading.message:
+            message = f"{enough}; {seen.loading.message}"
     return _Verdict(Phase.progressing, serving or (_F, reason, message), (_T, reason, message), healthy)
 
 
@@ -434,6 +451,8 @@ def compute_status(seen: Observed, previous: Mapping[str, Any] | None, now: str)
         endpoint=seen.endpoint,
         storage=storage_summary(seen.storage) if seen.storage is not None else None,
         rollout=RolloutStatus(strategy=seen.rollout[0], reason=seen.rollout[1]) if seen.rollout else None,
+        model=seen.model,
+        loading=seen.loading if verdict.phase != Phase.ready else None,
         conditions=conditions,
     )
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")

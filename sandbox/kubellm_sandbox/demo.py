@@ -28,6 +28,7 @@ from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout, admin_token
 
 EXAMPLE = pathlib.Path("examples/tiny-smollm2.yaml")
+HUB_EXAMPLE = pathlib.Path("examples/hub-tiny.yaml")
 QUESTION = "What is Kubernetes? Answer in one sentence."
 READY_TIMEOUT_S = 900.0  # the first start converts the embedded model into the cache (tens of seconds on a laptop)
 KIND_CLUSTER = "kubellm-demo"
@@ -329,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--api-port", type=int, default=0, help="the sandbox API's port when it starts (default: free)")
     parser.add_argument("--down-after", action="store_true", help="stop the sandbox at the end")
+    parser.add_argument(
+        "--hub",
+        action="store_true",
+        help=f"the second demo: serve {HUB_EXAMPLE} from a local, throttled `kubellm hub` (docs/hub.md)",
+    )
+    parser.add_argument("--hub-bandwidth", default="1Mi", help="the demo hub's bytes/s (default: %(default)s)")
     return parser
 
 
@@ -338,7 +345,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cluster == "kind":
             return run_kind(args)
-        code = run_sandbox(args)
+        if args.hub:
+            from kubellm_hub.sandbox import HubStartError, start_hub, stop_hub
+
+            step(f"Starting a local model hub (kubellm hub, {args.hub_bandwidth}/s) with a small random model")
+            try:
+                endpoint = start_hub(args.data_dir, bandwidth=args.hub_bandwidth)
+            except HubStartError as error:
+                raise DemoError(str(error)) from error
+            print(f"  {endpoint}; log in {args.data_dir / 'hub'}")
+            if args.file == EXAMPLE:
+                args.file = HUB_EXAMPLE
+            try:
+                code = run_sandbox(args)
+            finally:
+                if args.down_after:
+                    stop_hub(args.data_dir)
+            if not args.down_after:
+                print(
+                    "Stop the hub with the sandbox: kubellm demo --hub --down-after, or kill $(cat "
+                    f"{args.data_dir / 'hub' / 'hub.pid'})"
+                )
+        else:
+            code = run_sandbox(args)
         failed = False
         return code
     except (DemoError, cli.SandboxError) as error:

@@ -551,7 +551,9 @@ class PodRunner:
         bin_dir = str(pathlib.Path(sys.executable).parent)
         env.setdefault("PATH", os.pathsep.join([bin_dir, os.environ.get("PATH", "/usr/bin:/bin")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
-        for name in ("LANG", "LC_ALL", "TZ"):
+        # PYTHONPATH: the pods run the code of the tree the sandbox runs (a worktree's, not another install's),
+        # as an image built from that tree would.
+        for name in ("LANG", "LC_ALL", "TZ", "PYTHONPATH"):
             if name in os.environ:
                 env.setdefault(name, os.environ[name])
         arguments = [expand(str(a), env) for a in container.get("args") or []]

@@ -71,7 +71,7 @@ async def test_kubectl_apply_get_scale_with_the_operator_process(kube: Kube, tmp
         table = await kubectl(kube, "get", "llmservices")
         assert table is not None
         print(f"\n$ kubectl get llmservices\n{table}")
-        assert table.split("\n")[0].split() == ["NAME", "MODEL", "READY", "PHASE", "REASON", "AGE"]
+        assert table.split("\n")[0].split() == ["NAME", "MODEL", "READY", "PHASE", "REASON", "PROGRESS", "AGE"]
         assert [field(table, "tiny", c) for c in ("MODEL", "READY", "PHASE", "REASON")] == [
             "embedded:smollm2-135m-instruct",
             "0/1",

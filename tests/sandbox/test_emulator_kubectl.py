@@ -114,7 +114,7 @@ async def test_apply_get_describe_patch_scale_delete(emulator: Emulator, kubectl
 
     await set_status(emulator, "tiny", READY_STATUS)
     rows = table(await kubectl.ok("get", "llms"))
-    assert rows[0] == ["NAME", "MODEL", "READY", "PHASE", "REASON", "AGE"]
+    assert rows[0] == ["NAME", "MODEL", "READY", "PHASE", "REASON", "PROGRESS", "AGE"]
     assert rows[1][:5] == ["tiny", "embedded:smollm2-135m-instruct", "1/1", "Ready", "Serving"]
     wide = table(await kubectl.ok("get", "llmservices", "-o", "wide"))
     assert "ENDPOINT" in wide[0] and "tiny.default.svc.cluster.local:5000" in wide[1]

@@ -29,7 +29,8 @@ async def readyz(state: State) -> JSONResponse:
     elif engine.failure is not None:
         reason = f"model load failed: {engine.failure}"
     else:
-        reason = f"model not ready: {engine.state.value}"
+        # The startup probe's answer says where the load is: "model not ready: downloading 6.2/14.5Gi (43%), ...".
+        reason = f"model not ready: {state.progress.line()}"
     return APIError(503, reason, code="not_ready").response()
 
 
