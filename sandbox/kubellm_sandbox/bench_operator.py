@@ -768,7 +768,7 @@ class Bench:
             now = {s["metadata"]["name"]: storage_ready(s) for s in cluster.llmservices()}
             return all(now.get(name) == "False" for name in affected)
 
-        done = await _wait(flipped, 120, interval=0.02, alive=operator.alive)
+        done = await _wait(flipped, 120, interval=0.1, alive=operator.alive)
         latency = time.monotonic() - t0
         await asyncio.sleep(5)  # statuses written late would still be the node change's
         writes = [c for c in log.between(marker) if c.resource == f"{PLURAL}/status" and c.is_write]
