@@ -125,6 +125,7 @@ class RequestLog:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self.calls: list[Call] = []
+        self.watch_selectors: dict[str, str] = {}  # resource -> the labelSelector of its latest watch
         self.lost = 0
         self._next = 0
 
@@ -132,7 +133,10 @@ class RequestLog:
         for request in self.emulator.requests(since=self._next):
             self.lost += request.serial - self._next
             self._next = request.serial + 1
-            self.calls.append(self._classify(request.method, request.path, request.query, request.serial))
+            call = self._classify(request.method, request.path, request.query, request.serial)
+            self.calls.append(call)
+            if call.verb == "watch":
+                self.watch_selectors[call.resource] = request.query.get("labelSelector", "")
 
     def marker(self) -> int:
         self.drain()
@@ -302,6 +306,8 @@ class Cluster:
         )
         self._pods: dict[str, tuple[str, list[str]]] = {}  # deployment -> (template hash, its pods' names)
         self._handled: dict[str, str] = {}  # deployment -> resourceVersion last handled
+        self._foreign: list[tuple[str, str]] = []
+        self._next_foreign = 0
 
     def rtype(self, plural: str) -> Any:
         return self._rtypes[plural]
@@ -321,6 +327,25 @@ class Cluster:
         for index in range(foreign_pods):
             pod = foreign_pod(index, self.nodes[index % len(self.nodes)])
             self._create_pod(pod, outcome)
+            self._foreign.append((pod["metadata"]["namespace"], pod["metadata"]["name"]))
+
+    def touch_foreign(self, count: int) -> None:
+        """``count`` foreign pods get a status update (their kubelet's probe results), round robin."""
+        for _ in range(min(count, len(self._foreign))):
+            namespace, name = self._foreign[self._next_foreign % len(self._foreign)]
+            self._next_foreign += 1
+            pod = self.store.get(self.rtype("pods"), namespace, name)
+            now = now_rfc3339()
+            conditions = [{**c, "lastProbeTime": now} for c in (pod.get("status") or {}).get("conditions") or []]
+            self.store.patch(
+                self.rtype("pods"),
+                namespace,
+                name,
+                "application/merge-patch+json",
+                {"status": {"conditions": conditions}},
+                subresource="status",
+                options=self._options,
+            )
 
     def _create_pod(self, pod: JsonObject, outcome: PodOutcome) -> None:
         meta = pod["metadata"]
@@ -575,6 +600,7 @@ class BenchConfig:
     services: int
     nodes: int
     foreign_pods: int
+    foreign_updates_per_s: int
     idle_seconds: float
     summary_refresh_s: float
     spec_changes: int
@@ -644,6 +670,7 @@ class Bench:
                 asyncio.create_task(self._drift(cluster, stop)),
                 asyncio.create_task(self._controller(cluster, stop)),
                 asyncio.create_task(self._drainer(log, stop)),
+                asyncio.create_task(self._foreign_churn(cluster, stop)),
             ]
             try:
                 await self._phases(cluster, log, operator)
@@ -657,6 +684,7 @@ class Bench:
                 emulator.close_idle_connections()
             self.result["lost_requests"] = log.lost
             self.result["operator_pids"] = operator.pids
+            self.result["watch_label_selectors"] = log.watch_selectors
         self.result["wall_s"] = round(time.monotonic() - started, 1)
         return self.result
 
@@ -684,6 +712,13 @@ class Bench:
             cluster.control_deployments()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
+
+    async def _foreign_churn(self, cluster: Cluster, stop: asyncio.Event) -> None:
+        rate = self.config.foreign_updates_per_s
+        while rate and not stop.is_set():
+            cluster.touch_foreign(max(1, rate // 10))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
 
     async def _drainer(self, log: RequestLog, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -919,6 +954,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreign-pods", type=_positive(int, 0), default=2000, help="pods not kubellm's (default: 2000)"
     )
     parser.add_argument(
+        "--foreign-updates-per-s",
+        type=_positive(int, 0),
+        default=0,
+        help="status updates of foreign pods per second, all run long (default: 0, the pods stay still)",
+    )
+    parser.add_argument(
         "--idle-seconds", type=_positive(float, 1), default=120.0, help="idle window (default: %(default)s)"
     )
     parser.add_argument(
@@ -973,6 +1014,7 @@ def main(argv: list[str]) -> int:
         services=args.services,
         nodes=args.nodes,
         foreign_pods=args.foreign_pods,
+        foreign_updates_per_s=args.foreign_updates_per_s,
         idle_seconds=args.idle_seconds,
         summary_refresh_s=args.summary_refresh_s,
         spec_changes=args.spec_changes,
