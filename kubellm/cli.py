@@ -35,7 +35,9 @@ DELEGATES: dict[str, Delegate] = {
     "serve": Delegate("kubellm_inference.server", "inference", "run the inference server (FastAPI, port 5000)"),
     "probe": Delegate("kubellm_inference.probe", "inference", "run a probe against the local server (probe live)"),
     "tiny-model": Delegate("kubellm_inference.tinymodel", "inference", "build a tiny random model folder"),
-    "bench": Delegate("kubellm_inference.bench", "inference", "benchmark an inference server"),
+    "bench": Delegate(
+        "kubellm_inference.bench", "inference", "benchmark an inference server; `bench operator`: the operator"
+    ),
     "operator": Delegate("kubellm_operator.main", "operator", "run the Kopf operator"),
     "emulator": Delegate("kubellm_emulator.cli", "sandbox", "run the Kubernetes API emulator"),
     "sandbox": Delegate("kubellm_sandbox.cli", "sandbox", "sandbox up|down|status: a local cluster stand-in"),
@@ -43,9 +45,17 @@ DELEGATES: dict[str, Delegate] = {
     "hub": Delegate("kubellm_hub.server", None, "serve model folders over the Hugging Face Hub API (tests, sandbox)"),
 }
 
+# `kubellm COMMAND SUBCOMMAND ...` owned by another component than COMMAND itself: the operator's benchmark needs the
+# API emulator (the sandbox extra), not the inference server's dependencies that `kubellm bench` needs.
+NESTED: dict[tuple[str, str], Delegate] = {
+    ("bench", "operator"): Delegate(
+        "kubellm_sandbox.bench_operator", "sandbox", "benchmark the operator against the API emulator"
+    ),
+}
 
-def _delegate(command: str, argv: list[str]) -> int:
-    target = DELEGATES[command]
+
+def _delegate(command: str, argv: list[str], target: Delegate | None = None) -> int:
+    target = target or DELEGATES[command]
     install = "pip install 'kubellm" + (f"[{target.extra}]'" if target.extra else "'")
     try:
         module = importlib.import_module(target.module)
@@ -82,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) >= 2 and (args[0], args[1]) in NESTED:
+        return _delegate(f"{args[0]} {args[1]}", args[2:], NESTED[args[0], args[1]])
     if args and args[0] in DELEGATES:
         return _delegate(args[0], args[1:])
     build_parser().parse_args(args)  # --help, --version, or a usage error: argparse exits
