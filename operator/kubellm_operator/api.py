@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonDict
 
-from kubellm.contract import DType, env_name
+from kubellm.contract import DType, Quantization, env_name
 from kubellm.quantity import QUANTITY_PATTERN, format_bytes, parse_quantity
 
 GROUP = "kubellm.dev"
@@ -131,7 +131,15 @@ class ModelSpec(_Model):
         ),
     )
     revision: str | None = Field(None, max_length=256, description="Hub branch, tag or commit.")
-    dtype: DType = Field(DType.auto, description="Weights dtype; auto picks float32 on CPU, the model's own on GPU.")
+    dtype: DType = Field(
+        DType.auto,
+        description="Weights dtype; auto picks bfloat16 on CPUs with native bf16 (AVX512-BF16 or AMX) and on GPUs "
+        "that support it, float32 elsewhere.",
+    )
+    quantization: Quantization = Field(
+        Quantization.none,
+        description="Weight-only quantization of the linear layers at load time (CPU): none, int8 or int4.",
+    )
     size_hint: Quantity | None = Field(
         None, description="Approximate size of the downloaded weights (e.g. 15Gi), used for storage planning."
     )
@@ -397,6 +405,7 @@ RENDERED_SETTINGS = (
     "model",
     "revision",
     "dtype",
+    "quantization",
     "device",
     "cache_dir",
     "hub_token",
