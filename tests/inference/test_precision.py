@@ -75,7 +75,7 @@ TEXTS = [
 # the share of positions where the quantized model's most likely next token is bfloat16's, and the increase of
 # the mean negative log-likelihood of the texts, in nats per token.
 MIN_TOP1_AGREEMENT = {Quantization.int8: 0.95, Quantization.int4: 0.80}
-MAX_NLL_INCREASE = {Quantization.int8: 0.03, Quantization.int4: 0.30}
+MAX_NLL_INCREASE = {Quantization.int8: 0.03, Quantization.int4: 0.05}
 
 
 def _score(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -99,6 +99,6 @@ def test_int8_and_int4_stay_close_to_bfloat16_on_smollm2(tmp_path: Path) -> None
         assert weight_bytes(loaded.model) < reference.weight_bytes * max_bytes_share
         top1, nll = _score(loaded.model, batch.input_ids, batch.attention_mask)
         agreement = (top1 == ref_top1).float().mean().item()
-        print(f"{setting.value}: top-1 agreement {agreement:.3f}, NLL {nll:.3f} vs bfloat16 {ref_nll:.3f}")
+        print(f"{setting.value}: top-1 agreement {agreement:.4f}, NLL {nll:.4f} vs bfloat16 {ref_nll:.4f}")
         assert agreement >= MIN_TOP1_AGREEMENT[setting], (setting, agreement)
         assert nll - ref_nll <= MAX_NLL_INCREASE[setting], (setting, nll, ref_nll)
