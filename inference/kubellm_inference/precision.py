@@ -92,7 +92,7 @@ def _classes() -> tuple[type[nn.Module], type[nn.Module]]:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             shape = x.shape
-            out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight_int8, self.scales)
+            out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).contiguous(), self.weight_int8, self.scales)
             out = out.reshape(*shape[:-1], self.out_features)
             return out if self.bias is None else out + self.bias
 
@@ -122,7 +122,7 @@ def _classes() -> tuple[type[nn.Module], type[nn.Module]]:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             shape = x.shape
-            flat = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+            flat = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()  # the kernel needs a dense A
             out = torch._weight_int4pack_mm_for_cpu(flat, self.weight_int4, INT4_GROUP_SIZE, self.scales_and_zeros)
             out = out.reshape(*shape[:-1], self.out_features).to(x.dtype)
             return out if self.bias is None else out + self.bias
