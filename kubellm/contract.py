@@ -43,6 +43,14 @@ class DType(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class Quantization(StrEnum):
+    """Weight-only quantization of the linear layers (activations stay in the served dtype)."""
+
+    none = "none"
+    int8 = "int8"
+    int4 = "int4"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -56,7 +64,14 @@ class ServerSettings(BaseSettings):
 
     model: str = Field(EMBEDDED_MODEL, min_length=1, description="Hub repo id, local folder, or the embedded model")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
-    dtype: DType = DType.auto
+    dtype: DType = Field(
+        DType.auto,
+        description="auto: bfloat16 on CPUs with native bf16 (avx512_bf16 or AMX) and on CUDA GPUs that support "
+        "it, float32 elsewhere",
+    )
+    quantization: Quantization = Field(
+        Quantization.none, description="Weight-only quantization of the linear layers (torchao): none, int8, int4"
+    )
     device: Device = Device.auto
     # Outside a pod the cache lives in the user's home; in a pod the renderer points it at the cache volume.
     cache_dir: Path = Field(Path.home() / ".cache" / "kubellm", description="Model download and conversion cache")

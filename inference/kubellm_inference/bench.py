@@ -1,11 +1,16 @@
-"""``kubellm bench``: throughput and latency of our server, raw ``model.generate`` and ``transformers serve``.
+"""``kubellm bench``: throughput and latency of our server, raw ``model.generate``, ``transformers serve`` and,
+when a ``llama-server`` binary and GGUF files are given, llama.cpp.
 
 All three run one after the other on this machine (127.0.0.1 only), on the same model folder, with the same
 prompt (``--prompt-tokens`` tokens) and a forced answer length (``--new-tokens``; end-of-sequence ignored), at
 each concurrency level (the raw baseline runs the same number of prompts as one ``generate`` batch). Reported
 per target and level, as medians over ``--repetitions``: time to first token, inter-token latency, end-to-end
 latency p50/p90 and output tokens per second. Everything is bounded: a request count per level, a timeout
-per request and ``--max-seconds`` for the whole run. Prints a table, then the JSON document.
+per request and ``--max-seconds`` for the whole run. Our server can run in several precisions side by side
+(``--kubellm-precisions float32 auto int8 int4``). Next to every concurrency-1 figure the bandwidth floor is
+printed: the bytes of weights one decoding step reads, divided by this machine's memory bandwidth measured in
+the same run (the time one token takes when nothing but reading the weights counts). Prints a table, then the
+JSON document.
 """
 
 from __future__ import annotations
@@ -270,6 +275,43 @@ def make_prompt(model_folder: str, tokens: int) -> tuple[str, list[int]]:
 
 
 RAW, OURS, PEER = "raw generate", "kubellm serve", "transformers serve --continuous-batching"
+LLAMA_CPP = "llama.cpp"
+# --kubellm-precisions: name -> (KUBELLM_DTYPE, KUBELLM_QUANTIZATION); int8/int4 keep dtype auto.
+PRECISIONS = {
+    "auto": ("auto", "none"),
+    "float32": ("float32", "none"),
+    "bfloat16": ("bfloat16", "none"),
+    "int8": ("auto", "int8"),
+    "int4": ("auto", "int4"),
+}
+
+
+def ours_name(precision: str) -> str:
+    """The target name of our server in one precision; ``auto`` (the default) is plain ``kubellm serve``."""
+    return OURS if precision == "auto" else f"{OURS} {precision}"
+
+
+def measure_memory_bandwidth(seconds: float = 2.0) -> float:
+    """Bytes per second this process reads from memory: the best of repeated sums over a buffer far larger than
+    any cache (256 MiB), with torch's threads, which is how a decoding step reads the weights."""
+    import torch
+
+    buffer = torch.ones(64 * 1024 * 1024, dtype=torch.float32)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    return buffer.numel() * buffer.element_size() / best
+
+
+def _metric_value(base_url: str, name: str) -> float | None:
+    text = httpx.get(f"{base_url}/metrics", timeout=10, trust_env=False).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -283,6 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     targets: dict[str, Callable[[int], tuple[list[RequestTiming], float]]] = {}
+    weight_bytes: dict[str, float | None] = {}
     load_before = os.getloadavg()
     base_body = {"prompt": prompt, "max_tokens": args.new_tokens, "temperature": 0, "stream": True}
     highest = max(args.concurrency)
@@ -298,23 +341,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "raw" in args.targets:
             targets[RAW] = RawGenerate(model_folder, prompt_ids, args.new_tokens)
         if "kubellm" in args.targets:
-            port = free_port()
-            env = {
-                **os.environ,
-                env_name("model"): model_folder,
-                env_name("served_model_name"): "bench",
-                env_name("host"): "127.0.0.1",
-                env_name("port"): str(port),
-                env_name("max_batch_size"): str(highest),
-                env_name("max_new_tokens"): str(args.new_tokens),
-                env_name("log_level"): "warning",
-            }
-            command = [sys.executable, "-m", "kubellm_inference.server"]
-            servers.enter_context(
-                server_process(command, env, f"http://127.0.0.1:{port}/readyz", log_dir / "kubellm-serve.log")
-            )
-            body = {**base_body, "model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}}
-            targets[OURS] = http_target(f"http://127.0.0.1:{port}/v1/completions", body)
+            for precision in args.kubellm_precisions:
+                port = free_port()
+                dtype, quantization = PRECISIONS[precision]
+                env = {
+                    **os.environ,
+                    env_name("model"): model_folder,
+                    env_name("served_model_name"): "bench",
+                    env_name("dtype"): dtype,
+                    env_name("quantization"): quantization,
+                    env_name("host"): "127.0.0.1",
+                    env_name("port"): str(port),
+                    env_name("max_batch_size"): str(highest),
+                    env_name("max_new_tokens"): str(args.new_tokens),
+                    env_name("log_level"): "warning",
+                }
+                command = [sys.executable, "-m", "kubellm_inference.server"]
+                base = f"http://127.0.0.1:{port}"
+                log_path = log_dir / f"kubellm-serve-{precision}.log"
+                servers.enter_context(server_process(command, env, f"{base}/readyz", log_path))
+                name = ours_name(precision)
+                weight_bytes[name] = _metric_value(base, "kubellm_model_weight_bytes")
+                body = {**base_body, "model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}}
+                targets[name] = http_target(f"{base}/v1/completions", body)
         if "peer" in args.targets:
             peer = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
             if peer is None:
@@ -331,6 +380,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 forced = {"max_new_tokens": args.new_tokens, "do_sample": False, "eos_token_id": None}
                 body = {**base_body, "model": model_folder, "generation_config": json.dumps(forced)}
                 targets[PEER] = http_target(f"http://127.0.0.1:{port}/v1/completions", body)
+        for label, gguf in args.gguf:
+            if args.llama_server is None:
+                raise BenchError("--gguf needs --llama-server (the path of a llama.cpp llama-server binary)")
+            port = free_port()
+            # One slot per concurrent client, each with room for the prompt and the answer; continuous batching
+            # is llama-server's default. Threads: all cores, as torch uses them.
+            context = highest * (len(prompt_ids) + args.new_tokens + 64)
+            command = [str(args.llama_server), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
+            command += ["-np", str(highest), "-c", str(context), "-t", str(os.cpu_count() or 1), "--no-warmup"]
+            base = f"http://127.0.0.1:{port}"
+            log_path = log_dir / f"llama-server-{label}.log"
+            servers.enter_context(server_process(command, dict(os.environ), f"{base}/health", log_path))
+            name = f"{LLAMA_CPP} {label}"
+            weight_bytes[name] = float(Path(gguf).stat().st_size)
+            body = {**base_body, "ignore_eos": True, "n_predict": args.new_tokens, "cache_prompt": False}
+            targets[name] = http_target(f"{base}/v1/completions", body)
 
         # Warm-up, unmeasured: caches, allocator pools and the peer's batching manager exist before timing.
         for name, measure in targets.items():
@@ -347,8 +412,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rate = sum(t.tokens for t in timings) / wall
                     print(f"  rep {repetition + 1} {name} @ {level}: {rate:.1f} tok/s", file=sys.stderr)
 
+        # Measured with every server up and idle, right after the timed runs, under the same machine load.
+        bandwidth = measure_memory_bandwidth()
+
     results = [summarize(name, level, level_runs) for (name, level), level_runs in runs.items()]
     results.sort(key=lambda r: (list(targets).index(r.target), r.concurrency))
+    floors = {
+        name: {"weight_bytes": size, "floor_ms_per_token": size / bandwidth * 1000}
+        for name, size in weight_bytes.items()
+        if size
+    }
     return {
         "model": args.model,
         "model_folder": model_folder,
@@ -360,19 +433,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "seconds": round(time.monotonic() - started, 1),
+        "memory_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "bandwidth_floors": floors,
         "results": [asdict(r) for r in results],
-        "comparisons": comparisons(results),
+        "comparisons": comparisons(results, floors),
         "notes": notes,
     }
 
 
-def comparisons(results: list[LevelResult]) -> dict[str, float]:
-    """The issue's targets as ratios (only those whose inputs were measured)."""
+def comparisons(results: list[LevelResult], floors: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """The issues' targets as ratios (only those whose inputs were measured)."""
     by_key = {(r.target, r.concurrency): r for r in results}
+    ratios: dict[str, float] = {}
+    for name, floor in (floors or {}).items():
+        single = by_key.get((name, 1))
+        if single is not None and single.itl_p50_ms is not None:
+            ratios[f"c1_ms_per_token_vs_bandwidth_floor[{name}]"] = round(
+                single.itl_p50_ms / floor["floor_ms_per_token"], 2
+            )
+    llama = sorted({r.target for r in results if r.target.startswith(LLAMA_CPP)})
+    for ours in sorted({r.target for r in results if r.target.startswith(OURS)}):
+        for theirs in llama:
+            for level in (1, max(r.concurrency for r in results)):
+                a, b = by_key.get((ours, level)), by_key.get((theirs, level))
+                if a and b:
+                    ratios[f"c{level}_tokens_per_s[{ours} / {theirs}]"] = round(a.tokens_per_s / b.tokens_per_s, 3)
+                    ratios[f"c{level}_ttft[{ours} / {theirs}]"] = round(a.ttft_p50_s / b.ttft_p50_s, 3)
     ours_1, ours_8 = by_key.get((OURS, 1)), by_key.get((OURS, 8))
     raw_1 = by_key.get((RAW, 1))
     peer_8 = by_key.get((PEER, 8))
-    ratios: dict[str, float] = {}
     if ours_1 and raw_1:
         ratios["c1_tokens_per_s_vs_raw_batch1"] = round(ours_1.tokens_per_s / raw_1.tokens_per_s, 3)
         ratios["c1_best_tokens_per_s_vs_raw_batch1"] = round(ours_1.best_tokens_per_s / raw_1.best_tokens_per_s, 3)
@@ -387,16 +476,29 @@ def comparisons(results: list[LevelResult]) -> dict[str, float]:
 def table(document: dict[str, Any]) -> str:
     header = (
         "| target | concurrency | TTFT p50 (s) | ITL p50 (ms) | e2e p50 (s) | e2e p90 (s) | tokens/s "
-        "| best tokens/s | best TTFT p50 (s) |"
+        "| best tokens/s | best TTFT p50 (s) | bandwidth floor (ms/token) |"
     )
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    floors = document.get("bandwidth_floors", {})
     for r in document["results"]:
+        floor = floors.get(r["target"]) if r["concurrency"] == 1 else None
+        floor_cell = ""
+        if floor is not None:
+            ratio = r["itl_p50_ms"] / floor["floor_ms_per_token"]
+            floor_cell = f"{floor['floor_ms_per_token']:.1f} ({ratio:.1f}x)"
         lines.append(
             f"| {r['target']} | {r['concurrency']} | {r['ttft_p50_s']:.3f} | {r['itl_p50_ms']:.1f} "
             f"| {r['e2e_p50_s']:.2f} | {r['e2e_p90_s']:.2f} | {r['tokens_per_s']:.1f} "
-            f"| {r['best_tokens_per_s']:.1f} | {r['best_ttft_p50_s']:.3f} |"
+            f"| {r['best_tokens_per_s']:.1f} | {r['best_ttft_p50_s']:.3f} | {floor_cell} |"
         )
     return "\n".join(lines)
+
+
+def _label_and_path(value: str) -> tuple[str, Path]:
+    label, sep, path = value.partition("=")
+    if not sep or not label or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"--gguf wants LABEL=FILE with an existing file, got {value!r}")
+    return label, Path(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,6 +512,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repetitions", type=int, default=3, help="medians are taken over these")
     parser.add_argument("--request-timeout", type=float, default=300.0)
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="budget of the whole run")
+    parser.add_argument(
+        "--kubellm-precisions",
+        nargs="+",
+        default=["auto"],
+        choices=list(PRECISIONS),
+        help="run our server once per precision (dtype, or int8/int4 weights with dtype auto)",
+    )
+    parser.add_argument("--llama-server", type=Path, help="a llama.cpp llama-server binary (for --gguf)")
+    parser.add_argument(
+        "--gguf",
+        nargs="+",
+        default=[],
+        type=_label_and_path,
+        metavar="LABEL=FILE",
+        help="GGUF files llama-server serves, one target each (e.g. bf16=model-bf16.gguf q4_1=model.Q4_1.gguf)",
+    )
     parser.add_argument("--peer-cb-num-blocks", type=int, default=16, help="KV blocks of the peer (see issue 3)")
     parser.add_argument("--log-dir", default="build/bench", help="server logs go here")
     parser.add_argument("--json", type=Path, help="also write the JSON document to this file")

@@ -279,6 +279,12 @@ class GenerationEngine:
         try:
             self._loaded = self._loader()
             self._metrics.model_load_seconds.set(self._loaded.load_seconds)
+            self._metrics.model_info.labels(
+                dtype=self._loaded.dtype_name,
+                quantization=self._loaded.quantization.value,
+                device=str(self._loaded.device),
+            ).set(1)
+            self._metrics.model_weight_bytes.set(self._loaded.weight_bytes)
             self._warm_up()
         except Exception as error:
             log.exception("loading the model failed")

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubellm.contract import EMBEDDED_MODEL, Device, DType, ServerSettings
+from kubellm.contract import EMBEDDED_MODEL, Device, DType, Quantization, ServerSettings
+from kubellm_inference import precision
 from kubellm_inference.progress import LoadProgress, Phase
 
 if TYPE_CHECKING:
@@ -44,6 +45,14 @@ class LoadedModel:
     eos_token_ids: frozenset[int]
     pad_token_id: int
     load_seconds: float
+    dtype: torch.dtype | None = None  # what the weights were loaded in (None: the model's own)
+    quantization: Quantization = Quantization.none
+    weight_bytes: int = 0  # bytes one decoding step reads (precision.weight_bytes)
+
+    @property
+    def dtype_name(self) -> str:
+        """The served dtype's name (``bfloat16``), from the model itself when the load did not name one."""
+        return precision.dtype_name(self.dtype if self.dtype is not None else self.model.dtype)
 
 
 def embedded_gguf_path() -> Path:
@@ -65,12 +74,7 @@ def embedded_gguf_path() -> Path:
 
 
 def resolve_dtype(setting: DType, device: torch.device) -> torch.dtype:
-    import torch
-
-    if setting is DType.auto:
-        # Half precision is slow or unsupported for many CPU kernels; on GPUs it is the sensible default.
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {DType.float32: torch.float32, DType.float16: torch.float16, DType.bfloat16: torch.bfloat16}[setting]
+    return precision.resolve_dtype(setting, device)
 
 
 def resolve_device(setting: Device) -> torch.device:
@@ -199,6 +203,10 @@ def load_model(settings: ServerSettings, progress: LoadProgress | None = None) -
         raise ModelLoadError(f"cannot load model {settings.model!r}: {error}") from error
     model.to(device)  # type: ignore[arg-type]
     model.eval()
+    try:
+        precision.quantize(model, settings.quantization, device)
+    except precision.QuantizationError as error:
+        raise ModelLoadError(str(error)) from error
     if progress is not None:
         # The engine runs its warm-up generation as soon as the loader returns.
         progress.set_phase(Phase.warming_up)
@@ -208,10 +216,12 @@ def load_model(settings: ServerSettings, progress: LoadProgress | None = None) -
         pad = min(eos) if eos else 0
     # Single-threaded matmuls would waste the cores the pod was given; torch's default already uses them all.
     log.info(
-        "model %s loaded on %s as %s in %.1fs (torch threads: %d)",
+        "model %s loaded on %s as %s (dtype setting %s), quantization %s, in %.1fs (torch threads: %d)",
         settings.model,
         device,
-        dtype,
+        precision.dtype_name(dtype),
+        settings.dtype.value,
+        settings.quantization.value,
         time.monotonic() - started,
         torch.get_num_threads(),
     )
@@ -222,6 +232,9 @@ def load_model(settings: ServerSettings, progress: LoadProgress | None = None) -
         eos_token_ids=frozenset(eos),
         pad_token_id=int(pad),
         load_seconds=time.monotonic() - started,
+        dtype=dtype,
+        quantization=settings.quantization,
+        weight_bytes=precision.weight_bytes(model),
     )
 
 

@@ -35,4 +35,13 @@ class ServerMetrics:
         self.queue_depth = Gauge("kubellm_queue_depth", "Requests waiting to join the batch", registry=r)
         self.batch_size = Gauge("kubellm_batch_size", "Requests in the running batch", registry=r)
         self.model_load_seconds = Gauge("kubellm_model_load_seconds", "Seconds the model took to load", registry=r)
+        self.model_info = Gauge(
+            "kubellm_model_info",
+            "1 for the served model's precision: dtype (what auto resolved to), quantization and device",
+            ["dtype", "quantization", "device"],
+            registry=r,
+        )
+        self.model_weight_bytes = Gauge(
+            "kubellm_model_weight_bytes", "Bytes of weights one decoding step reads", registry=r
+        )
         self.ready = Gauge("kubellm_ready", "1 when the server can generate now, else 0", registry=r)

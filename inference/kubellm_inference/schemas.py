@@ -144,6 +144,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "kubellm"
+    # kubellm's own fields (OpenAI clients ignore unknown ones); absent while the model is still loading.
+    dtype: str | None = Field(None, description="The dtype the weights are served in (what `auto` resolved to)")
+    quantization: str | None = Field(None, description="Weight-only quantization: none, int8 or int4")
 
 
 class ModelList(BaseModel):

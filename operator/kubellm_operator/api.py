@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonDict, JsonValue
 
-from kubellm.contract import DType, env_name
+from kubellm.contract import DType, Quantization, env_name
 from kubellm.quantity import QUANTITY_PATTERN, format_bytes, parse_quantity
 
 GROUP = "kubellm.dev"
@@ -144,7 +144,15 @@ class ModelSpec(_Model):
         ),
     )
     revision: str | None = Field(None, max_length=256, description="Hub branch, tag or commit.")
-    dtype: DType = Field(DType.auto, description="Weights dtype; auto picks float32 on CPU, the model's own on GPU.")
+    dtype: DType = Field(
+        DType.auto,
+        description="Weights dtype; auto picks bfloat16 on CPUs with native bf16 (AVX512-BF16 or AMX) and on GPUs "
+        "that support it, float32 elsewhere.",
+    )
+    quantization: Quantization = Field(
+        Quantization.none,
+        description="Weight-only quantization of the linear layers at load time (CPU): none, int8 or int4.",
+    )
     size_hint: Quantity | None = Field(
         None,
         description="Size of the weights (e.g. 15Gi), for storage planning. Default for hub models: the size the "
@@ -590,6 +598,7 @@ RENDERED_SETTINGS = (
     "model",
     "revision",
     "dtype",
+    "quantization",
     "device",
     "cache_dir",
     "hub_token",

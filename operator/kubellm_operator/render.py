@@ -99,6 +99,7 @@ def _env(llms: LLMService) -> list[dict[str, Any]]:
     values: dict[str, str] = {
         env_name("model"): model.name,
         env_name("dtype"): model.dtype.value,
+        env_name("quantization"): model.quantization.value,
         env_name("device"): (Device.cuda if spec.gpu_count() else Device.cpu).value,
         env_name("cache_dir"): DEFAULT_CACHE_DIR,
         env_name("port"): str(spec.service.port),

@@ -27,6 +27,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("probe-mode-unknown", minimal(probes={"liveness": {"mode": "tcp"}}), "spec.probes.liveness.mode"),
     ("probe-period-zero", minimal(probes={"readiness": {"periodSeconds": 0}}), "spec.probes.readiness.periodSeconds"),
     ("dtype-unknown", minimal(model={"name": "m", "dtype": "int8"}), "spec.model.dtype"),
+    ("quantization-unknown", minimal(model={"name": "m", "quantization": "int2"}), "spec.model.quantization"),
     ("temperature-too-high", minimal(model={"name": "m", "temperature": 3}), "spec.model.temperature"),
     ("model-missing", {**minimal(), "spec": {"replicas": 1}}, "spec.model"),
     ("model-name-wrong-type", minimal(model={"name": ["a"]}), "spec.model.name"),

@@ -15,20 +15,28 @@ def test_bench_measures_raw_generate_and_our_server(
 ) -> None:
     output = tmp_path / "bench.json"
     argv = ["--model", str(tiny_model), "--targets", "raw", "kubellm", "--concurrency", "1", "2"]
+    argv += ["--kubellm-precisions", "auto", "int8"]
     argv += ["--prompt-tokens", "8", "--new-tokens", "4", "--repetitions", "1", "--rounds", "1"]
     argv += ["--log-dir", str(tmp_path / "logs"), "--json", str(output), "--max-seconds", "120"]
     assert bench_main(argv) == 0
     document = json.loads(output.read_text())
     measured = {(r["target"], r["concurrency"]) for r in document["results"]}
-    assert measured == {("raw generate", 1), ("raw generate", 2), ("kubellm serve", 1), ("kubellm serve", 2)}
+    ours = {"kubellm serve", "kubellm serve int8"}
+    assert measured == {("raw generate", 1), ("raw generate", 2)} | {(t, c) for t in ours for c in (1, 2)}
     for result in document["results"]:
         assert result["tokens_per_request"] == 4, "the answer length is forced"
         assert result["tokens_per_s"] > 0 and result["ttft_p50_s"] > 0
         assert result["best_tokens_per_s"] >= result["tokens_per_s"]
         assert result["e2e_p90_s"] >= result["e2e_p50_s"]
-        if result["target"] == "kubellm serve":  # the raw baseline times its first token in a separate call
+        if result["target"] in ours:  # the raw baseline times its first token in a separate call
             assert result["e2e_p50_s"] >= result["ttft_p50_s"]
-    assert set(document["comparisons"]) == {"c1_tokens_per_s_vs_raw_batch1", "c1_best_tokens_per_s_vs_raw_batch1"}
+    # Each server reports the bytes a decoding step reads; the floor is those over the bandwidth measured in the run.
+    assert document["memory_bandwidth_gb_s"] > 0
+    floors = document["bandwidth_floors"]
+    assert set(floors) == ours
+    assert floors["kubellm serve int8"]["weight_bytes"] < floors["kubellm serve"]["weight_bytes"]
+    assert {"c1_tokens_per_s_vs_raw_batch1", "c1_best_tokens_per_s_vs_raw_batch1"} <= set(document["comparisons"])
+    assert "c1_ms_per_token_vs_bandwidth_floor[kubellm serve int8]" in document["comparisons"]
     assert document["prompt_tokens"] == 8
     table = capsys.readouterr().out
     assert "| kubellm serve | 2 |" in table
@@ -36,3 +44,11 @@ def test_bench_measures_raw_generate_and_our_server(
 
 def test_bench_refuses_a_model_it_would_have_to_download() -> None:
     assert bench_main(["--model", "some-org/some-model", "--targets", "kubellm"]) == 1
+
+
+def test_bench_refuses_a_gguf_without_llama_server(tiny_model: Path, tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    argv = ["--model", str(tiny_model), "--targets", "kubellm", "--gguf", f"q4={gguf}", "--max-seconds", "60"]
+    argv += ["--log-dir", str(tmp_path / "logs")]
+    assert bench_main(argv) == 1

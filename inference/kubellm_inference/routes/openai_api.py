@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from kubellm_inference import generation
-from kubellm_inference.engine import RequestHandle
+from kubellm_inference.engine import NotAcceptingError, RequestHandle
 from kubellm_inference.errors import APIError
 from kubellm_inference.generation import State
 from kubellm_inference.schemas import (
@@ -33,13 +33,23 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(generation.require_api_ke
 
 @router.get("/models", response_model=ModelList)
 async def list_models(state: State) -> ModelList:
-    return ModelList(data=[ModelCard(id=state.settings.model_id, created=state.started_at)])
+    return ModelList(data=[_model_card(state)])
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard)
 async def get_model(model_id: str, state: State) -> ModelCard:
     _check_model(state, model_id)
-    return ModelCard(id=state.settings.model_id, created=state.started_at)
+    return _model_card(state)
+
+
+def _model_card(state: ServerState) -> ModelCard:
+    card = ModelCard(id=state.settings.model_id, created=state.started_at)
+    try:
+        loaded = state.engine.loaded
+    except NotAcceptingError:
+        return card  # still loading: the precision is not known yet
+    card.dtype, card.quantization = loaded.dtype_name, loaded.quantization.value
+    return card
 
 
 def _check_model(state: ServerState, model: str) -> None:
