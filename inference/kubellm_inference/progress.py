@@ -14,6 +14,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kubellm.quantity import format_bytes
+
 _RATE_WINDOW_S = 5.0  # the rate is the bytes of the last few seconds, so a stall shows as a falling rate
 
 
@@ -26,15 +28,6 @@ class Phase(StrEnum):
     warming_up = "warming up"
     ready = "ready"
     failed = "failed"
-
-
-def human_bytes(count: float) -> str:
-    """1536 -> '1.5Ki', 6.2e9 -> '5.8Gi': the Kubernetes quantity suffixes people read in kubectl."""
-    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
-        if abs(count) < 1024 or unit == "Ti":
-            return f"{count:.0f}{unit}" if unit == "" else f"{count:.1f}{unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 class LoadProgress:
@@ -121,16 +114,14 @@ class LoadProgress:
         s = self.snapshot()
         if s["phase"] == Phase.downloading and s["bytesTotal"]:
             done, total = s["bytesDone"], s["bytesTotal"]
-            text = (
-                f"downloading {_fraction(done, total)} ({100 * done // total}%), {human_bytes(s['bytesPerSecond'])}B/s"
-            )
+            text = f"downloading {_fraction(done, total)} ({100 * done // total}%), {format_bytes(int(s['bytesPerSecond']))}B/s"
             return text + (f", {s['restarts']} restart(s)" if s["restarts"] else "")
         return s["phase"] + (f": {s['detail']}" if s["detail"] else "")
 
 
 def _fraction(done: int, total: int) -> str:
     """``6.2/14.5Gi``; both units spelled out when they differ (``512.0Ki/1.2Gi``)."""
-    done_text, total_text = human_bytes(done), human_bytes(total)
+    done_text, total_text = format_bytes(done), format_bytes(total)
     unit = total_text.lstrip("0123456789.")
     if unit and done_text.endswith(unit) and done_text[: -len(unit)].replace(".", "").isdigit():
         return f"{done_text[: -len(unit)]}/{total_text}"

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubellm.modelfiles import HubFailure, failure_reason
+from kubellm.quantity import format_bytes
 from kubellm_operator.api import LLMService, LoadingStatus, ModelStatus, SecretKeyRef
 from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT, ModelResolver, is_hub_id
-from kubellm_operator.sizing import Derived, effective_llmservice, human_bytes
+from kubellm_operator.sizing import Derived, effective_llmservice
 
 # Failures that no pod can get past; an unreachable hub is not one of them (see the module docstring).
 HOLDING_FAILURES = frozenset(
@@ -83,7 +84,7 @@ def plan_model(
         commit=resolved.commit,
         files=list(resolved.files),
         bytes=resolved.bytes,
-        size=human_bytes(resolved.bytes),
+        size=format_bytes(resolved.bytes),
         parameters=resolved.parameters,
         dtype=resolved.dtype,
     )

@@ -7,7 +7,9 @@ The user's values always win; ``model.sizeHint`` stays the offline override. Mar
 - cache (emptyDir sizeLimit): 1.2 x the resolved bytes, rounded up to a GiB (the sizeHint rule); the pod's
   ephemeral-storage request and limit: the cache + 1Gi; the pre-flight need: the request (+ the operator's
   headroom), all through ``LLMServiceSpec.storage_plan`` with the resolved bytes as the size hint;
-- memory request: the weights in the served dtype (float32 on CPU, bfloat16 on GPU for ``auto``) + the KV cache
+- memory request: the weights in the served dtype (float32 on CPU, bfloat16 on GPU for ``auto``: the operator cannot
+  see whether a node's CPU has native bf16, so CPU counts the larger width), or at ``model.quantization``'s width
+  for the linear layers (embedding kept in the served dtype), + the KV cache
   for the server's batch (8 rows) of max input (2048) + max new tokens, + 1Gi for the runtime, rounded up to GiB;
 - startup budget: twice the download time at the assumed bandwidth (an operator setting) + the load at
   200 MiB/s + 300 s for the process and the warm-up, rounded up to a minute, between 600 s and 86400 s;
@@ -32,17 +34,10 @@ RUNTIME_MEMORY = 1 * GIB
 LOAD_BYTES_PER_SECOND = 200 * 2**20
 STARTUP_FIXED_SECONDS = 300
 BUDGET_MIN_SECONDS, BUDGET_MAX_SECONDS = 600, 86400
+# Weight-only quantization (kubellm_inference.precision): int8 per output channel; int4 in groups of 32 with a
+# 16-bit scale and zero point per group (4 bits + 32 bits / 32).
+QUANTIZED_BYTES_PER_PARAMETER = {"int8": 1.0, "int4": 0.625}
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "U8": 1}
-
-
-def human_bytes(count: int) -> str:
-    """9858368 -> '9.4Mi': for people (a quantity that kubectl reads too), not for exact sizes."""
-    value = float(count)
-    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
-        if value < 1024 or unit == "Ti":
-            return f"{value:.0f}" if unit == "" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -69,6 +64,7 @@ def memory_estimate(llms: LLMService, model: ResolvedModel) -> int | None:
     else:
         return None
     config = model.config
+    weights = _quantized_weights(llms, weights, width, config)
     layers = config.get("num_hidden_layers")
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads") or heads
@@ -80,6 +76,20 @@ def memory_estimate(llms: LLMService, model: ResolvedModel) -> int | None:
         tokens = KV_INPUT_TOKENS + llms.spec.model.max_new_tokens
         kv = 2 * layers * kv_heads * head_dim * width * KV_BATCH_ROWS * tokens
     return math.ceil((weights + kv + RUNTIME_MEMORY) / GIB) * GIB
+
+
+def _quantized_weights(llms: LLMService, weights: int, width: int, config: dict[str, Any]) -> int:
+    """The weights' bytes in memory under ``model.quantization``: the server quantizes every linear layer (the
+    output head included, as a copy when it shares the embedding's weights) and keeps the embedding table in the
+    served dtype. Without vocabulary and hidden sizes in the config, the embedding counts as a linear layer."""
+    quantized = QUANTIZED_BYTES_PER_PARAMETER.get(llms.spec.model.quantization.value)
+    if quantized is None:
+        return weights
+    parameters = weights // width
+    vocab, hidden = config.get("vocab_size"), config.get("hidden_size")
+    embedding = vocab * hidden if isinstance(vocab, int) and isinstance(hidden, int) else 0
+    head_copy = embedding if config.get("tie_word_embeddings") else 0
+    return math.ceil(embedding * width + (parameters - embedding + head_copy) * quantized)
 
 
 def startup_budget(model: ResolvedModel, bandwidth: int) -> int:
@@ -110,7 +120,7 @@ def effective_llmservice(
                 Derived(
                     "spec.model.sizeHint",
                     str(model.bytes),
-                    f"{len(model.files)} files on the hub, {human_bytes(model.bytes)}",
+                    f"{len(model.files)} files on the hub, {format_bytes(model.bytes)}",
                 )
             )
         if "budget_seconds" not in llms.spec.probes.startup.model_fields_set:
@@ -120,7 +130,7 @@ def effective_llmservice(
                 Derived(
                     "spec.probes.startup.budgetSeconds",
                     str(budget),
-                    f"{human_bytes(model.bytes)} at {human_bytes(bandwidth)}/s (x2) + load + 300s",
+                    f"{format_bytes(model.bytes)} at {format_bytes(bandwidth)}/s (x2) + load + 300s",
                 )
             )
         if llms.spec.resources.requests.memory is None:

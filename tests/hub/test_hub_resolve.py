@@ -3,6 +3,8 @@ it (kubellm_operator.sizing): the user's values win, the rest comes from the hub
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
@@ -189,6 +191,24 @@ def test_memory_on_gpu_uses_bfloat16() -> None:
     gpu = _llms(resources={"limits": {"nvidia.com/gpu": "1"}})
     cpu_bytes, gpu_bytes = memory_estimate(_llms(), _mistral_like()), memory_estimate(gpu, _mistral_like())
     assert cpu_bytes is not None and gpu_bytes is not None and gpu_bytes < cpu_bytes
+
+
+@pytest.mark.parametrize(
+    ("quantization", "expected_gib"),
+    [
+        # 7.24e9 parameters: float32 28.97e9 B; int8 (32000 x 4096 embedding in float32, the rest 1 B) 7.63e9 B;
+        # int4 (the rest 0.625 B) 4.97e9 B; each + the same KV cache (2 x 32 x 8 x 128 x 4 B x 8 x 2304 = 4.83e9 B)
+        # + 1Gi, rounded up to a GiB.
+        ("none", 33),
+        ("int8", 13),
+        ("int4", 11),
+    ],
+)
+def test_memory_follows_the_quantized_weights(quantization: str, expected_gib: int) -> None:
+    llms = _llms(model={"name": "acme/big", "quantization": quantization})
+    model = _mistral_like()
+    model = dataclasses.replace(model, config={**model.config, "vocab_size": 32000})
+    assert memory_estimate(llms, model) == expected_gib * GIB
 
 
 def test_render_resolve_shows_derived_values_and_their_sources(
