@@ -4,7 +4,6 @@ it (kubellm_operator.sizing): the user's values win, the rest comes from the hub
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import pytest
