@@ -7,11 +7,10 @@ import pathlib
 import re
 
 import pytest
-import yaml
+from demo_support import example, run_demo
 
 from kubellm_hub.server import HubServer, Knobs
 from kubellm_inference.tinymodel import build_tiny_model
-from kubellm_sandbox import demo
 from kubellm_sandbox.processes import free_port
 from kubellm_sandbox.supervisor import Layout
 
@@ -24,26 +23,11 @@ def test_progress_moves_on_the_llmservice_before_ready(
     monkeypatch.setenv("KUBECACHEDIR", str(tmp_path / "kubectl-cache"))
     build_tiny_model(tmp_path / "hub" / "acme" / "tiny")
     weights = (tmp_path / "hub" / "acme" / "tiny" / "model.safetensors").stat().st_size
-    example = yaml.safe_load((pathlib.Path(__file__).parents[2] / "examples/hub-tiny.yaml").read_text())
+    manifest = example("hub-tiny.yaml")
     with HubServer(tmp_path / "hub", knobs=Knobs(bandwidth=weights // 8)) as hub:  # ~8 s of weights
-        example["spec"]["model"] = {"name": "acme/tiny", "hub": {"endpoint": hub.endpoint}, "maxNewTokens": 8}
-        example["spec"]["service"]["port"] = free_port()
-        manifest = tmp_path / "hub-tiny.yaml"
-        manifest.write_text(yaml.safe_dump(example))
-        layout = Layout(tmp_path / "sandbox")
-        code = demo.main(
-            [
-                "--file",
-                str(manifest),
-                "--data-dir",
-                str(layout.root),
-                "--timeout",
-                "150",
-                "--down-after",
-                "--question",
-                "Hi",
-            ]
-        )
+        manifest["spec"]["model"] = {"name": "acme/tiny", "hub": {"endpoint": hub.endpoint}, "maxNewTokens": 8}
+        manifest["spec"]["service"]["port"] = free_port()
+        code = run_demo(manifest, tmp_path, timeout_s=150)
         stats = hub.stats()
     out = capfd.readouterr().out
     assert code == 0, out
@@ -52,4 +36,4 @@ def test_progress_moves_on_the_llmservice_before_ready(
     assert out.index("Downloading ") < out.index("MinimumReplicasAvailable")
     # The operator resolved it once, the pod once more (its own pinned plan): two model infos in all.
     assert stats["model_info"] == 2, stats
-    assert not layout.pid_file.exists()
+    assert not Layout(tmp_path / "sandbox").pid_file.exists()

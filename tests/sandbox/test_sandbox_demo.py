@@ -7,7 +7,7 @@ import pathlib
 import shutil
 
 import pytest
-import yaml
+from demo_support import example, run_demo
 
 from kubellm_inference.tinymodel import build_tiny_model
 from kubellm_sandbox import demo
@@ -21,26 +21,11 @@ def test_demo_applies_waits_asks_and_stops(
     tmp_path: pathlib.Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBECACHEDIR", str(tmp_path / "kubectl-cache"))  # kubectl's discovery cache, not ~/.kube
-    example = yaml.safe_load((pathlib.Path(__file__).parents[2] / "examples/tiny-smollm2.yaml").read_text())
-    example["spec"]["model"]["name"] = str(build_tiny_model(tmp_path / "model"))
-    example["spec"]["service"]["port"] = port = free_port()
-    example["spec"]["probes"]["startup"] = {"periodSeconds": 1, "budgetSeconds": 60}
-    manifest = tmp_path / "tiny.yaml"
-    manifest.write_text(yaml.safe_dump(example))
-    layout = Layout(tmp_path / "sandbox")
-    code = demo.main(
-        [
-            "--file",
-            str(manifest),
-            "--data-dir",
-            str(layout.root),
-            "--timeout",
-            "120",
-            "--down-after",
-            "--question",
-            "Hi",
-        ]
-    )
+    manifest = example("tiny-smollm2.yaml")
+    manifest["spec"]["model"]["name"] = str(build_tiny_model(tmp_path / "model"))
+    manifest["spec"]["service"]["port"] = port = free_port()
+    manifest["spec"]["probes"]["startup"] = {"periodSeconds": 1, "budgetSeconds": 60}
+    code = run_demo(manifest, tmp_path, timeout_s=120)
     out = capfd.readouterr().out  # capfd: kubectl writes to the inherited stdout
     assert code == 0, out
     assert "Ready" in out and "1/1" in out
@@ -50,7 +35,7 @@ def test_demo_applies_waits_asks_and_stops(
     if shutil.which("kubectl"):
         assert "kubellm.dev/tiny created" in out  # real kubectl applied it
         assert "MinimumReplicasAvailable" in out  # `kubectl get llmservices` printed the Reason column
-    assert not layout.pid_file.exists(), "--down-after must stop the sandbox"
+    assert not Layout(tmp_path / "sandbox").pid_file.exists(), "--down-after must stop the sandbox"
 
 
 def test_kind_mode_without_docker_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
