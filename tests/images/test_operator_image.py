@@ -24,6 +24,7 @@ import yaml
 from engine import Engine, eventually
 from podspec import container_run
 
+from kubellm_emulator.auth import ADMIN_TOKEN
 from kubellm_sandbox.processes import free_port
 
 pytestmark = pytest.mark.slow
@@ -65,8 +66,10 @@ def emulator_api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def api(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """One call as the emulator's admin (it authenticates every request, as an apiserver does)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", "authorization": f"Bearer {ADMIN_TOKEN}"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
