@@ -4,8 +4,8 @@ Every pass runs from the operator's work queue, under its one retry policy (``re
 reconciles or raises for Kopf to retry.
 
 - LLMService create / update / resume: a spec change; the LLMService's backoff starts over and a pass is queued.
-- Nodes: a ``kopf.index`` of :class:`NodeFacts`; every Node change re-evaluates every LLMService's storage
-  pre-flight through the work queue, without touching any LLMService.
+- Nodes: a ``kopf.index`` of :class:`NodeFacts`; a Node change that changes its facts (not a heartbeat) re-runs
+  every LLMService's storage pre-flight in memory and queues only those whose verdict or shown figures changed.
 - Pods: a ``kopf.index`` of the ephemeral-storage requests of the pods bound to each node (the pre-flight counts
   free space as the scheduler does).
 - Deployments, Services and Pods labelled as kubellm's: a change queues a pass over their LLMService, which
@@ -90,9 +90,9 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def node_changed(**kwargs: Any) -> None:
         op.watched()
         node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
-        op.nodes.replace(node_index)
-        op.nodes.replace_pods(kwargs["pod_index"])
-        op.requeue_all()
+        # A heartbeat changes no NodeFacts: nothing to re-evaluate (issue 13: an idle cluster queues no pass).
+        if op.nodes.replace(node_index) | op.nodes.replace_pods(kwargs["pod_index"]):
+            op.nodes_changed()
 
     @kopf.on.event(*LLMSERVICES, registry=registry, id="llmservice_seen")
     def llmservice_seen(type: str, namespace: str | None, name: str, **_: Any) -> None:
@@ -122,5 +122,6 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         if namespace and owner:
             op.trigger((namespace, owner))
         if op.nodes.replace_pods(kwargs["pod_index"]):
-            # A pod was bound or finished: node storage taken or freed changes the pre-flight of other LLMServices.
-            op.requeue_all()
+            # A pod was bound or finished: node storage taken or freed may change the pre-flight of other
+            # LLMServices; those whose verdict or shown figures change are queued.
+            op.nodes_changed()

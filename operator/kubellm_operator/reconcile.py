@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from kubellm.quantity import format_bytes, parse_quantity
 from kubellm.timefmt import now_rfc3339
 from kubellm_operator import render
-from kubellm_operator.api import GIB, LLMService
+from kubellm_operator.api import GIB, LLMService, LLMServiceSpec
 from kubellm_operator.cluster import Cluster, api_message, api_reason, retry_after_seconds
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.metrics import CHANGED, ERROR, INVALID, REFUSED, UNCHANGED, WAITING, OperatorMetrics
@@ -72,6 +72,7 @@ from kubellm_operator.status import (
     compute_status,
     condition,
     status_patch,
+    storage_view,
 )
 from kubellm_operator.storage import NodeFacts, StorageCheck, check_storage, pod_ephemeral_request, summary_available
 
@@ -207,10 +208,13 @@ class NodeBook:
         self._summaries: dict[str, tuple[int | None, int | None]] = {}
         self._requested: dict[str, tuple[tuple[str, int], ...]] = {}
 
-    def replace(self, index: Mapping[str, Iterable[NodeFacts]]) -> None:
+    def replace(self, index: Mapping[str, Iterable[NodeFacts]]) -> bool:
+        """The Node facts from the index; True when they changed (a heartbeat alone changes none of them)."""
         facts = {name: next(iter(store)) for name, store in index.items() if store}
         with self._lock:
+            changed = facts != self._facts
             self._facts = facts
+        return changed
 
     def replace_pods(self, index: Mapping[str, Iterable[tuple[str, int]]]) -> bool:
         """The ephemeral-storage requests of the pods bound to each node; True when they changed."""
@@ -506,6 +510,10 @@ class Operator:
         self.last_watch_event = time.monotonic()
         self.models = ModelResolver()
         self.fetch_loadz = fetch_loadz
+        # What each LLMService's last pass based its storage verdict on, and what of it reached the status:
+        # a node change re-evaluates these in memory and queues only the LLMServices whose view changed.
+        self._storage_basis: dict[Key, tuple[LLMServiceSpec, tuple[Any, ...]]] = {}
+        self.storage_dirty = threading.Event()
 
     # Which LLMServices exist (fed by the LLMService watch) --------------------------------------------------
 
@@ -516,6 +524,7 @@ class Operator:
             else:
                 self._known.discard(key)
                 self._posted.pop(key, None)
+                self._storage_basis.pop(key, None)
         if not exists:
             self.metrics.set_phase(*key, None)
             self.retry.reset(key)
@@ -548,6 +557,29 @@ class Operator:
             keys = sorted(self._known)
         for key in keys:
             self.trigger(key)
+
+    def nodes_changed(self) -> None:
+        """A Node, a bound pod or a kubelet summary changed: :meth:`reevaluate_storage` soon (the background
+        thread coalesces bursts, such as a Deployment's pods being bound, into one sweep)."""
+        self.storage_dirty.set()
+
+    def reevaluate_storage(self) -> list[Key]:
+        """Re-run the storage pre-flight of every LLMService in memory against the current nodes, and queue those
+        whose verdict or shown figures changed (issue 13: a heartbeat or a kubelet summary's jitter queues none;
+        cordoning a node queues the LLMServices whose verdict it flips). LLMServices without a completed pass are
+        not here: their first pass is queued by Kopf's create/resume."""
+        facts = self.nodes.facts()
+        headroom = self.settings.headroom_bytes
+        with self._known_lock:
+            basis = list(self._storage_basis.items())
+        changed = [
+            key
+            for key, (spec, view) in sorted(basis)
+            if storage_view(check_storage(spec, facts, headroom, f"{key[0]}/{key[1]}")) != view
+        ]
+        for key in changed:
+            self.trigger(key)
+        return changed
 
     # Health --------------------------------------------------------------------------------------------------
 
@@ -614,6 +646,8 @@ class Operator:
         if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
             # Deleted: ownerReferences make the children garbage.
             self.metrics.set_phase(namespace, name, None)
+            with self._known_lock:
+                self._storage_basis.pop(key, None)
             return Result(UNCHANGED)
         metadata = obj.get("metadata") or {}
         generation = metadata.get("generation")
@@ -640,6 +674,11 @@ class Operator:
             invalid = _describe_validation(exc)
         owner = f"{namespace}/{name}"
         storage = check_storage(llms.spec, self.nodes.facts(), self.settings.headroom_bytes, owner) if llms else None
+        with self._known_lock:
+            if llms is not None and storage is not None:
+                self._storage_basis[key] = (llms.spec, storage_view(storage))
+            else:
+                self._storage_basis.pop(key, None)  # an invalid spec: no node change makes it valid
         # storage.enforce holds the replicas at 0 only when the check knows some nodes and none fits.
         enforced = llms is not None and llms.spec.storage.enforce
         held = storage if enforced and storage is not None and storage.nodes_seen and not storage.ok else None
