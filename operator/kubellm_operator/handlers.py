@@ -108,7 +108,12 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         return {(namespace or "default", str(labels[SELECTOR_LABEL])): copy.deepcopy(dict(body))}
 
     def attach(kwargs: Mapping[str, Any]) -> None:
+        # Kopf calls no handler before every index has its initial listing: the first handler of any kind hands the
+        # full indexes over, so the first pass it queues (a child's event can come before the LLMService's resume)
+        # sees every node and pod, never an empty node book ("no nodes are visible").
         if not op.view.attached:
+            op.nodes.replace(kwargs["node_index"])
+            op.nodes.replace_pods(kwargs["pod_index"])
             children = {"Deployment": kwargs["deployment_index"], "Service": kwargs["service_index"]}
             op.view.attach(children, kwargs["llmservice_pods"])
 
