@@ -42,6 +42,14 @@ PROGRESS_PREFIX = GROUP  # Kopf's bookkeeping annotations: kubellm.dev/..., not 
 WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch request after this; Kopf re-opens it
 
 
+def held(body: kopf.Body) -> dict[str, Any]:
+    """What the operator keeps of a watched child or pod: a copy without ``metadata.managedFields`` (server-side
+    apply's bookkeeping, often the larger part of the object; no plan or status reads it)."""
+    kept = copy.deepcopy(dict(body))
+    kept["metadata"] = {k: v for k, v in (kept.get("metadata") or {}).items() if k != "managedFields"}
+    return kept
+
+
 def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.client.Configuration) -> None:
     """Register every handler of ``op`` in ``registry``."""
 
@@ -101,11 +109,11 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     @kopf.index(*CHILD_RESOURCES[0], labels=OWNED, registry=registry, id="deployment_index")
     @kopf.index(*CHILD_RESOURCES[1], labels=OWNED, registry=registry, id="service_index")
     def child_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-        return {(namespace or "default", name): copy.deepcopy(dict(body))}
+        return {(namespace or "default", name): held(body)}
 
     @kopf.index("", "v1", "pods", labels=OWNED, registry=registry, id="llmservice_pods")
     def llmservice_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-        return {(namespace or "default", str(labels[SELECTOR_LABEL])): copy.deepcopy(dict(body))}
+        return {(namespace or "default", str(labels[SELECTOR_LABEL])): held(body)}
 
     def attach(kwargs: Mapping[str, Any]) -> None:
         # Kopf calls no handler before every index has its initial listing: the first handler of any kind hands the
