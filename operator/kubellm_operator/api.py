@@ -790,11 +790,15 @@ class StorageStatus(_Model):
     """The result of the last storage pre-flight check."""
 
     required: str | None = Field(None, description="Free node storage needed (request plus headroom).")
-    fitting_nodes: int = Field(0, description="Eligible nodes with enough free storage.")
-    eligible_nodes: int = Field(0, description="Nodes the pods may schedule on.")
+    fitting_nodes: int | None = Field(
+        None, description="Eligible nodes with enough free storage (shown when none has: the verdict is False)."
+    )
+    eligible_nodes: int | None = Field(
+        None, description="Nodes the pods may schedule on (shown when none has enough free storage)."
+    )
     nodes_seen: int = Field(0, description="All nodes the operator sees.")
-    best_node: str | None = None
-    best_node_free: str | None = None
+    best_node: str | None = Field(None, description="The eligible node with the most free storage (when none fits).")
+    best_node_free: str | None = Field(None, description="Its free storage, rounded down to whole GiB.")
     basis: str | None = Field(None, description="How free space was counted (the kubelet summary, or requests).")
 
 

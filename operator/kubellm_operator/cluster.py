@@ -122,24 +122,9 @@ class Cluster:
             )
         )
 
-    def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        read, _ = self._child_calls(kind)
-        return self._absent_is_none(
-            lambda: read(name, namespace, _preload_content=False, _request_timeout=self.timeout)
-        )
-
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret (the hub token's); None when absent. Needs get on it (docs/hub.md)."""
         return self._absent_is_none(lambda: self.core.read_namespaced_secret(name, namespace, _preload_content=False))
-
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        listing = _loads(
-            self.core.list_namespaced_pod(
-                namespace, label_selector=selector, _preload_content=False, _request_timeout=self.timeout
-            )
-        )
-        items: list[dict[str, Any]] = listing.get("items") or []
-        return items
 
     def node_names(self) -> list[str]:
         listing = _loads(self.core.list_node(_preload_content=False, _request_timeout=self.timeout))

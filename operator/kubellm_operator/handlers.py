@@ -4,12 +4,13 @@ Every pass runs from the operator's work queue, under its one retry policy (``re
 reconciles or raises for Kopf to retry.
 
 - LLMService create / update / resume: a spec change; the LLMService's backoff starts over and a pass is queued.
-- Nodes: a ``kopf.index`` of :class:`NodeFacts`; every Node change re-evaluates every LLMService's storage
-  pre-flight through the work queue, without touching any LLMService.
+- Nodes: a ``kopf.index`` of :class:`NodeFacts`; a Node change that changes its facts (not a heartbeat) re-runs
+  every LLMService's storage pre-flight in memory and queues only those whose verdict or shown figures changed.
 - Pods: a ``kopf.index`` of the ephemeral-storage requests of the pods bound to each node (the pre-flight counts
   free space as the scheduler does).
 - Deployments, Services and Pods labelled as kubellm's: a change queues a pass over their LLMService, which
-  restores a hand-edited or deleted child and recomputes the status from the workload.
+  restores a hand-edited or deleted child and recomputes the status from the workload. The Deployment and Service
+  watches carry a server-side label selector (kubellm's objects only); the Pod watch cannot (see ``configure``).
 
 Every watch event also tells the health endpoint that the watches make progress.
 All handlers are synchronous: Kopf runs them in threads, and the kubernetes client they call is synchronous.
@@ -17,7 +18,9 @@ All handlers are synchronous: Kopf runs them in threads, and the kubernetes clie
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -26,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.cluster import connection_info
-from kubellm_operator.reconcile import Operator, pod_use
+from kubellm_operator.reconcile import Key, Operator, pod_use
 from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_operator.storage import NodeFacts, node_facts
 
@@ -34,8 +37,17 @@ logger = logging.getLogger("kubellm.operator")
 
 LLMSERVICES = (GROUP, VERSION, PLURAL)
 OWNED = {SELECTOR_LABEL: kopf.PRESENT}
+CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"))
 PROGRESS_PREFIX = GROUP  # Kopf's bookkeeping annotations: kubellm.dev/..., not kopf.zalando.org/...
 WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch request after this; Kopf re-opens it
+
+
+def held(body: kopf.Body) -> dict[str, Any]:
+    """What the operator keeps of a watched child or pod: a copy without ``metadata.managedFields`` (server-side
+    apply's bookkeeping, often the larger part of the object; no plan or status reads it)."""
+    kept = copy.deepcopy(dict(body))
+    kept["metadata"] = {k: v for k, v in (kept.get("metadata") or {}).items() if k != "managedFields"}
+    return kept
 
 
 def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.client.Configuration) -> None:
@@ -61,6 +73,13 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         settings.networking.enforce_retry_after = True
         # The resources are known up front; scanning for new CRDs would need list/watch on CRDs and namespaces.
         settings.scanning.disabled = True
+        # Deployments and Services: kubellm's own only, filtered by the apiserver (a handler's labels= filters on
+        # the client, after every object of the cluster was listed and streamed). Pods stay unfiltered: Kopf keeps
+        # one watch per resource, and the storage pre-flight counts the ephemeral-storage requests of every pod
+        # bound to a node, as the scheduler does; a filtered pod watch would count kubellm's pods only and call
+        # a node full of other pods free. Foreign pods cost memory and a handler call per event (docs/operator.md).
+        for resource in CHILD_RESOURCES:
+            settings.watching.label_selectors[resource] = SELECTOR_LABEL
         # Read the kubelet summaries before the first reconcile, so a restart computes the same status as before.
         if op.settings.summary_refresh_s > 0:
             try:
@@ -86,13 +105,34 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         use = pod_use(body)
         return None if use is None else {use[0]: use[1]}
 
+    # kubellm's children and pods as the watches hold them: a pass reads these, not the API (issue 13).
+    @kopf.index(*CHILD_RESOURCES[0], labels=OWNED, registry=registry, id="deployment_index")
+    @kopf.index(*CHILD_RESOURCES[1], labels=OWNED, registry=registry, id="service_index")
+    def child_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+        return {(namespace or "default", name): held(body)}
+
+    @kopf.index("", "v1", "pods", labels=OWNED, registry=registry, id="llmservice_pods")
+    def llmservice_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+        return {(namespace or "default", str(labels[SELECTOR_LABEL])): held(body)}
+
+    def attach(kwargs: Mapping[str, Any]) -> None:
+        # Kopf calls no handler before every index has its initial listing: the first handler of any kind hands the
+        # full indexes over, so the first pass it queues (a child's event can come before the LLMService's resume)
+        # sees every node and pod, never an empty node book ("no nodes are visible").
+        if not op.view.attached:
+            op.nodes.replace(kwargs["node_index"])
+            op.nodes.replace_pods(kwargs["pod_index"])
+            children = {"Deployment": kwargs["deployment_index"], "Service": kwargs["service_index"]}
+            op.view.attach(children, kwargs["llmservice_pods"])
+
     @kopf.on.event("nodes", registry=registry, id="node_changed")
     def node_changed(**kwargs: Any) -> None:
         op.watched()
+        attach(kwargs)
         node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
-        op.nodes.replace(node_index)
-        op.nodes.replace_pods(kwargs["pod_index"])
-        op.requeue_all()
+        # A heartbeat changes no NodeFacts: nothing to re-evaluate (issue 13: an idle cluster queues no pass).
+        if op.nodes.replace(node_index) | op.nodes.replace_pods(kwargs["pod_index"]):
+            op.nodes_changed()
 
     @kopf.on.event(*LLMSERVICES, registry=registry, id="llmservice_seen")
     def llmservice_seen(type: str, namespace: str | None, name: str, **_: Any) -> None:
@@ -103,24 +143,35 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     @kopf.on.create(*LLMSERVICES, registry=registry, id="reconcile")
     @kopf.on.update(*LLMSERVICES, registry=registry, id="reconcile")
     def reconcile(namespace: str | None, name: str, reason: str, **kwargs: Any) -> None:
+        attach(kwargs)
         op.nodes.replace(kwargs["node_index"])
         op.nodes.replace_pods(kwargs["pod_index"])
         op.spec_changed((namespace or "default", name), announce=reason == kopf.Reason.RESUME)
 
-    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry, id="child_changed")
-    @kopf.on.event("", "v1", "services", labels=OWNED, registry=registry, id="child_changed")
-    def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    def child_event(kind: str, namespace: str | None, name: str, body: kopf.Body, kwargs: Mapping[str, Any]) -> None:
         op.watched()
-        owner = labels.get(SELECTOR_LABEL)
+        attach(kwargs)
+        op.view.seen((kind, namespace or "default", name), body.metadata.get("resourceVersion"))
+        owner = body.metadata.labels.get(SELECTOR_LABEL)
         if namespace and owner:
             op.trigger((namespace, owner))
+
+    @kopf.on.event(*CHILD_RESOURCES[0], labels=OWNED, registry=registry, id="child_changed")
+    def deployment_changed(namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
+        child_event("Deployment", namespace, name, body, kwargs)
+
+    @kopf.on.event(*CHILD_RESOURCES[1], labels=OWNED, registry=registry, id="child_changed")
+    def service_changed(namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
+        child_event("Service", namespace, name, body, kwargs)
 
     @kopf.on.event("", "v1", "pods", registry=registry, id="pod_changed")
     def pod_changed(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
         op.watched()
+        attach(kwargs)
         owner = labels.get(SELECTOR_LABEL)
         if namespace and owner:
             op.trigger((namespace, owner))
         if op.nodes.replace_pods(kwargs["pod_index"]):
-            # A pod was bound or finished: node storage taken or freed changes the pre-flight of other LLMServices.
-            op.requeue_all()
+            # A pod was bound or finished: node storage taken or freed may change the pre-flight of other
+            # LLMServices; those whose verdict or shown figures change are queued.
+            op.nodes_changed()

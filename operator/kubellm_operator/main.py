@@ -23,6 +23,8 @@ from kubellm_operator.handlers import register
 from kubellm_operator.metrics import OperatorMetrics, start_health_server
 from kubellm_operator.reconcile import Operator
 
+STORAGE_SWEEP_S = 0.5  # the least time between two storage re-evaluations (see background())
+
 # Watch handlers run on every event of kubellm's pods, children, Nodes and LLMServices; their routine
 # "succeeded" lines would drown the log (failures are still logged at ERROR).
 QUIET_HANDLERS = ("child_changed", "pod_changed", "node_changed", "llmservice_seen")
@@ -48,15 +50,27 @@ def configure_logging(settings: OperatorSettings) -> None:
 
 @contextmanager
 def background(op: Operator) -> Iterator[None]:
-    """The work-queue thread and the kubelet-summary refresher thread, stopped on exit."""
+    """The work-queue thread, the storage re-evaluation thread and the kubelet-summary refresher thread, stopped
+    on exit."""
     stop = threading.Event()
 
     def refresh() -> None:
         while not stop.wait(op.settings.summary_refresh_s):
             if op.refresh_summaries():
-                op.requeue_all()
+                op.nodes_changed()
 
-    threads = [threading.Thread(target=op.run_queue, name="kubellm-queue", daemon=True)]
+    def reevaluate() -> None:
+        # One sweep at most every STORAGE_SWEEP_S: the pods of a rollout bind one by one, each a node change.
+        while not stop.is_set():
+            if op.storage_dirty.wait(timeout=1.0):
+                op.storage_dirty.clear()
+                op.reevaluate_storage()
+                stop.wait(STORAGE_SWEEP_S)
+
+    threads = [
+        threading.Thread(target=op.run_queue, name="kubellm-queue", daemon=True),
+        threading.Thread(target=reevaluate, name="kubellm-storage", daemon=True),
+    ]
     if op.settings.summary_refresh_s > 0:
         threads.append(threading.Thread(target=refresh, name="kubellm-summaries", daemon=True))
     for thread in threads:

@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from kubellm.quantity import format_bytes, parse_quantity
 from kubellm.timefmt import now_rfc3339
 from kubellm_operator import render
-from kubellm_operator.api import GIB, LLMService
+from kubellm_operator.api import LLMService, LLMServiceSpec
 from kubellm_operator.cluster import Cluster, api_message, api_reason, retry_after_seconds
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.metrics import CHANGED, ERROR, INVALID, REFUSED, UNCHANGED, WAITING, OperatorMetrics
@@ -72,6 +72,7 @@ from kubellm_operator.status import (
     compute_status,
     condition,
     status_patch,
+    storage_view,
 )
 from kubellm_operator.storage import NodeFacts, StorageCheck, check_storage, pod_ephemeral_request, summary_available
 
@@ -207,10 +208,13 @@ class NodeBook:
         self._summaries: dict[str, tuple[int | None, int | None]] = {}
         self._requested: dict[str, tuple[tuple[str, int], ...]] = {}
 
-    def replace(self, index: Mapping[str, Iterable[NodeFacts]]) -> None:
+    def replace(self, index: Mapping[str, Iterable[NodeFacts]]) -> bool:
+        """The Node facts from the index; True when they changed (a heartbeat alone changes none of them)."""
         facts = {name: next(iter(store)) for name, store in index.items() if store}
         with self._lock:
+            changed = facts != self._facts
             self._facts = facts
+        return changed
 
     def replace_pods(self, index: Mapping[str, Iterable[tuple[str, int]]]) -> bool:
         """The ephemeral-storage requests of the pods bound to each node; True when they changed."""
@@ -225,7 +229,9 @@ class NodeBook:
             return sorted(self._facts)
 
     def set_summary(self, name: str, summary: Mapping[str, Any] | None) -> bool:
-        """Remember a node's summary (None forgets it); True when its free space changed visibly."""
+        """Remember a node's summary (None forgets it); True when its free space changed (whether that changes any
+        LLMService's status is for :meth:`Operator.reevaluate_storage` to say: a change of a few bytes can cross
+        the GiB a status shows)."""
         available = summary_available(summary) if summary is not None else (None, None)
         with self._lock:
             before = self._summaries.get(name, (None, None))
@@ -233,12 +239,7 @@ class NodeBook:
                 self._summaries.pop(name, None)
             else:
                 self._summaries[name] = available
-
-        def shown(pair: tuple[int | None, int | None]) -> tuple[float | None, ...]:
-            # Messages show free space to 0.1Gi: smaller changes would only churn re-evaluations.
-            return tuple(round(v / GIB, 1) if v is not None else None for v in pair)
-
-        return shown(before) != shown(available)
+        return before != available
 
     def facts(self) -> list[NodeFacts]:
         with self._lock:
@@ -254,6 +255,70 @@ class NodeBook:
                     )
                 )
             return merged
+
+
+ChildKey = tuple[str, str, str]  # (kind, namespace, name) of a child
+
+
+class WatchView:
+    """kubellm's children and pods as the watches hold them (Kopf indexes, attached by the first handler call),
+    corrected by what kubellm itself wrote and the watch has not delivered yet.
+
+    Kopf runs no handler before every index has its initial listing, and every pass is queued by a handler, so a
+    pass never sees a half-filled view. A child written by a pass comes back from the write's response: the watch
+    event of that write may arrive after the next pass starts; until the watch delivers any newer state of the
+    child, the response stands in for it. A child deleted by hand leaves the index, and the next pass re-creates it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._children: Mapping[str, Mapping[Key, Iterable[Mapping[str, Any]]]] | None = None
+        self._pods: Mapping[Key, Iterable[Mapping[str, Any]]] | None = None
+        self._written: dict[ChildKey, tuple[str | None, Mapping[str, Any]]] = {}
+
+    def attach(
+        self,
+        children: Mapping[str, Mapping[Key, Iterable[Mapping[str, Any]]]],
+        pods: Mapping[Key, Iterable[Mapping[str, Any]]],
+    ) -> None:
+        self._children, self._pods = children, pods
+
+    @property
+    def attached(self) -> bool:
+        return self._children is not None and self._pods is not None
+
+    def child(self, key: ChildKey) -> Mapping[str, Any] | None:
+        if self._children is None:
+            raise RuntimeError("a pass ran before any Kopf handler attached the watch indexes")
+        store = self._children[key[0]].get((key[1], key[2]))
+        live = next(iter(store), None) if store else None
+        with self._lock:
+            written = self._written.get(key)
+        if written is not None and _resource_version(live) == written[0]:
+            return written[1]  # the watch has not delivered kubellm's own write yet
+        return live
+
+    def pods(self, key: Key) -> list[dict[str, Any]]:
+        if self._pods is None:
+            raise RuntimeError("a pass ran before any Kopf handler attached the watch indexes")
+        store = self._pods.get(key)
+        # Sorted by name, as the API lists them: the status is the same however the events arrived.
+        return sorted((copy.deepcopy(dict(p)) for p in store or ()), key=lambda p: p["metadata"]["name"])
+
+    def wrote(self, key: ChildKey, before: Mapping[str, Any] | None, response: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._written[key] = (_resource_version(before), response)
+
+    def seen(self, key: ChildKey, resource_version: str | None) -> None:
+        """The watch delivered a state of the child: unless it is the one before kubellm's write, it is newer."""
+        with self._lock:
+            written = self._written.get(key)
+            if written is not None and written[0] != resource_version:
+                del self._written[key]
+
+
+def _resource_version(obj: Mapping[str, Any] | None) -> str | None:
+    return None if obj is None else (obj.get("metadata") or {}).get("resourceVersion")
 
 
 class KeyedLocks:
@@ -506,6 +571,11 @@ class Operator:
         self.last_watch_event = time.monotonic()
         self.models = ModelResolver()
         self.fetch_loadz = fetch_loadz
+        # What each LLMService's last pass based its storage verdict on, and what of it reached the status:
+        # a node change re-evaluates these in memory and queues only the LLMServices whose view changed.
+        self._storage_basis: dict[Key, tuple[LLMServiceSpec, tuple[Any, ...]]] = {}
+        self.storage_dirty = threading.Event()
+        self.view = WatchView()
 
     # Which LLMServices exist (fed by the LLMService watch) --------------------------------------------------
 
@@ -516,6 +586,7 @@ class Operator:
             else:
                 self._known.discard(key)
                 self._posted.pop(key, None)
+                self._storage_basis.pop(key, None)
         if not exists:
             self.metrics.set_phase(*key, None)
             self.retry.reset(key)
@@ -548,6 +619,29 @@ class Operator:
             keys = sorted(self._known)
         for key in keys:
             self.trigger(key)
+
+    def nodes_changed(self) -> None:
+        """A Node, a bound pod or a kubelet summary changed: :meth:`reevaluate_storage` soon (the background
+        thread coalesces bursts, such as a Deployment's pods being bound, into one sweep)."""
+        self.storage_dirty.set()
+
+    def reevaluate_storage(self) -> list[Key]:
+        """Re-run the storage pre-flight of every LLMService in memory against the current nodes, and queue those
+        whose verdict or shown figures changed (issue 13: a heartbeat or a kubelet summary's jitter queues none;
+        cordoning a node queues the LLMServices whose verdict it flips). LLMServices without a completed pass are
+        not here: their first pass is queued by Kopf's create/resume."""
+        facts = self.nodes.facts()
+        headroom = self.settings.headroom_bytes
+        with self._known_lock:
+            basis = list(self._storage_basis.items())
+        changed = [
+            key
+            for key, (spec, view) in sorted(basis)
+            if storage_view(check_storage(spec, facts, headroom, f"{key[0]}/{key[1]}")) != view
+        ]
+        for key in changed:
+            self.trigger(key)
+        return changed
 
     # Health --------------------------------------------------------------------------------------------------
 
@@ -597,23 +691,19 @@ class Operator:
 
     def _converge(self, namespace: str, name: str, *, announce: bool) -> Result:
         key = (namespace, name)
-        # Observe. The children are read before their owner: a child missing because the garbage collector removed
-        # it then comes with a 404 for the owner, never with an owner that looks alive (and would be re-created).
+        # Observe: the children from the watches (WatchView), the LLMService from the API. The children are read
+        # before their owner: a child missing because the garbage collector removed it then comes with a 404 for the
+        # owner, never with an owner that looks alive (and would be re-created).
         live: dict[str, dict[str, Any] | None] = {}
-        unreadable: dict[str, Refusal] = {}
         for kind in CHILD_KINDS:
-            try:
-                live[kind] = self.cluster.get_child(kind, namespace, name)
-            except ApiException as exc:
-                # A read RBAC forbids is a refusal too: reported, and that child is not written blind.
-                refused = refusal(exc, f"{kind} {namespace}/{name}")
-                if refused is None:
-                    raise
-                live[kind], unreadable[kind] = None, refused
+            watched = self.view.child((kind, namespace, name))
+            live[kind] = copy.deepcopy(dict(watched)) if watched is not None else None
         obj = self.cluster.get_llmservice(namespace, name)
         if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
             # Deleted: ownerReferences make the children garbage.
             self.metrics.set_phase(namespace, name, None)
+            with self._known_lock:
+                self._storage_basis.pop(key, None)
             return Result(UNCHANGED)
         metadata = obj.get("metadata") or {}
         generation = metadata.get("generation")
@@ -640,6 +730,11 @@ class Operator:
             invalid = _describe_validation(exc)
         owner = f"{namespace}/{name}"
         storage = check_storage(llms.spec, self.nodes.facts(), self.settings.headroom_bytes, owner) if llms else None
+        with self._known_lock:
+            if llms is not None and storage is not None:
+                self._storage_basis[key] = (llms.spec, storage_view(storage))
+            else:
+                self._storage_basis.pop(key, None)  # an invalid spec: no node change makes it valid
         # storage.enforce holds the replicas at 0 only when the check knows some nodes and none fits.
         enforced = llms is not None and llms.spec.storage.enforce
         held = storage if enforced and storage is not None and storage.nodes_seen and not storage.ok else None
@@ -664,7 +759,7 @@ class Operator:
         standing = {r.kind: r for r in self.retry.holding(key, print_) or ()} if print_ is not None else {}
         deployment: Mapping[str, Any] | None = live["Deployment"]
         for plan in plans:
-            held_back = unreadable.get(plan.kind) or standing.get(plan.kind)
+            held_back = standing.get(plan.kind)
             if held_back is not None:
                 refusals.append(held_back)  # not written again before its retry (drift elsewhere is still repaired)
                 continue
@@ -675,7 +770,7 @@ class Operator:
                 deployment = actual
 
         # Status: from the observations and the refusals, written even when the children could not be.
-        pods = self.cluster.list_pods(namespace, render.selector_string(name))
+        pods = self.view.pods(key)
         raw_replicas = (obj.get("spec") or {}).get("replicas", 1)
         seen = Observed(
             generation=generation,
@@ -728,12 +823,15 @@ class Operator:
                 actual = self.cluster.replace_fields(
                     plan.kind, metadata["namespace"], metadata["name"], list(plan.repairs)
                 )
+                self.view.wrote((plan.kind, metadata["namespace"], metadata["name"]), plan.live, actual)
                 self._count_write(plan.kind, writes)
                 logger.info("%s: replaced lists edited by someone else (%s)", what, _paths(plan.repairs))
             # After a repair, the apply is needed only if the repaired object still differs.
             if plan.apply and (not plan.repairs or actual is None or plan_child(plan.desired, dict(actual)).apply):
                 verb = "created" if plan.live is None else "updated (spec changed or edited by hand)"
+                before = actual
                 actual = self.cluster.apply(plan.desired)
+                self.view.wrote((plan.kind, metadata["namespace"], metadata["name"]), before, actual)
                 self._count_write(plan.kind, writes)
                 logger.info("%s %s", what, verb)
         except ApiException as exc:

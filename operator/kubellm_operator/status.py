@@ -14,6 +14,7 @@ The ``Ready`` condition's reason is the one a user needs first (the CRD's Reason
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -396,15 +397,29 @@ def _storage_condition(storage: StorageCheck | None) -> tuple[ConditionStatus, s
 
 
 def storage_summary(storage: StorageCheck) -> StorageStatus:
+    """``status.storage``: while some eligible node fits, only what the verdict rests on (the need, how free space
+    is counted, how many nodes were seen); the per-node figures (counts, best node, its free space rounded to GiB)
+    appear when no node fits, the case a user acts on. Figures that move with every cordon or kubelet summary of
+    any node would otherwise rewrite every LLMService's status (issue 13: idle clusters write no status)."""
+    if storage.ok:
+        return StorageStatus(required=format_bytes(storage.need), nodes_seen=storage.nodes_seen, basis=storage.basis)
+    shown = storage.best_node_free_shown
     return StorageStatus(
         required=format_bytes(storage.need),
         fitting_nodes=storage.fitting_nodes,
         eligible_nodes=storage.eligible_nodes,
         nodes_seen=storage.nodes_seen,
         best_node=storage.best_node,
-        best_node_free=format_bytes(storage.best_node_free) if storage.best_node_free is not None else None,
+        best_node_free=format_bytes(shown) if shown is not None else None,
         basis=storage.basis,
     )
+
+
+def storage_view(storage: StorageCheck | None) -> tuple[Any, ...]:
+    """Everything of a storage check that reaches the status (the StorageReady condition and status.storage):
+    equal views mean a pass would write the same status, so a node change need not queue that LLMService."""
+    summary = storage_summary(storage).model_dump(by_alias=True, exclude_none=True) if storage is not None else None
+    return (_storage_condition(storage), json.dumps(summary, sort_keys=True))
 
 
 def _previous_conditions(previous: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:

@@ -29,6 +29,7 @@ EPHEMERAL_STORAGE = "ephemeral-storage"
 BLOCKING_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 BASIS_REQUESTS = "allocatable minus the ephemeral-storage requests of the pods on each node"
 BASIS_SUMMARY = "the kubelet summary (node and image filesystems) and " + BASIS_REQUESTS
+SHOWN_FREE_STEP = 2**30  # a status shows free space in whole GiB (see StorageCheck.best_node_free_shown)
 
 
 @dataclass(frozen=True)
@@ -241,15 +242,24 @@ class StorageCheck:
         return self.fitting_nodes > 0
 
     @property
+    def best_node_free_shown(self) -> int | None:
+        """The best node's free bytes as the status shows them: rounded down to whole GiB, so that the kubelet
+        summary's jitter (a node's free space moves by ~1 % between reads) rarely rewrites a status."""
+        return None if self.best_node_free is None else self.best_node_free // SHOWN_FREE_STEP * SHOWN_FREE_STEP
+
+    @property
     def message(self) -> str:
         need = f"{format_bytes(self.need)} of free ephemeral storage ({format_bytes(self.request)} + {format_bytes(self.headroom)} headroom)"
+        shown = self.best_node_free_shown
         best = (
-            f"best node {self.best_node} has {format_bytes(self.best_node_free)} free"
-            if self.best_node is not None and self.best_node_free is not None
+            f"best node {self.best_node} has {format_bytes(shown)} free"
+            if self.best_node is not None and shown is not None
             else "no eligible node reports its free storage"
         )
         if self.ok:
-            return f"{self.fitting_nodes} of {self.eligible_nodes} eligible nodes have {need}; {best}"
+            # No counts and no free space while the verdict holds: they move with every cordon, heartbeat and
+            # kubelet summary of any node, and would rewrite every LLMService's status for nothing it acts on.
+            return f"an eligible node has {need}"
         if self.nodes_seen == 0:
             return f"no nodes are visible to the operator; needs {need}"
         if self.eligible_nodes == 0:

@@ -633,6 +633,18 @@ async def _wait(
         await asyncio.sleep(interval)
 
 
+def _changed_fields(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The fields (dotted paths) whose value differs, with both values: [before, after]."""
+    changed: dict[str, Any] = {}
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            changed.update(_changed_fields(old, new, f"{prefix}{key}."))
+        elif old != new:
+            changed[f"{prefix}{key}"] = [old, new]
+    return changed
+
+
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
@@ -902,13 +914,24 @@ class Bench:
         # written before it stops.
         caught_up_from = log.marker()
 
+        quiet = {"busy": -1, "since": time.monotonic()}
+
         def caught_up() -> bool:
-            got = {c.name for c in log.between(caught_up_from) if c.resource == PLURAL and c.verb == "get"}
-            return len(got) >= config.services
+            calls = log.between(caught_up_from)
+            got = {c.name for c in calls if c.resource == PLURAL and c.verb == "get"}
+            if len(got) >= config.services:
+                return True
+            # An operator that re-evaluates only what a change can affect makes no pass when nothing changed for a
+            # service: 3 s without any request but summary reads is caught up too.
+            busy = sum(not c.resource.startswith("nodes/proxy") for c in calls)
+            if busy != quiet["busy"]:
+                quiet["busy"], quiet["since"] = busy, time.monotonic()
+            return time.monotonic() - quiet["since"] >= 3.0
 
         await _wait(caught_up, 120, interval=0.2, alive=operator.alive)
         await asyncio.sleep(1)
         await operator.stop()
+        statuses = {o["metadata"]["name"]: copy.deepcopy(o.get("status") or {}) for o in cluster.llmservices()}
         marker = log.marker()
         t0 = time.monotonic()
         await self._start_operator(operator, log, marker)
@@ -925,6 +948,13 @@ class Bench:
         result["restart_requests"] = len(calls)
         result["restart_writes"] = sum(c.is_write for c in calls)
         result["restart_writes_by_verb_resource"] = tally([c for c in calls if c.is_write])
+        result["restart_written"] = sorted({f"{c.resource}/{c.name}" for c in calls if c.is_write})
+        # What a restart's status writes changed, field by field (the old operator's last status against the new).
+        after = {o["metadata"]["name"]: o.get("status") or {} for o in cluster.llmservices()}
+        result["restart_status_changes"] = {
+            name: _changed_fields(statuses.get(name) or {}, after.get(name) or {})
+            for name in sorted({c.name for c in calls if c.resource == f"{PLURAL}/status" and c.name})
+        }
         self.say(f"restart: {result['restart_writes']} writes in {len(calls)} requests")
 
 

@@ -177,8 +177,8 @@ async def test_storage_warning_then_a_big_node_fixes_it(kube: Kube, caplog: pyte
         await kube.wait(lambda: kube.condition("tiny", "StorageReady").get("status") == "True", "StorageReady=True")
         after = kube.get("LLMService", "tiny")
         assert after is not None and after["metadata"]["generation"] == generation
-        assert after["status"]["storage"]["fittingNodes"] == 1
-        assert after["status"]["storage"]["bestNode"] == "big"
+        # Now that a node fits, the status keeps what the verdict rests on, not figures that move with every node.
+        assert after["status"]["storage"] == {"required": "22Gi", "nodesSeen": 4, "basis": BASIS_SUMMARY}
         assert len(kube.events("tiny", "InsufficientStorage")) == 1
 
 

@@ -351,3 +351,27 @@ def test_a_first_start_slower_than_ten_minutes_is_still_progressing() -> None:
     status, reason = progressing_after(rendered)
     assert reason != "ProgressDeadlineExceeded"
     assert (status["phase"], (condition(status, "Ready") or {})["reason"]) == ("Progressing", "ModelLoading")
+
+
+def test_a_node_change_queues_only_the_llmservices_whose_storage_status_changes() -> None:
+    from kubellm_operator.status import storage_view
+    from kubellm_operator.storage import NodeFacts, check_storage
+
+    op = idle_operator(storage_headroom="0")
+    small, large = (
+        LLMServiceSpec.model_validate({"model": {"name": "m"}, "storage": {"request": r}}) for r in ("10Gi", "100Gi")
+    )
+    nodes = {"a": NodeFacts("a", allocatable=50 * GIB), "big": NodeFacts("big", allocatable=200 * GIB)}
+    op.nodes.replace({name: [facts] for name, facts in nodes.items()})
+    for key, spec in ((("ns", "small"), small), (("ns", "large"), large)):
+        op.remember(key, exists=True)
+        view = storage_view(check_storage(spec, op.nodes.facts(), 0, "/".join(key)))
+        op._storage_basis[key] = (spec, view)
+    # Jitter on both nodes: no verdict moves, nothing is queued.
+    op.nodes.replace({"a": [NodeFacts("a", allocatable=49 * GIB)], "big": [NodeFacts("big", allocatable=199 * GIB)]})
+    assert op.reevaluate_storage() == [] and op.queue.pending() == 0
+    # The big node cordoned: only the LLMService that fitted nowhere else.
+    cordoned = NodeFacts("big", allocatable=200 * GIB, unschedulable=True)
+    op.nodes.replace({"a": [nodes["a"]], "big": [cordoned]})
+    assert op.reevaluate_storage() == [("ns", "large")]
+    assert op.queue.due_in(("ns", "large")) is not None and op.queue.due_in(("ns", "small")) is None

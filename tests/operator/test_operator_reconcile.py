@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from kubellm_operator.api import GIB, LLMService
-from kubellm_operator.reconcile import APPLIED_HASH_ANNOTATION, NodeBook, WorkQueue, is_applied, with_applied_hash
+from kubellm_operator.reconcile import (
+    APPLIED_HASH_ANNOTATION,
+    NodeBook,
+    WatchView,
+    WorkQueue,
+    is_applied,
+    with_applied_hash,
+)
 from kubellm_operator.render import render
 from kubellm_operator.storage import NodeFacts
 
@@ -104,16 +111,16 @@ def test_applied_hash_is_stable_and_changes_with_the_spec() -> None:
     assert "annotations" not in render(llms(), image_default="img")[0]["metadata"]  # the input is not mutated
 
 
-def test_node_book_merges_summaries_and_reports_visible_changes() -> None:
+def test_node_book_merges_summaries_and_reports_changes() -> None:
     book = NodeBook()
     book.replace({"a": [NodeFacts(name="a", allocatable=100 * GIB)], "b": [NodeFacts(name="b", allocatable=GIB)]})
     assert book.names() == ["a", "b"]
     summary = {"node": {"fs": {"availableBytes": 30 * GIB}, "runtime": {"imageFs": {"availableBytes": 20 * GIB}}}}
     assert book.set_summary("a", summary) is True
     assert book.set_summary("a", summary) is False
-    # A change below the shown precision (0.1Gi) does not re-evaluate anything.
+    # Any change counts: whether it reaches a status is for Operator.reevaluate_storage to say.
     summary["node"]["fs"]["availableBytes"] = 30 * GIB - 1000  # type: ignore[index]
-    assert book.set_summary("a", summary) is False
+    assert book.set_summary("a", summary) is True
     assert {f.name: f.free for f in book.facts()} == {"a": 20 * GIB, "b": GIB}
     assert book.set_summary("a", None) is True
     assert {f.name: f.free for f in book.facts()} == {"a": 100 * GIB, "b": GIB}
@@ -139,3 +146,39 @@ def test_work_queue_close_releases_a_waiting_worker() -> None:
     queue.close()
     worker.join(timeout=5)
     assert results == [None] and not worker.is_alive()
+
+
+def _obj(rv: str, replicas: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": "tiny", "resourceVersion": rv}, "spec": {"replicas": replicas}}
+
+
+def test_watch_view_answers_kubellms_own_write_until_the_watch_delivers_newer() -> None:
+    deployments: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    pods = {("ns", "tiny"): [{"metadata": {"name": "tiny-b"}}, {"metadata": {"name": "tiny-a"}}]}
+    view = WatchView()
+    view.attach({"Deployment": deployments, "Service": {}}, pods)
+    key = ("Deployment", "ns", "tiny")
+    assert view.child(key) is None and view.child(("Service", "ns", "tiny")) is None
+    # Created by a pass: the response stands in until the watch has it.
+    view.wrote(key, None, _obj("2"))
+    assert view.child(key) == _obj("2")
+    deployments[("ns", "tiny")] = [_obj("2")]
+    view.seen(key, "2")
+    # Updated by a pass (rv 2 -> 3); the watch still holds 2, then delivers a newer state (status by a controller).
+    view.wrote(key, _obj("2"), _obj("3", replicas=2))
+    assert view.child(key) == _obj("3", replicas=2)
+    deployments[("ns", "tiny")] = [_obj("4", replicas=2)]
+    view.seen(key, "4")
+    assert view.child(key) == _obj("4", replicas=2)
+    # Deleted by hand: gone from the watch, so the next pass re-creates it.
+    del deployments[("ns", "tiny")]
+    view.seen(key, "4")
+    assert view.child(key) is None
+    # Pods come sorted by name, as the API lists them.
+    assert [p["metadata"]["name"] for p in view.pods(("ns", "tiny"))] == ["tiny-a", "tiny-b"]
+    assert view.pods(("ns", "other")) == []
+
+
+def test_watch_view_refuses_a_pass_before_the_indexes_are_attached() -> None:
+    with pytest.raises(RuntimeError, match="attached"):
+        WatchView().child(("Deployment", "ns", "tiny"))

@@ -2,7 +2,8 @@
 
 The smoke run (20 LLMServices, 5 nodes, 100 foreign pods) asserts nothing about time: every service converges,
 every spec change reaches its Deployment, a restart over the converged services writes nothing, the bench stops
-every operator it started, and (the issue-13 target today's operator misses) the idle cluster gets no status write.
+every operator it started, the idle cluster gets no status write, and a node flip writes exactly the statuses whose
+storage verdict it flips.
 """
 
 from __future__ import annotations
@@ -174,10 +175,10 @@ def test_smoke_every_service_converges_and_restart_writes_nothing(smoke: dict[st
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="today's operator rewrites every status when a kubelet summary moves the best node's free space by "
-    "0.1Gi (status.storage.bestNodeFree and the StorageReady message carry it); issue 13 items 1-2 fix it",
-)
 def test_smoke_idle_cluster_gets_no_status_writes(smoke: dict[str, Any]) -> None:
     assert smoke["idle_status_writes_per_min"] == 0, smoke["idle_requests_per_min_by_verb_resource"]
+
+
+@pytest.mark.slow
+def test_smoke_a_node_flip_writes_exactly_the_affected_statuses(smoke: dict[str, Any]) -> None:
+    assert smoke["storage_flip"]["exactly_affected"], smoke["storage_flip"]
