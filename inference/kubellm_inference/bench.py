@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -276,6 +277,10 @@ def make_prompt(model_folder: str, tokens: int) -> tuple[str, list[int]]:
 
 RAW, OURS, PEER = "raw generate", "kubellm serve", "transformers serve --continuous-batching"
 LLAMA_CPP = "llama.cpp"
+# ``--kubellm-baseline``: our server from another checkout, measured in the same run for before/after ratios.
+BASELINE_SUFFIX = " (baseline)"
+# Where a checkout keeps its packages (what /work/devenv.sh and the images put on PYTHONPATH).
+CHECKOUT_PACKAGE_ROOTS = (".", "operator", "inference", "sandbox")
 # --kubellm-precisions: name -> (KUBELLM_DTYPE, KUBELLM_QUANTIZATION); int8/int4 keep dtype auto.
 PRECISIONS = {
     "auto": ("auto", "none"),
@@ -341,7 +346,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "raw" in args.targets:
             targets[RAW] = RawGenerate(model_folder, prompt_ids, args.new_tokens)
         if "kubellm" in args.targets:
-            for precision in args.kubellm_precisions:
+            checkouts: list[tuple[str, Path | None]] = [("", None)]
+            if args.kubellm_baseline is not None:
+                checkouts.append((BASELINE_SUFFIX, args.kubellm_baseline))
+            for (suffix, checkout), precision in itertools.product(checkouts, args.kubellm_precisions):
                 port = free_port()
                 dtype, quantization = PRECISIONS[precision]
                 env = {
@@ -356,11 +364,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     env_name("max_new_tokens"): str(args.new_tokens),
                     env_name("log_level"): "warning",
                 }
+                if checkout is not None:
+                    env["PYTHONPATH"] = os.pathsep.join(str(checkout / part) for part in CHECKOUT_PACKAGE_ROOTS)
                 command = [sys.executable, "-m", "kubellm_inference.server"]
                 base = f"http://127.0.0.1:{port}"
-                log_path = log_dir / f"kubellm-serve-{precision}.log"
+                log_path = log_dir / f"kubellm-serve-{precision}{'-baseline' if checkout else ''}.log"
                 servers.enter_context(server_process(command, env, f"{base}/readyz", log_path))
-                name = ours_name(precision)
+                name = ours_name(precision) + suffix
                 weight_bytes[name] = _metric_value(base, "kubellm_model_weight_bytes")
                 body = {**base_body, "model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}}
                 targets[name] = http_target(f"{base}/v1/completions", body)
@@ -451,6 +461,16 @@ def comparisons(results: list[LevelResult], floors: dict[str, dict[str, float]] 
             ratios[f"c1_ms_per_token_vs_bandwidth_floor[{name}]"] = round(
                 single.itl_p50_ms / floor["floor_ms_per_token"], 2
             )
+    levels = sorted({r.concurrency for r in results})
+    for baseline in sorted({r.target for r in results if r.target.endswith(BASELINE_SUFFIX)}):
+        ours = baseline.removesuffix(BASELINE_SUFFIX)
+        for level in levels:
+            a, b = by_key.get((ours, level)), by_key.get((baseline, level))
+            if a and b:
+                ratios[f"c{level}_tokens_per_s[{ours} / baseline]"] = round(a.tokens_per_s / b.tokens_per_s, 3)
+                ratios[f"c{level}_ttft[{ours} / baseline]"] = round(a.ttft_p50_s / b.ttft_p50_s, 3)
+                if a.itl_p50_ms is not None and b.itl_p50_ms:
+                    ratios[f"c{level}_ms_per_token[{ours} / baseline]"] = round(a.itl_p50_ms / b.itl_p50_ms, 3)
     llama = sorted({r.target for r in results if r.target.startswith(LLAMA_CPP)})
     for ours in sorted({r.target for r in results if r.target.startswith(OURS)}):
         for theirs in llama:
@@ -501,6 +521,13 @@ def _label_and_path(value: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
+def _checkout(value: str) -> Path:
+    path = Path(value).resolve()
+    if not (path / "inference" / "kubellm_inference" / "server.py").is_file():
+        raise argparse.ArgumentTypeError(f"--kubellm-baseline wants a kubellm checkout, got {value!r}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubellm bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="a local model folder, or the embedded model")
@@ -518,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=["auto"],
         choices=list(PRECISIONS),
         help="run our server once per precision (dtype, or int8/int4 weights with dtype auto)",
+    )
+    parser.add_argument(
+        "--kubellm-baseline",
+        type=_checkout,
+        metavar="DIR",
+        help="also run our server from this other checkout (e.g. main), per precision, named '... (baseline)'",
     )
     parser.add_argument("--llama-server", type=Path, help="a llama.cpp llama-server binary (for --gguf)")
     parser.add_argument(

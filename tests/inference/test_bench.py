@@ -52,3 +52,34 @@ def test_bench_refuses_a_gguf_without_llama_server(tiny_model: Path, tmp_path: P
     argv = ["--model", str(tiny_model), "--targets", "kubellm", "--gguf", f"q4={gguf}", "--max-seconds", "60"]
     argv += ["--log-dir", str(tmp_path / "logs")]
     assert bench_main(argv) == 1
+
+
+def test_bench_measures_a_baseline_checkout_in_the_same_run(tiny_model: Path, tmp_path: Path) -> None:
+    # This checkout stands in for the baseline: the point is that both servers run and the ratios come out.
+    checkout = Path(__file__).resolve().parents[2]
+    output = tmp_path / "bench.json"
+    argv = [
+        "--model",
+        str(tiny_model),
+        "--targets",
+        "kubellm",
+        "--concurrency",
+        "1",
+        "--kubellm-baseline",
+        str(checkout),
+    ]
+    argv += ["--prompt-tokens", "8", "--new-tokens", "4", "--repetitions", "1", "--rounds", "1"]
+    argv += ["--log-dir", str(tmp_path / "logs"), "--json", str(output), "--max-seconds", "120"]
+    assert bench_main(argv) == 0
+    document = json.loads(output.read_text())
+    assert {r["target"] for r in document["results"]} == {"kubellm serve", "kubellm serve (baseline)"}
+    ratios = document["comparisons"]
+    for key in ("c1_tokens_per_s", "c1_ttft", "c1_ms_per_token"):
+        assert ratios[f"{key}[kubellm serve / baseline]"] > 0
+
+
+def test_bench_refuses_a_baseline_that_is_not_a_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--targets", "kubellm", "--kubellm-baseline", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--kubellm-baseline wants a kubellm checkout" in capsys.readouterr().err
