@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import polling
 import yaml
 
 from kubellm_sandbox import kind
@@ -150,15 +151,8 @@ def run(
 
 
 def eventually(probe: Callable[[], T | None], *, timeout_s: float, what: str, every_s: float = 2.0) -> T:
-    """Poll `probe` until it returns something not None, for at most `timeout_s` (for states kubectl can't wait on)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = probe()
-        if found is not None:
-            return found
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
+    """`polling.eventually`, polling every 2.0 s by default (for states kubectl can't wait on; a cluster changes slowly)."""
+    return polling.eventually(probe, timeout_s=timeout_s, what=what, every_s=every_s)
 
 
 @dataclass(frozen=True)

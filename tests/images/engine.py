@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
+
+import polling
 
 OPT_IN_ENV = "KUBELLM_IMAGE_TESTS"
 ENGINES = ("docker", "podman")
@@ -80,12 +81,5 @@ class Engine:
 
 
 def eventually(probe: Callable[[], T | None], *, timeout_s: float, what: str, every_s: float = 0.5) -> T:
-    """Poll ``probe`` until it returns something other than None; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = probe()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
+    """`polling.eventually`, polling every 0.5 s by default (containers answer within seconds)."""
+    return polling.eventually(probe, timeout_s=timeout_s, what=what, every_s=every_s)
