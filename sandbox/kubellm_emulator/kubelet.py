@@ -140,11 +140,6 @@ def _owner_reference(owner: JsonObject) -> JsonObject:
     }
 
 
-def _selector(deployment: JsonObject) -> str:
-    labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-
-
 class KubeletError(RuntimeError):
     """The API answered something the helper cannot continue from (its Status message included)."""
 

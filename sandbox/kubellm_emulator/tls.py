@@ -35,10 +35,6 @@ class Certificate:
         context.load_cert_chain(self.cert_path, self.key_path)
         return context
 
-    def client_context(self) -> ssl.SSLContext:
-        """For clients of the emulator's HTTPS port (trusts exactly this certificate)."""
-        return ssl.create_default_context(cafile=str(self.cert_path))
-
 
 @functools.lru_cache(maxsize=1)
 def serving_certificate() -> Certificate | None:
