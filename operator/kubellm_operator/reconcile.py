@@ -541,6 +541,7 @@ class Result:
     status: Mapping[str, Any] = field(default_factory=dict)
     refusals: tuple[Refusal, ...] = ()
     fingerprint: str | None = None
+    recheck_s: float | None = None  # pods are loading: no event marks a download's progress, so look again then
 
 
 def _describe_validation(exc: ValidationError) -> str:
@@ -797,20 +798,21 @@ class Operator:
             writes.append("status")
             self.metrics.writes.labels(target="status").inc()
         self.metrics.set_phase(namespace, name, status.get("phase"))
-        if invalid is None and model_hold is None and pods_loading(pods):
-            # No pod event marks a download's progress: read the pods again soon while they load.
-            self.queue.add(key, LOADING_REFRESH_S)
+        recheck = LOADING_REFRESH_S if invalid is None and model_hold is None and pods_loading(pods) else None
         self._announce(obj, previous, status, storage, invalid, announce, tuple(refusals))
         result_refusals = tuple(refusals)
         if invalid is not None:
             return Result(INVALID, tuple(writes), invalid=invalid, status=status)
         if refusals:
-            return Result(REFUSED, tuple(writes), status=status, refusals=result_refusals, fingerprint=print_)
+            return Result(
+                REFUSED, tuple(writes), status=status, refusals=result_refusals, fingerprint=print_, recheck_s=recheck
+            )
         if model_hold is not None:
             return Result(WAITING, tuple(writes), model_hold=model_hold[1], status=status)
         if held is not None:
-            return Result(WAITING, tuple(writes), held=held, status=status, fingerprint=print_)
-        return Result(CHANGED if writes else UNCHANGED, tuple(writes), status=status, fingerprint=print_)
+            return Result(WAITING, tuple(writes), held=held, status=status, fingerprint=print_, recheck_s=recheck)
+        outcome = CHANGED if writes else UNCHANGED
+        return Result(outcome, tuple(writes), status=status, fingerprint=print_, recheck_s=recheck)
 
     def _write(self, plan: ChildPlan, writes: list[str]) -> tuple[Mapping[str, Any] | None, Refusal | None]:
         """Carry out one child's plan; a refusal is returned, a transient error raised (the pass is retried)."""
@@ -972,6 +974,8 @@ class Operator:
                 # The hub refused the model (not found, gated, bad token): asked again at a steady pace, since the
                 # fix (a token, access granted, the repo made public) happens on the hub, not in the spec.
                 self.queue.add(key, HOLD_RETRY_S)
+        if result.recheck_s is not None:
+            self.queue.add(key, result.recheck_s)
         return result
 
     # Kubelet summaries ------------------------------------------------------------------------------------
