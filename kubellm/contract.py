@@ -94,7 +94,9 @@ class ServerSettings(BaseSettings):
     download_max_restarts: int = Field(
         3, ge=0, le=100, description="Restarts of a stalled or failed download before the load fails"
     )
-    api_key: SecretStr | None = Field(None, description="When set, inference routes require it as a bearer token")
+    api_key: SecretStr | None = Field(
+        None, description="When set, every route but the probes' (and /metrics) requires it as a bearer token"
+    )
     metrics_require_api_key: bool = Field(
         False,
         description="With api_key set, /metrics needs the key too, and /loadz and /readyz tell a caller without it "

@@ -84,6 +84,8 @@ class RequestGuard:
         except _Refused as refused:
             await _refuse(send, refused.error)
             return
+        if body is None:
+            return  # the client left before its body was whole: nobody to answer, nothing to run
         await self.app(scope, _replay(body, receive), send)
 
     def _check_headers(self, scope: Scope) -> None:
@@ -109,7 +111,8 @@ class RequestGuard:
             code="body_too_large",
         )
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None when the client disconnected first."""
         chunks: list[bytes] = []
         size = 0
         try:
@@ -117,8 +120,7 @@ class RequestGuard:
                 while True:
                     message = await receive()
                     if message["type"] != "http.request":
-                        # The client left: the app sees the disconnect as the body's end, as it would have.
-                        break
+                        return None
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_body:

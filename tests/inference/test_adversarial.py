@@ -20,6 +20,7 @@ import pytest
 from inference_support import serve_process
 from pydantic import ValidationError
 
+from kubellm.contract import ServerSettings
 from kubellm_inference.errors import describe_validation_error
 from kubellm_inference.schemas import (
     MAX_MESSAGES,
@@ -34,6 +35,7 @@ AUTH = f"Authorization: Bearer {API_KEY}\r\n"
 # Set, not derived, so that 10k short messages (about 0.3 MB) fit under it and meet the request models' bounds.
 BODY_CAP = 1 << 20
 HEADER_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 3.0
 CONNECTION_LIMIT = 50
 # Under the rendered probes' timeouts (readiness 5 s, liveness 10 s), with room for a contended CI machine; the
 # issue measured /livez waiting 2.4 s behind one 200,000-message chat.
@@ -71,7 +73,7 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "max_new_tokens": "8",
         "header_timeout_s": str(HEADER_TIMEOUT_S),
         "keep_alive_timeout_s": "1",
-        "body_timeout_s": "5",
+        "body_timeout_s": str(BODY_TIMEOUT_S),
         "limit_concurrency": str(CONNECTION_LIMIT),
         "log_level": "warning",
         "dtype": "float32",
@@ -315,6 +317,28 @@ def test_a_kept_alive_connection_gets_the_same_header_timeout_for_its_next_reque
         assert _closed_by_server(sock, answered + HEADER_TIMEOUT_S + 2), "the second head never timed out"
 
 
+def test_a_body_sent_too_slowly_gets_408_at_the_body_timeout(server: Server) -> None:
+    with guarded(server), socket.create_connection(("127.0.0.1", server.port), timeout=IO_TIMEOUT_S) as sock:
+        sock.sendall(f"POST /ask HTTP/1.1\r\nHost: test\r\n{AUTH}Content-Length: 1000\r\n\r\n".encode())
+        started = time.monotonic()
+        answer: list[tuple[int, dict[str, Any]]] = []
+        reader = threading.Thread(target=lambda: answer.append(_read_answer(sock)), daemon=True)
+        reader.start()
+        # One byte every 0.2 s: the head is complete, so only the body's own deadline can end this.
+        while reader.is_alive() and time.monotonic() - started < BODY_TIMEOUT_S + 5:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            reader.join(0.2)
+        reader.join(IO_TIMEOUT_S)
+        elapsed = time.monotonic() - started
+    assert answer, "no answer to a body that never finished"
+    status, body = answer[0]
+    assert status == 408 and body["error"]["code"] == "body_timeout", body
+    assert BODY_TIMEOUT_S - 0.1 <= elapsed < BODY_TIMEOUT_S + 2, elapsed
+
+
 def test_many_idle_connections_neither_starve_the_probes_nor_stay_open(server: Server) -> None:
     idle: list[socket.socket] = []
     with guarded(server) as probes:
@@ -337,6 +361,12 @@ def test_many_idle_connections_neither_starve_the_probes_nor_stay_open(server: S
         again = httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
         assert again.status_code == 200, again.text
     assert len(probes.latencies) >= 3
+
+
+def test_the_default_body_cap_is_sized_from_the_prompt_limit() -> None:
+    assert ServerSettings(max_input_tokens=2048).body_limit == 192 * 1024
+    assert ServerSettings(max_input_tokens=32768).body_limit == 32768 * 64 + 64 * 1024
+    assert ServerSettings(max_input_tokens=2048, max_body_bytes=4096).body_limit == 4096
 
 
 def test_request_models_bound_every_list_and_text_naming_the_field() -> None:
