@@ -124,7 +124,7 @@ class RequestGuard:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_body:
-                        raise _Refused(self._too_large(f"over {self.max_body} bytes so far"))
+                        raise _Refused(self._too_large("sent without a Content-Length"))
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
