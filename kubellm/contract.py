@@ -34,6 +34,15 @@ READYZ_PATH = "/readyz"
 LIVEZ_PATH = "/livez"
 METRICS_PATH = "/metrics"
 LOADZ_PATH = "/loadz"  # the model load's phase and download progress (JSON), for people and the operator
+# Routes that kubelet probes and the operator reach without credentials; never refused for capacity either.
+PROBE_PATHS = frozenset({HEALTHZ_PATH, READYZ_PATH, LIVEZ_PATH, LOADZ_PATH})
+
+# The request body cap's default is sized from the prompt limit: a token is rarely longer than this many bytes of
+# text, and the body may hold the prompt this many times over (JSON escapes, the roles and fields around the
+# messages, non-ASCII text) before it is refused without being read; plus a fixed part for the other fields.
+BODY_BYTES_PER_TOKEN = 16
+BODY_HEADROOM = 4
+BODY_FIXED_BYTES = 64 * 1024
 
 
 class DType(StrEnum):
@@ -85,12 +94,48 @@ class ServerSettings(BaseSettings):
     download_max_restarts: int = Field(
         3, ge=0, le=100, description="Restarts of a stalled or failed download before the load fails"
     )
-    api_key: SecretStr | None = Field(None, description="When set, inference routes require it as a bearer token")
+    api_key: SecretStr | None = Field(
+        None, description="When set, every route but the probes' (and /metrics) requires it as a bearer token"
+    )
+    metrics_require_api_key: bool = Field(
+        False,
+        description="With api_key set, /metrics needs the key too, and /loadz and /readyz tell a caller without it "
+        "only the load's phase and progress (no model id, no failure text)",
+    )
 
     max_input_tokens: int = Field(2048, ge=1, le=1_000_000)
     max_new_tokens: int = Field(1024, ge=1, le=1_000_000, description="Upper bound a request may ask for")
     default_max_new_tokens: int = Field(256, ge=1, le=1_000_000, description="Used when a request names none")
     default_temperature: float = Field(0.7, ge=0.0, le=2.0)
+
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        le=1 << 30,
+        description="Largest request body; a larger one is refused with 413 before it is read. Unset: "
+        "max_input_tokens x 64 bytes + 64 KiB (192 KiB for 2048 tokens)",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="A request body must arrive whole within this long after its headers (408)"
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A connection whose request headers are not complete this long after it opened, or after its "
+        "previous answer, is closed",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1 << 20, description="Largest request head (request line and headers); more is 400"
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, le=3600, description="An idle keep-alive connection is closed after this long"
+    )
+    limit_concurrency: int | None = Field(
+        512,
+        ge=1,
+        description="Open connections (or requests in flight) past which new requests get 503; probes are exempt",
+    )
 
     request_timeout_s: float = Field(300.0, gt=0)
     queue_size: int = Field(64, ge=1)
@@ -117,6 +162,13 @@ class ServerSettings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     log_level: str = "info"
+
+    @property
+    def body_limit(self) -> int:
+        """The request body cap in bytes: ``max_body_bytes``, else sized from ``max_input_tokens``."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_input_tokens * BODY_BYTES_PER_TOKEN * BODY_HEADROOM + BODY_FIXED_BYTES
 
     @property
     def model_id(self) -> str:

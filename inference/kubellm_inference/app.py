@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kubellm.contract import HEALTHZ_PATH, LIVEZ_PATH, LOADZ_PATH, METRICS_PATH, READYZ_PATH, ServerSettings
 from kubellm_inference.engine import GenerationEngine
 from kubellm_inference.errors import install_error_handlers
+from kubellm_inference.guard import RequestGuard
 from kubellm_inference.loading import LoadedModel, load_model
 from kubellm_inference.metrics import ServerMetrics
 from kubellm_inference.progress import LoadProgress, ProgressCollector
@@ -66,6 +67,8 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
     install_error_handlers(app)
     for router in (seed.router, openai_api.router, health.router, metrics.router, loading.router):
         app.include_router(router)
+    # Added first, so it runs inside the metrics middleware: refusals are counted too.
+    app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(RequestMetricsMiddleware, metrics=server_metrics)
     return app
 

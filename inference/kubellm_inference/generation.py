@@ -1,10 +1,8 @@
-"""What the routes share between submitting a prompt and answering: access control, prompt building and
-limits, admission into the engine (429/503), waiting for a whole answer (504, disconnects) and streaming."""
+"""What the routes share between submitting a prompt and answering: prompt building and limits, admission into the engine (429/503), waiting for a whole answer (504, disconnects) and streaming."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from kubellm.contract import BODY_BYTES_PER_TOKEN, BODY_HEADROOM
 from kubellm_inference.engine import (
     FinishReason,
     GenerationEvent,
@@ -31,23 +30,6 @@ RETRY_AFTER_S = 1
 _DEADLINE_SLACK_S = 1.0
 
 State = Annotated[ServerState, Depends(server_state)]
-
-
-async def require_api_key(request: Request, state: State) -> None:
-    """Dependency of every inference route: with an API key configured, a matching bearer token is needed."""
-    expected = state.settings.api_key
-    if expected is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), expected.get_secret_value().encode()
-    ):
-        raise APIError(
-            401,
-            "missing or wrong API key: send 'Authorization: Bearer <key>'",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 @dataclass(frozen=True)
@@ -97,15 +79,20 @@ def _require_loaded(state: ServerState) -> None:
         raise APIError(503, why, code="not_ready", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def encode_prompt(state: ServerState, text: str, param: str) -> list[int]:
-    """Token ids of a prompt, tokenized off the event loop; 413 when over ``max_input_tokens``."""
-    _require_loaded(state)
+# A token is rarely longer than this many characters: a text longer than the limit's worth of them is over it.
+_CHARS_PER_TOKEN_BOUND = BODY_BYTES_PER_TOKEN * BODY_HEADROOM
+
+
+def _check_raw_length(state: ServerState, chars: int, param: str) -> None:
+    """413 for a text far longer than the token limit allows, before anything tokenizes or renders it: a huge
+    text must not occupy a thread."""
     limit = state.settings.max_input_tokens
-    # Tokens are rarely longer than a few dozen characters: a far longer text is over the limit anyway, and
-    # refusing it before tokenizing keeps a huge body from occupying a thread.
-    if len(text) > limit * 64:
+    if chars > limit * _CHARS_PER_TOKEN_BOUND:
         raise APIError(413, f"{param} is too long (limit: {limit} tokens)", param=param, code="input_too_long")
-    ids = await asyncio.to_thread(state.engine.encode, text)
+
+
+def _check_tokens(state: ServerState, ids: list[int], param: str) -> list[int]:
+    limit = state.settings.max_input_tokens
     if not ids:
         raise APIError(400, f"{param} is empty once tokenized", param=param, code="invalid_value")
     if len(ids) > limit:
@@ -115,10 +102,29 @@ async def encode_prompt(state: ServerState, text: str, param: str) -> list[int]:
     return ids
 
 
-async def encode_chat(state: ServerState, messages: list[dict[str, str]], param: str) -> list[int]:
-    """Token ids of a conversation's prompt (see ``chat_prompt``); 413 when over ``max_input_tokens``."""
+async def encode_prompt(state: ServerState, text: str, param: str) -> list[int]:
+    """Token ids of a prompt, tokenized off the event loop; 413 when over ``max_input_tokens``."""
     _require_loaded(state)
-    return await encode_prompt(state, chat_prompt(state, messages), param)
+    _check_raw_length(state, len(text), param)
+    return _check_tokens(state, await asyncio.to_thread(state.engine.encode, text), param)
+
+
+async def encode_chat(state: ServerState, messages: list[dict[str, str]], param: str) -> list[int]:
+    """Token ids of a conversation's prompt (see ``chat_prompt``); 413 when over ``max_input_tokens``.
+
+    The template is rendered in a thread with the tokenization (a long conversation takes the Jinja template
+    seconds), after a pre-check on the raw length that needs no rendering: every message costs at least one
+    token of the template's markers, so it counts as a token's worth of characters besides its content."""
+    _require_loaded(state)
+    _check_raw_length(state, sum(len(m["content"]) + _CHARS_PER_TOKEN_BOUND for m in messages), param)
+
+    def render_and_encode() -> list[int]:
+        prompt = chat_prompt(state, messages)
+        # The same bound the route applies to a raw prompt: a template may add more than the pre-check assumed.
+        _check_raw_length(state, len(prompt), param)
+        return state.engine.encode(prompt)
+
+    return _check_tokens(state, await asyncio.to_thread(render_and_encode), param)
 
 
 def chat_prompt(state: ServerState, messages: list[dict[str, str]]) -> str:

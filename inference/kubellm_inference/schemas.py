@@ -3,6 +3,9 @@
 Validation lives here, not in the handlers: unknown fields are refused by name (``extra="forbid"``), types are
 strict (a number is not a string), ranges are checked. Limits that depend on the server's settings (the
 largest ``max_tokens``, the input length) are checked by ``generation.sampling_params``.
+
+Every list and string has an upper bound, so that no field makes the server do unbounded work before the token
+limit applies: the body cap (``guard.RequestGuard``) bounds the bytes, these bound what the bytes may hold.
 """
 
 from __future__ import annotations
@@ -16,6 +19,23 @@ TopP = Annotated[StrictFloat | StrictInt, Field(gt=0.0, le=1.0)]
 TokenCount = Annotated[StrictInt, Field(ge=1)]
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
+# OpenAI's own limit on a conversation's messages (its API refuses more with "array too long").
+MAX_MESSAGES = 2048
+# One text field (a prompt, a message's content): far past any context this server is configured for, so the
+# token limit decides (413); this bound only keeps a raised body cap from admitting unbounded text.
+MAX_TEXT_CHARS = 1 << 20
+MAX_CONTENT_PARTS = 64
+MAX_STOP_SEQUENCES = 4
+# A stop string is compared against the text generated so far at every step, and text that may still grow into
+# one is held back from the stream: a long one costs every step and delays the stream by its length.
+MAX_STOP_CHARS = 256
+# Names: the model id, a message's name, the end-user id.
+MAX_NAME_CHARS = 256
+
+Text = Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS)]
+Name = Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS)]
+StopString = Annotated[StrictStr, Field(max_length=MAX_STOP_CHARS)]
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -24,7 +44,7 @@ class _Request(BaseModel):
 class AskRequest(_Request):
     """The seed's request, ``{"text": ...}``, plus optional generation controls."""
 
-    text: StrictStr = Field(min_length=1)
+    text: Text = Field(min_length=1)
     max_new_tokens: TokenCount | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -43,8 +63,6 @@ def _check_stop(value: str | list[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
     stops = [value] if isinstance(value, str) else value
-    if len(stops) > 4:
-        raise ValueError("at most 4 stop sequences")
     if any(not s for s in stops):
         raise ValueError("stop sequences must not be empty")
     return tuple(stops)
@@ -53,16 +71,16 @@ def _check_stop(value: str | list[str] | None) -> tuple[str, ...]:
 class OpenAIRequestBase(_Request):
     """Fields the chat and the text completion requests share."""
 
-    model: StrictStr = Field(min_length=1)
+    model: Name = Field(min_length=1)
     max_tokens: TokenCount | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     n: Literal[1] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     seed: Seed | None = None
-    user: StrictStr | None = None
+    user: Name | None = None
     # Accepted only at their neutral value: the server has no penalties.
     presence_penalty: StrictFloat | StrictInt | None = None
     frequency_penalty: StrictFloat | StrictInt | None = None
@@ -88,13 +106,13 @@ class OpenAIRequestBase(_Request):
 
 class TextPart(_Request):
     type: Literal["text"]
-    text: StrictStr
+    text: Text
 
 
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant", "developer"]
-    content: StrictStr | list[TextPart]
-    name: StrictStr | None = None
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)]
+    name: Name | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -103,7 +121,7 @@ class ChatMessage(_Request):
 
 
 class ChatCompletionRequest(OpenAIRequestBase):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: TokenCount | None = None
     logprobs: Literal[False] | None = None
 
@@ -113,7 +131,7 @@ class ChatCompletionRequest(OpenAIRequestBase):
 
 class CompletionRequest(OpenAIRequestBase):
     # One prompt per request: a list is accepted when it holds exactly one string.
-    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
     echo: Literal[False] | None = None
     logprobs: None = None
     suffix: None = None

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from kubellm.contract import ServerSettings
 from kubellm_inference.app import create_app
 from kubellm_inference.engine import EngineState
+from kubellm_inference.guard import guarded_protocol
 from kubellm_inference.loading import ModelLoadError, load_model
 from kubellm_inference.state import app_state
 
@@ -56,6 +58,19 @@ def write_termination_message(path: Path, message: str) -> bool:
         log.warning("cannot write the termination message to %s: %s", path, error)
         return False
     return True
+
+
+def uvicorn_config(app: FastAPI, settings: ServerSettings, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` with the connection limits of ``settings`` (see ``guard``)."""
+    return uvicorn.Config(
+        app,
+        http=guarded_protocol(settings),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        # Applied by the guarded protocol instead, with the probes exempt.
+        limit_concurrency=None,
+        **options,
+    )
 
 
 class DrainingServer(uvicorn.Server):
@@ -143,8 +158,9 @@ def main(argv: list[str]) -> int:
         log.info("model %s prepared in %.1fs", settings.model, loaded.load_seconds)
         return 0
     app = create_app(settings)
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
+        settings,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -161,7 +161,8 @@ def test_seed_example_probes_resources_and_volumes() -> None:
     assert env[env_name("cache_dir")] == DEFAULT_CACHE_DIR
     assert env["HF_HOME"].startswith(DEFAULT_CACHE_DIR + "/")
     assert env[env_name("hub_token")] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
-    assert env_name("api_key") not in env
+    # A public LoadBalancer: the example is authenticated (issue 21).
+    assert env[env_name("api_key")] == {"secretKeyRef": {"name": "mistral-7b-api-key", "key": "key"}}
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["spec"]["ports"] == [{"name": "http", "port": 5000, "targetPort": "http", "protocol": "TCP"}]
 

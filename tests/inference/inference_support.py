@@ -3,20 +3,26 @@ every wait bounded."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 
-from kubellm.contract import ServerSettings
+from kubellm.contract import ServerSettings, env_name
 from kubellm_inference.app import create_app
 from kubellm_inference.loading import LoadedModel
+from kubellm_inference.server import uvicorn_config
 from kubellm_inference.state import ServerState, app_state
+from kubellm_sandbox.processes import free_port
 
 START_TIMEOUT_S = 30.0
 
@@ -61,7 +67,7 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
+    config = uvicorn_config(app, settings, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -77,3 +83,57 @@ def serve(
         thread.join(15)
         sock.close()
         assert not thread.is_alive(), "uvicorn did not stop"
+
+
+# A process needs a few seconds to import torch and transformers on this kind of machine.
+PROCESS_START_TIMEOUT_S = 90
+
+
+def kubellm_command(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "kubellm"
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "kubellm.cli", *args]
+
+
+@contextmanager
+def serve_process(
+    tiny_model: Path, *, log: Path | None = None, **settings: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``kubellm serve`` on the tiny model as a process, ready; killed on exit. Its output goes to a pipe, or to
+    ``log`` for a server that answers many requests (a full pipe would block it)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        env_name("model"): str(tiny_model),
+        env_name("served_model_name"): "tiny",
+        env_name("host"): "127.0.0.1",
+        env_name("port"): str(port),
+        **{env_name(k): v for k, v in settings.items()},
+    }
+    output = log.open("w") if log is not None else None
+    process = subprocess.Popen(
+        kubellm_command("serve"),
+        env=env,
+        stdout=output if output is not None else subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                said = process.stdout.read() if process.stdout else log.read_text() if log else ""
+                raise AssertionError(f"the server exited early: {said}")
+            try:
+                return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, PROCESS_START_TIMEOUT_S, "the server process to become ready")
+        yield process, base_url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if output is not None:
+            output.close()

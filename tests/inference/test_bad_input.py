@@ -82,8 +82,13 @@ def test_input_over_the_limit_is_413(server: RunningServer) -> None:
         long_text = "word " * 400  # far over the 256 tokens of the test settings
         error = assert_envelope(client.post("/ask", json={"text": long_text}), 413, "text")
         assert "over the limit of 256" in error["message"]
-        huge = assert_envelope(client.post("/ask", json={"text": "x" * 100_000}), 413, "text")
+        # Under the body cap, over what 256 tokens can hold in characters: refused before it is tokenized.
+        huge = assert_envelope(client.post("/ask", json={"text": "x" * 20_000}), 413, "text")
         assert huge["code"] == "input_too_long"
+        # Over the body cap (256 x 64 bytes + 64 KiB): refused before it is read.
+        body_cap = server.state.settings.body_limit
+        too_big = assert_envelope(client.post("/ask", json={"text": "x" * body_cap}), 413)
+        assert too_big["code"] == "body_too_large" and str(body_cap) in too_big["message"]
         prompt = assert_envelope(client.post("/v1/completions", json={**COMPLETION, "prompt": long_text}), 413)
         assert prompt["param"] == "prompt"
         chat_long = {**CHAT, "messages": [{"role": "user", "content": long_text}]}

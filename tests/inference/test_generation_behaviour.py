@@ -194,6 +194,31 @@ def test_api_key_guards_inference_routes_only(tiny_settings: ServerSettings, cap
                 assert refused.json()["error"]["type"] == "authentication_error"
             allowed = client.request(method, path, json=body, headers={"Authorization": f"Bearer {key}"})
             assert allowed.status_code == 200, (path, allowed.text)
-        for path in ("/healthz", "/readyz", "/livez", "/metrics"):
+        for path in ("/healthz", "/readyz", "/livez", "/metrics", "/loadz"):
             assert client.get(path).status_code == 200, path
+        assert client.get("/loadz").json()["model"] == "tiny"
+        # Default deny: a path no route serves, and FastAPI's own pages, need the key too.
+        for path in ("/no-such-route", "/docs", "/openapi.json"):
+            assert client.get(path).status_code == 401, path
     assert key not in caplog.text
+
+
+def test_metrics_require_api_key_gates_metrics_and_hides_details_from_open_status_routes(
+    tiny_settings: ServerSettings,
+) -> None:
+    key = "s3cret-key-value"
+    settings = tiny_settings.model_copy(update={"api_key": SecretStr(key), "metrics_require_api_key": True})
+    auth = {"Authorization": f"Bearer {key}"}
+    with serve(settings) as server, server.client() as client:
+        refused = client.get("/metrics")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        assert "kubellm_ready" in client.get("/metrics", headers=auth).text
+        # The operator reads /loadz without a key: it still gets the phase and progress it needs.
+        anonymous = client.get("/loadz")
+        assert anonymous.status_code == 200
+        assert anonymous.json()["phase"] == "ready" and "model" not in anonymous.json(), anonymous.json()
+        assert client.get("/loadz", headers=auth).json()["model"] == "tiny"
+        assert client.get("/readyz").json() == {"status": "ready"}
+        assert client.get("/readyz", headers=auth).json()["model"] == "tiny"
+        for path in ("/healthz", "/livez"):
+            assert client.get(path).status_code == 200, path

@@ -7,60 +7,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from inference_support import RunningServer, wait_until
+from inference_support import PROCESS_START_TIMEOUT_S, RunningServer, kubellm_command, serve_process, wait_until
 
 from kubellm.contract import env_name
 from kubellm_inference.probe import main as probe_main
 from kubellm_inference.server import main as serve_main
 from kubellm_inference.server import write_termination_message
 from kubellm_sandbox.processes import free_port
-
-# A process needs a few seconds to import torch and transformers on this kind of machine.
-PROCESS_START_TIMEOUT_S = 90
-
-
-def kubellm_command(*args: str) -> list[str]:
-    script = Path(sys.executable).parent / "kubellm"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "kubellm.cli", *args]
-
-
-@contextmanager
-def serve_process(tiny_model: Path, **settings: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        env_name("model"): str(tiny_model),
-        env_name("served_model_name"): "tiny",
-        env_name("host"): "127.0.0.1",
-        env_name("port"): str(port),
-        **{env_name(k): v for k, v in settings.items()},
-    }
-    process = subprocess.Popen(
-        kubellm_command("serve"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            assert process.poll() is None, f"the server exited early: {process.stdout.read() if process.stdout else ''}"
-            try:
-                return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, PROCESS_START_TIMEOUT_S, "the server process to become ready")
-        yield process, base_url
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(tiny_model: Path) -> None:

@@ -4,12 +4,13 @@ it never runs a generation itself."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from kubellm.contract import HEALTHZ_PATH, LIVEZ_PATH, READYZ_PATH
 from kubellm_inference.errors import APIError
 from kubellm_inference.generation import State
+from kubellm_inference.routes.loading import shows_details
 
 router = APIRouter()
 
@@ -20,17 +21,19 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get(READYZ_PATH)
-async def readyz(state: State) -> JSONResponse:
+async def readyz(state: State, request: Request) -> JSONResponse:
     engine = state.engine
+    details = shows_details(state, request)
     if engine.ready:
-        return JSONResponse({"status": "ready", "model": state.settings.model_id})
+        return JSONResponse({"status": "ready", "model": state.settings.model_id} if details else {"status": "ready"})
     if engine.draining:
         reason = "draining: the server is shutting down"
     elif engine.failure is not None:
-        reason = f"model load failed: {engine.failure}"
+        # The kubelet records only the status code; the reason is also the container's termination message.
+        reason = f"model load failed: {engine.failure}" if details else "model load failed"
     else:
         # The startup probe's answer says where the load is: "model not ready: downloading 6.2/14.5Gi (43%), ...".
-        reason = f"model not ready: {state.progress.line()}"
+        reason = f"model not ready: {state.progress.line() if details else state.progress.snapshot()['phase']}"
     return APIError(503, reason, code="not_ready").response()
 
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from kubellm_inference import generation
@@ -28,7 +28,8 @@ from kubellm_inference.schemas import (
 )
 from kubellm_inference.state import ServerState
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(generation.require_api_key)])
+# Access (the API key) is checked before the body is read, by guard.RequestGuard.
+router = APIRouter(prefix="/v1")
 
 
 @router.get("/models", response_model=ModelList)

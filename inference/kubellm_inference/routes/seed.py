@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from kubellm_inference import generation
 from kubellm_inference.generation import State
 from kubellm_inference.schemas import AskRequest, AskResponse
 
-router = APIRouter(dependencies=[Depends(generation.require_api_key)])
+# Access (the API key) is checked before the body is read, by guard.RequestGuard.
+router = APIRouter()
 
 
 @router.post("/ask", response_model=AskResponse)
