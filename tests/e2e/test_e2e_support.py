@@ -30,6 +30,7 @@ from e2e_support import (
     owned_children,
     port_forward_command,
     ready_pod_count,
+    required_failure,
     run,
     serving,
     skip_reason,
@@ -68,6 +69,35 @@ def test_missing_tools_names_each_one() -> None:
     assert missing == ["docker (not on PATH)", "kind (not on PATH)"]
     reason = skip_reason(opted_in=True, missing=lambda: missing)
     assert reason == "docker/kind not found: docker (not on PATH); kind (not on PATH)"
+
+
+def test_a_required_tier_turns_a_skip_into_an_error() -> None:
+    required = E2ESettings.from_env({"KUBELLM_E2E_REQUIRED": "1"})
+    assert required.required and not E2ESettings.from_env({}).required
+    assert required_failure(required, None) is None
+    assert required_failure(E2ESettings(), OPT_IN_REASON) is None
+    assert required_failure(required, OPT_IN_REASON) == (
+        f"KUBELLM_E2E_REQUIRED=1 but the e2e tier would be skipped: {OPT_IN_REASON}"
+    )
+
+
+@pytest.mark.parametrize("opt_in", [["--e2e"], []], ids=["tools-missing", "not-opted-in"])
+def test_a_required_tier_that_cannot_run_fails_the_pytest_run(opt_in: list[str], tmp_path: Path) -> None:
+    """What CI sees: the scenarios, with KUBELLM_E2E_REQUIRED=1 and no docker, kind or kubectl on PATH, end the
+    run with an error naming the reason, not with every scenario skipped and the job green."""
+    env = {**os.environ, "KUBELLM_E2E_REQUIRED": "1", "PATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *opt_in, "tests/e2e/test_kind_scenarios.py"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    expected = MISSING_TOOLS_PREFIX if opt_in else OPT_IN_REASON
+    assert f"KUBELLM_E2E_REQUIRED=1 but the e2e tier would be skipped: {expected}" in done.stdout + done.stderr
 
 
 def test_a_docker_client_without_an_engine_is_missing_the_engine() -> None:
@@ -360,4 +390,11 @@ def test_the_ci_workflow_runs_make_e2e_with_pinned_tools() -> None:
     python = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python@"))
     assert python["with"]["python-version"] == "3.11"
     assert [step["run"] for step in steps if step.get("name") == "make e2e"] == ["make e2e"]
+    # A skip is a failure there, and a failed build, load or install leaves the cluster for the export and upload.
+    assert workflow["env"]["KUBELLM_E2E_REQUIRED"] == "1" and workflow["env"]["KUBELLM_E2E_KEEP"] == "1"
+    after = steps[[step.get("name") for step in steps].index("make e2e") + 1 :]
+    export, upload, delete = after
+    assert "kind export logs build/e2e-dumps/" in export["run"] and export["if"] == "failure() || cancelled()"
+    assert upload["uses"].startswith("actions/upload-artifact@") and upload["with"]["path"] == "build/e2e-dumps"
+    assert upload["if"] == export["if"] and delete["if"] == "always()" and "kind delete cluster" in delete["run"]
     assert any("sha256sum --check" in step.get("run", "") and "kind" in step["run"] for step in steps)
