@@ -20,6 +20,7 @@ from e2e_support import (
     MISSING_TOOLS_PREFIX,
     OPT_IN_REASON,
     REPO_ROOT,
+    REQUIRED_ENV,
     Cluster,
     CommandFailed,
     E2ESettings,
@@ -82,19 +83,10 @@ def test_a_required_tier_turns_a_skip_into_an_error() -> None:
 
 
 @pytest.mark.parametrize("opt_in", [["--e2e"], []], ids=["tools-missing", "not-opted-in"])
-def test_a_required_tier_that_cannot_run_fails_the_pytest_run(opt_in: list[str], tmp_path: Path) -> None:
+def test_a_required_tier_that_cannot_run_fails_the_pytest_run(opt_in: list[str]) -> None:
     """What CI sees: the scenarios, with KUBELLM_E2E_REQUIRED=1 and no docker, kind or kubectl on PATH, end the
     run with an error naming the reason, not with every scenario skipped and the job green."""
-    env = {**os.environ, "KUBELLM_E2E_REQUIRED": "1", "PATH": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *opt_in, "tests/e2e/test_kind_scenarios.py"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _pytest_scenarios(*opt_in, env={REQUIRED_ENV: "1"})
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
     expected = MISSING_TOOLS_PREFIX if opt_in else OPT_IN_REASON
     assert f"KUBELLM_E2E_REQUIRED=1 but the e2e tier would be skipped: {expected}" in done.stdout + done.stderr
@@ -110,14 +102,15 @@ def test_a_docker_client_without_an_engine_is_missing_the_engine() -> None:
     assert kind.missing_tools(which=everywhere, docker_problem=lambda: None) == []
 
 
-def _pytest_scenarios(*options: str) -> subprocess.CompletedProcess[str]:
-    # PATH holds only this Python's directory, so docker, kind and kubectl are missing wherever this runs.
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+def _pytest_scenarios(*options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # PATH holds only this Python's directory, so docker, kind and kubectl are missing wherever this runs; the
+    # CI job's KUBELLM_E2E_REQUIRED=1 is not passed on unless `env` sets it.
+    base = {**os.environ, "PATH": str(Path(sys.executable).parent), REQUIRED_ENV: ""}
     command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *options]
     return subprocess.run(
         [*command, "tests/e2e/test_kind_scenarios.py"],
         cwd=REPO_ROOT,
-        env=env,
+        env={**base, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
