@@ -92,6 +92,18 @@ def test_a_required_tier_that_cannot_run_fails_the_pytest_run(opt_in: list[str])
     assert f"KUBELLM_E2E_REQUIRED=1 but the e2e tier would be skipped: {expected}" in done.stdout + done.stderr
 
 
+def test_a_required_tier_in_which_no_scenario_ran_fails_the_pytest_run(tmp_path: Path) -> None:
+    """Tools present (stand-ins that answer `docker info`), opted in, but every scenario deselected: with
+    KUBELLM_E2E_REQUIRED=1 the run fails instead of passing with nothing tested."""
+    for tool in ("docker", "kind", "kubectl"):
+        (tmp_path / tool).write_text("#!/bin/sh\necho 29.0.0\n")
+        (tmp_path / tool).chmod(0o755)
+    path = f"{tmp_path}:{Path(sys.executable).parent}"
+    done = _pytest_scenarios("--e2e", "-k", "no_such_scenario", env={REQUIRED_ENV: "1", "PATH": path})
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout + done.stderr
+    assert "KUBELLM_E2E_REQUIRED=1 but the e2e tier would be skipped: no e2e test ran" in done.stdout
+
+
 def test_a_docker_client_without_an_engine_is_missing_the_engine() -> None:
     def everywhere(tool: str) -> str:
         return f"/usr/bin/{tool}"
