@@ -1,4 +1,4 @@
-"""What each image must not hold: the packages of other components, the test tooling, pip, apt/dpkg, a shell.
+"""What each image must not hold: other components' packages, the test tooling, pip, apt/dpkg, a shell, build leftovers.
 
 Each image is asked by its own Python (the virtualenv's, first on the image's PATH) what it can import and which
 programs and files it has; the images are the ones deploy/operator.yaml names (the operator's image, and the
@@ -29,6 +29,8 @@ PATTERNS = [
     "/usr/share/python-wheels/pip-*", "/usr/lib/python3*/ensurepip", "/usr/local/lib/python3*/ensurepip",
     "/usr/lib/python3/dist-packages/pip", "/usr/lib/python3*/site-packages/pip",
     "/usr/local/lib/python3*/site-packages/pip", "/opt/*/lib/python3*/site-packages/pip",
+    # What the build stages hold or mount: the sources, the wheels, the host's pip configuration (.ci/run).
+    "/src", "/wheels", "/tmp/wheels", "/rootfs", "/etc/pip.conf", "/etc/xdg/pip",
 ]
 print(json.dumps({
     "importable": sorted(name for name in sys.argv[1:] if importlib.util.find_spec(name) is not None),
