@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.operator Dockerfile.inference
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 e2e: $(STAMP)
 	$(RUN) $(BIN)/pytest -q --e2e tests/e2e

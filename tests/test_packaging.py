@@ -1,4 +1,5 @@
 """The wheel ships every module: built from the tree, installed into a clean venv, each module imported from it.
+Each image's wheel, built from the folders its Dockerfile copies, ships exactly their modules.
 
 A non-editable install (the images) must import what tests import; a module left out of the wheel is found here,
 not in a crash-looping pod.
@@ -7,6 +8,8 @@ not in a crash-looping pod.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,13 +20,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FOLDERS = [ROOT, ROOT / "operator", ROOT / "inference", ROOT / "sandbox"]
+CODE_FOLDERS = [ROOT, ROOT / "operator", ROOT / "inference", ROOT / "sandbox", ROOT / "tools"]
 
 
-def source_modules() -> set[str]:
+def source_modules(folders: list[Path] = CODE_FOLDERS) -> set[str]:
     """Every module under the code folders, named by its path (operator/kubellm_operator/api.py: kubellm_operator.api)."""
     found = set()
-    for folder in CODE_FOLDERS:
+    for folder in folders:
         for package in sorted(folder.glob("kubellm*/__init__.py")):
             for path in package.parent.rglob("*.py"):
                 parts = path.relative_to(folder).with_suffix("").parts
@@ -39,33 +42,48 @@ def test_every_module_path_names_its_import() -> None:
                 assert child.name.startswith("kubellm"), child
 
 
-@pytest.mark.slow
-def test_wheel_installed_in_a_clean_venv_imports_every_module(tmp_path: Path) -> None:
+def build_wheel(source: Path, out: Path) -> Path:
     built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert built.returncode == 0, built.stderr
-    (wheel,) = tmp_path.glob("kubellm-*.whl")
-    in_wheel = {
+    (wheel,) = out.glob("kubellm-*.whl")
+    return wheel
+
+
+def wheel_modules(wheel: Path) -> set[str]:
+    return {
         name.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
         for name in zipfile.ZipFile(wheel).namelist()
         if name.endswith(".py")
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.operator", "Dockerfile.inference"])
+def test_each_image_wheel_holds_the_modules_of_the_folders_it_copies(dockerfile: str, tmp_path: Path) -> None:
+    """The images build their wheel from the sources their Dockerfile copies (`COPY operator /src/operator`):
+    setuptools finds only those packages, and pyproject.toml's other `where` folders, absent, are no error."""
+    folders = re.findall(r"^COPY (\w+) /src/\1$", (ROOT / dockerfile).read_text(), flags=re.MULTILINE)
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ["pyproject.toml", "README.md"]:
+        shutil.copy(ROOT / name, source / name)
+    for folder in folders:
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    expected = source_modules([source, *(source / folder for folder in folders if folder != "kubellm")])
+    assert {name.partition(".")[0] for name in expected} == {"kubellm", f"kubellm_{dockerfile.partition('.')[2]}"}
+    assert wheel_modules(build_wheel(source, tmp_path / "wheel")) == expected
+
+
+@pytest.mark.slow
+def test_wheel_installed_in_a_clean_venv_imports_every_module(tmp_path: Path) -> None:
+    wheel = build_wheel(ROOT, tmp_path)
+    in_wheel = wheel_modules(wheel)
     assert in_wheel == source_modules()
 
     env = tmp_path / "venv"

@@ -34,6 +34,7 @@ TINY_EXAMPLE = REPO_ROOT / "examples" / "tiny-smollm2.yaml"
 DEFAULT_CLUSTER = "kubellm-e2e"
 CLUSTER_ENV = "KUBELLM_E2E_CLUSTER"
 KEEP_ENV = "KUBELLM_E2E_KEEP"
+REQUIRED_ENV = "KUBELLM_E2E_REQUIRED"
 DUMP_DIR_ENV = "KUBELLM_E2E_DUMP_DIR"
 DEFAULT_DUMP_DIR = REPO_ROOT / "build" / "e2e-dumps"
 
@@ -59,23 +60,37 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class E2ESettings:
-    """What the environment chooses: the kind cluster's name, whether to keep it, where failure dumps go."""
+    """What the environment chooses: the kind cluster's name, whether to keep it, where failure dumps go, and
+    whether the tier must run (CI: a skip there is a failure, not a green run that tested nothing)."""
 
     cluster: str = DEFAULT_CLUSTER
     keep: bool = False
     dump_dir: Path = DEFAULT_DUMP_DIR
+    required: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> E2ESettings:
         return cls(
             cluster=env.get(CLUSTER_ENV) or DEFAULT_CLUSTER,
-            keep=env.get(KEEP_ENV, "").strip().lower() in {"1", "true", "yes"},
+            keep=_flag(env, KEEP_ENV),
             dump_dir=Path(env.get(DUMP_DIR_ENV) or DEFAULT_DUMP_DIR),
+            required=_flag(env, REQUIRED_ENV),
         )
 
     @property
     def context(self) -> str:
         return kind.context(self.cluster)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in {"1", "true", "yes"}
+
+
+def required_failure(settings: E2ESettings, reason: str | None) -> str | None:
+    """The error that ends a run whose e2e tier must run but would be skipped, or None."""
+    if reason is None or not settings.required:
+        return None
+    return f"{REQUIRED_ENV}=1 but the e2e tier would be skipped: {reason}"
 
 
 def skip_reason(opted_in: bool, missing: Callable[[], list[str]] = missing_tools) -> str | None:

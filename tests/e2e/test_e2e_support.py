@@ -20,6 +20,7 @@ from e2e_support import (
     MISSING_TOOLS_PREFIX,
     OPT_IN_REASON,
     REPO_ROOT,
+    REQUIRED_ENV,
     Cluster,
     CommandFailed,
     E2ESettings,
@@ -30,6 +31,7 @@ from e2e_support import (
     owned_children,
     port_forward_command,
     ready_pod_count,
+    required_failure,
     run,
     serving,
     skip_reason,
@@ -70,6 +72,38 @@ def test_missing_tools_names_each_one() -> None:
     assert reason == "docker/kind not found: docker (not on PATH); kind (not on PATH)"
 
 
+def test_a_required_tier_turns_a_skip_into_an_error() -> None:
+    required = E2ESettings.from_env({"KUBELLM_E2E_REQUIRED": "1"})
+    assert required.required and not E2ESettings.from_env({}).required
+    assert required_failure(required, None) is None
+    assert required_failure(E2ESettings(), OPT_IN_REASON) is None
+    assert required_failure(required, OPT_IN_REASON) == (
+        f"KUBELLM_E2E_REQUIRED=1 but the e2e tier would be skipped: {OPT_IN_REASON}"
+    )
+
+
+@pytest.mark.parametrize("opt_in", [["--e2e"], []], ids=["tools-missing", "not-opted-in"])
+def test_a_required_tier_that_cannot_run_fails_the_pytest_run(opt_in: list[str]) -> None:
+    """What CI sees: the scenarios, with KUBELLM_E2E_REQUIRED=1 and no docker, kind or kubectl on PATH, end the
+    run with an error naming the reason, not with every scenario skipped and the job green."""
+    done = _pytest_scenarios(*opt_in, env={REQUIRED_ENV: "1"})
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    expected = MISSING_TOOLS_PREFIX if opt_in else OPT_IN_REASON
+    assert f"KUBELLM_E2E_REQUIRED=1 but the e2e tier would be skipped: {expected}" in done.stdout + done.stderr
+
+
+def test_a_required_tier_in_which_no_scenario_ran_fails_the_pytest_run(tmp_path: Path) -> None:
+    """Tools present (stand-ins that answer `docker info`), opted in, but every scenario deselected: with
+    KUBELLM_E2E_REQUIRED=1 the run fails instead of passing with nothing tested."""
+    for tool in ("docker", "kind", "kubectl"):
+        (tmp_path / tool).write_text("#!/bin/sh\necho 29.0.0\n")
+        (tmp_path / tool).chmod(0o755)
+    path = f"{tmp_path}:{Path(sys.executable).parent}"
+    done = _pytest_scenarios("--e2e", "-k", "no_such_scenario", env={REQUIRED_ENV: "1", "PATH": path})
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout + done.stderr
+    assert "KUBELLM_E2E_REQUIRED=1 but the e2e tier would be skipped: no e2e test ran" in done.stdout
+
+
 def test_a_docker_client_without_an_engine_is_missing_the_engine() -> None:
     def everywhere(tool: str) -> str:
         return f"/usr/bin/{tool}"
@@ -80,14 +114,15 @@ def test_a_docker_client_without_an_engine_is_missing_the_engine() -> None:
     assert kind.missing_tools(which=everywhere, docker_problem=lambda: None) == []
 
 
-def _pytest_scenarios(*options: str) -> subprocess.CompletedProcess[str]:
-    # PATH holds only this Python's directory, so docker, kind and kubectl are missing wherever this runs.
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+def _pytest_scenarios(*options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # PATH holds only this Python's directory, so docker, kind and kubectl are missing wherever this runs; the
+    # CI job's KUBELLM_E2E_REQUIRED=1 is not passed on unless `env` sets it.
+    base = {**os.environ, "PATH": str(Path(sys.executable).parent), REQUIRED_ENV: ""}
     command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *options]
     return subprocess.run(
         [*command, "tests/e2e/test_kind_scenarios.py"],
         cwd=REPO_ROOT,
-        env=env,
+        env={**base, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -360,4 +395,11 @@ def test_the_ci_workflow_runs_make_e2e_with_pinned_tools() -> None:
     python = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python@"))
     assert python["with"]["python-version"] == "3.11"
     assert [step["run"] for step in steps if step.get("name") == "make e2e"] == ["make e2e"]
+    # A skip is a failure there, and a failed build, load or install leaves the cluster for the export and upload.
+    assert workflow["env"]["KUBELLM_E2E_REQUIRED"] == "1" and workflow["env"]["KUBELLM_E2E_KEEP"] == "1"
+    after = steps[[step.get("name") for step in steps].index("make e2e") + 1 :]
+    export, upload, delete = after
+    assert "kind export logs build/e2e-dumps/" in export["run"] and export["if"] == "failure() || cancelled()"
+    assert upload["uses"].startswith("actions/upload-artifact@") and upload["with"]["path"] == "build/e2e-dumps"
+    assert upload["if"] == export["if"] and delete["if"] == "always()" and "kind delete cluster" in delete["run"]
     assert any("sha256sum --check" in step.get("run", "") and "kind" in step["run"] for step in steps)

@@ -7,7 +7,7 @@ import os
 import pytest
 from engine import Engine, choose_engine
 
-IMAGE_TESTS = {"test_inference_image.py", "test_operator_image.py"}
+IMAGE_TESTS = {"test_inference_image.py", "test_operator_image.py", "test_image_contents.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -116,8 +116,6 @@ def test_operator_image_reconciles_the_tiny_example(engine: Engine, emulator_api
         live = engine.run("exec", name, *liveness.exec_command(), check=False)
         assert live.returncode == 0, f"the liveness probe failed inside the container: {live.stderr}"
         assert engine.run("exec", name, "id", "-u").stdout.strip() == "10001"
-        no_torch = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
-        assert engine.run("exec", name, "python", "-c", no_torch, check=False).returncode == 0, "torch is inside"
 
         engine.run("kill", "--signal", "TERM", name)
         code = eventually(lambda: engine.exited(name), timeout_s=run.grace_s, what="exit after SIGTERM")
