@@ -15,12 +15,23 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes, parse_quantity
+from kubellm_operator.egress import EgressPolicy, base_url_problem, endpoint_key
 from kubellm_operator.render import DEFAULT_GPU_INFERENCE_IMAGE, DEFAULT_INFERENCE_IMAGE
+from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT
 from kubellm_operator.storage import parse_headroom
 
 ENV_PREFIX = "KUBELLM_OPERATOR_"
 FIELD_MANAGER = "kubellm"
 ALL_NAMESPACES = "*"
+# Where the Hugging Face Hub sends file downloads (a safetensors header read by a mirror-less resolution).
+DEFAULT_HUB_REDIRECT_HOSTS = (
+    "cdn-lfs.huggingface.co",
+    "cdn-lfs.hf.co",
+    "cdn-lfs-us-1.huggingface.co",
+    "cdn-lfs-us-1.hf.co",
+    "cdn-lfs-eu-1.hf.co",
+    "cas-bridge.xethub.hf.co",
+)
 
 
 class LogFormat(StrEnum):
@@ -68,6 +79,28 @@ class OperatorSettings(BaseSettings):
         description="Hub for LLMServices that name none in spec.model.hub.endpoint (a mirror or proxy); "
         "default https://huggingface.co.",
     )
+    allowed_hub_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hub endpoints an LLMService may name in spec.model.hub.endpoint, comma-separated base URLs; "
+        "empty: https://huggingface.co and --hub-endpoint. Another endpoint: Degraded/HubEndpointNotAllowed, no "
+        "request made.",
+    )
+    hub_redirect_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_HUB_REDIRECT_HOSTS),
+        description="Hosts a hub may redirect the operator to besides its own origin (the Hub's file CDNs), "
+        "comma-separated.",
+    )
+    egress_allow_loopback: bool = Field(
+        False,
+        description="Outbound calls (hub, the pods' /loadz) may reach loopback addresses (127.0.0.0/8, ::1): a hub "
+        "on the operator's own host, pods on a single-machine cluster. Link-local and metadata addresses are "
+        "refused always.",
+    )
+    egress_allow_private: bool = Field(
+        False,
+        description="Hub requests may reach private and cluster-internal ranges (10/8, 172.16/12, 192.168/16, "
+        "100.64/10, fc00::/7): an in-cluster mirror. The pods' /loadz may always (pod IPs are there).",
+    )
     download_bandwidth: str = Field(
         "50Mi", description="Assumed download bandwidth per second (a quantity), for derived startup budgets."
     )
@@ -109,6 +142,24 @@ class OperatorSettings(BaseSettings):
             return [] if ALL_NAMESPACES in names else names
         return value
 
+    @field_validator("allowed_hub_endpoints", "hub_redirect_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return [str(v).strip() for v in value if str(v).strip()]
+        return value
+
+    @field_validator("allowed_hub_endpoints")
+    @classmethod
+    def _bare_endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            problem = base_url_problem(endpoint)
+            if problem is not None:
+                raise ValueError(f"{endpoint!r} {problem}")
+        return value
+
     @field_validator("storage_headroom")
     @classmethod
     def _valid_headroom(cls, value: str) -> str:
@@ -126,6 +177,28 @@ class OperatorSettings(BaseSettings):
         if parse_quantity(value) <= 0:
             raise ValueError(f"{value!r} must be a positive quantity of bytes per second, such as 50Mi")
         return value
+
+    @property
+    def hub_endpoints(self) -> frozenset[str]:
+        """The hub endpoints LLMServices may use (compared with :func:`endpoint_key`)."""
+        listed = self.allowed_hub_endpoints or [
+            DEFAULT_HUB_ENDPOINT,
+            *([self.hub_endpoint] if self.hub_endpoint else []),
+        ]
+        return frozenset(endpoint_key(e) for e in listed)
+
+    @property
+    def hub_policy(self) -> EgressPolicy:
+        return EgressPolicy(
+            allow_loopback=self.egress_allow_loopback,
+            allow_private=self.egress_allow_private,
+            redirect_hosts=frozenset(h.lower() for h in self.hub_redirect_hosts),
+        )
+
+    @property
+    def pod_policy(self) -> EgressPolicy:
+        # A pod IP is assigned by the cluster, from its pod range, which is private by definition; no redirects.
+        return EgressPolicy(allow_loopback=self.egress_allow_loopback, allow_private=True)
 
     @property
     def bandwidth_bytes(self) -> int:
