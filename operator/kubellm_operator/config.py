@@ -8,10 +8,12 @@ operator connects anywhere, so a typo fails at start with the field named, not i
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes, parse_quantity
@@ -113,6 +115,29 @@ class OperatorSettings(BaseSettings):
     )
     peering_name: str = Field("kubellm", min_length=1, description="Kopf peering object when not standalone.")
     priority: int = Field(0, description="Kopf peering priority of this replica (highest one works).")
+    leader_election: bool = Field(
+        True,
+        description="Run as one of several replicas: only the holder of the leader Lease watches and writes; the "
+        "others stand by (alive, /readyz 503) and take over when it stops renewing.",
+    )
+    leader_election_namespace: str = Field(
+        "kubellm-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Namespace of the leader Lease."
+    )
+    leader_election_name: str = Field(
+        "kubellm-operator", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Name of the leader Lease."
+    )
+    leader_identity: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="This replica's holderIdentity; default: $POD_NAME (deploy/ sets it from the pod's name), "
+        "else the host name.",
+    )
+    lease_duration_s: float = Field(15.0, gt=0, le=300, description="Leader Lease duration (client-go's default).")
+    renew_deadline_s: float = Field(
+        10.0, gt=0, le=300, description="The leader stops when it could not renew for this long (< lease duration)."
+    )
+    retry_period_s: float = Field(2.0, gt=0, le=60, description="How often the Lease is renewed or tried.")
     workers: int = Field(4, ge=1, le=64, description="Threads that run reconciles.")
     api_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Timeout of every API request (watches: the server ends them sooner)."
@@ -177,6 +202,19 @@ class OperatorSettings(BaseSettings):
         if parse_quantity(value) <= 0:
             raise ValueError(f"{value!r} must be a positive quantity of bytes per second, such as 50Mi")
         return value
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> OperatorSettings:
+        if not self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError(
+                "leader election needs --retry-period-s < --renew-deadline-s < --lease-duration-s (a leader must "
+                "stop before a standby may take its Lease)"
+            )
+        return self
+
+    @property
+    def identity(self) -> str:
+        return self.leader_identity or os.environ.get("POD_NAME") or socket.gethostname()
 
     @property
     def hub_endpoints(self) -> frozenset[str]:

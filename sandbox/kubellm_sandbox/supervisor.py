@@ -166,6 +166,8 @@ def install_operator_identity(emulator: Emulator, layout: Layout) -> None:
     files = [DEPLOY / name for name in OPERATOR_IDENTITY]
     if not all(path.is_file() for path in files):
         logger.warning("no deploy/ manifests at %s: the operator runs as the cluster admin", DEPLOY)
+        # Where the operator's leader Lease lives (deploy/namespace.yaml creates it otherwise).
+        emulator.apply_manifest({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kubellm-system"}})
         emulator.write_kubeconfig(layout.operator_kubeconfig, context="kubellm-sandbox")
         return
     for path in files:
