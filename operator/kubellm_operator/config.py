@@ -292,6 +292,8 @@ def load_settings(argv: list[str] | None = None) -> OperatorSettings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            field = ".".join(str(p) for p in error["loc"]) or "settings"
-            lines.append(f"  {_flag(field)} / {ENV_PREFIX}{field.upper()}: {error['msg']}")
+            field = ".".join(str(p) for p in error["loc"])
+            # A rule across fields (the lease timings) names its flags in its message.
+            where = f"{_flag(field)} / {ENV_PREFIX}{field.upper()}: " if field else ""
+            lines.append(f"  {where}{error['msg']}")
         raise SettingsError("invalid operator settings:\n" + "\n".join(lines)) from None

@@ -112,6 +112,17 @@ class LeaderElector:
             spec["renewTime"] = record.renew_time
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
+    def _replace(self, record: LeaseRecord, read: dict[str, Any]) -> None:
+        """PUT ``record`` conditionally on the resourceVersion of the Lease as ``read`` (409 if it moved since)."""
+        version = str((read.get("metadata") or {}).get("resourceVersion") or "")
+        self.api.replace_namespaced_lease(
+            self.name,
+            self.namespace,
+            self._lease(record, version),
+            _preload_content=False,
+            _request_timeout=self.request_timeout,
+        )
+
     def try_acquire_or_renew(self) -> bool:
         """One round of client-go's ``tryAcquireOrRenew``: True when this identity holds the Lease afterwards."""
         now = _micro_time(datetime.datetime.now(datetime.UTC))
@@ -153,15 +164,8 @@ class LeaderElector:
             mine = LeaseRecord(self.identity, int(self.lease_duration), record.acquire_time, now, record.transitions)
         else:
             mine = LeaseRecord(self.identity, int(self.lease_duration), now, now, record.transitions + 1)
-        version = str((lease.get("metadata") or {}).get("resourceVersion") or "")
         try:
-            self.api.replace_namespaced_lease(
-                self.name,
-                self.namespace,
-                self._lease(mine, version),
-                _preload_content=False,
-                _request_timeout=self.request_timeout,
-            )
+            self._replace(mine, lease)
         except ApiException as error:
             if error.status != 409:
                 log.warning("cannot update %s: %s %s", self.where, error.status, error.reason)
@@ -184,15 +188,7 @@ class LeaderElector:
             if record.holder != self.identity:
                 return
             now = _micro_time(datetime.datetime.now(datetime.UTC))
-            released = LeaseRecord("", 1, now, now, record.transitions)
-            version = str((lease.get("metadata") or {}).get("resourceVersion") or "")
-            self.api.replace_namespaced_lease(
-                self.name,
-                self.namespace,
-                self._lease(released, version),
-                _preload_content=False,
-                _request_timeout=self.request_timeout,
-            )
+            self._replace(LeaseRecord("", 1, now, now, record.transitions), lease)
             log.info("released %s", self.where)
         except (ApiException, OSError) as error:
             log.warning("cannot release %s: %s", self.where, error)

@@ -38,6 +38,20 @@ OPERATOR_SERVICE_ACCOUNT = ("kubellm-system", "kubellm-operator")
 LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/kubellm-system/leases"
 
 
+def operator_view(emulator: Emulator, tmp_path: pathlib.Path, *, with_crd: bool = True) -> Kube:
+    """The emulator with what deploy/ installs for the operator (its namespace, ServiceAccount and RBAC, with the
+    opt-in kubelet-stats component) and, unless ``with_crd`` is False, the LLMService CRD; and the test's view."""
+    for manifest in [*([CRD] if with_crd else []), *OPERATOR_IDENTITY, KUBELET_STATS]:
+        emulator.apply_manifests(manifest)
+    return Kube(
+        emulator,
+        emulator.write_kubeconfig(tmp_path / "kubeconfig"),
+        operator_kubeconfig=emulator.write_kubeconfig(
+            tmp_path / "operator-kubeconfig", service_account=OPERATOR_SERVICE_ACCOUNT
+        ),
+    )
+
+
 def llmservice(name: str = "tiny", namespace: str = "default", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"model": {"name": "embedded:smollm2-135m-instruct"}, "storage": {"cacheSize": "1Gi"}}
     body.update(spec)

@@ -16,16 +16,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from operator_support import (
-    CRD,
-    KUBELET_STATS,
-    OPERATOR_IDENTITY,
-    OPERATOR_SERVICE_ACCOUNT,
-    ROOT,
-    Kube,
-    llmservice,
-    operator_running,
-)
+from operator_support import CRD, ROOT, Kube, llmservice, operator_running, operator_view
 from test_operator_emulator import converged
 
 from kubellm_emulator import WRITE_METHODS, Emulator
@@ -48,19 +39,11 @@ async def answer(port: int, path: str) -> tuple[int, str]:
 async def test_an_operator_started_before_its_crd_waits_then_watches(
     emulator: Emulator, tmp_path: pathlib.Path
 ) -> None:
-    for manifest in [*OPERATOR_IDENTITY, KUBELET_STATS]:
-        emulator.apply_manifests(manifest)
-    kube = Kube(
-        emulator,
-        emulator.write_kubeconfig(tmp_path / "kubeconfig"),
-        operator_kubeconfig=emulator.write_kubeconfig(
-            tmp_path / "operator-kubeconfig", service_account=OPERATOR_SERVICE_ACCOUNT
-        ),
-    )
+    kube = operator_view(emulator, tmp_path, with_crd=False)
     emulator.seed_node("worker-1", ephemeral_storage="100Gi")
     port = free_port()
     try:
-        async with operator_running(kube, wait_ready=False, health_port=port, health_host="127.0.0.1") as metrics:
+        async with operator_running(kube, wait_ready=False, health_port=port, health_host="127.0.0.1"):
             deadline = time.monotonic() + 15
             status, body = 0, ""
             while time.monotonic() < deadline:
@@ -71,13 +54,13 @@ async def test_an_operator_started_before_its_crd_waits_then_watches(
             assert status == 503, body
             assert "waiting for llmservices.kubellm.dev/v1alpha1 to be served" in body and "crds/" in body
             assert (await answer(port, "/healthz"))[0] == 200, "alive while it waits"
-            assert metrics.ready._value.get() == 0  # type: ignore[attr-defined]
+            assert "kubellm_operator_ready 0.0" in (await answer(port, "/metrics"))[1]
 
             emulator.apply_manifests(CRD)
             await kube.create(llmservice())
             await kube.wait(lambda: converged(kube), "the LLMService to converge once the CRD is served", timeout=30)
             assert (await answer(port, "/readyz"))[0] == 200
-            assert metrics.ready._value.get() == 1  # type: ignore[attr-defined]
+            assert "kubellm_operator_ready 1.0" in (await answer(port, "/metrics"))[1]
     finally:
         kube.close()
 
