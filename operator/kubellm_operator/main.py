@@ -162,6 +162,9 @@ async def run(
                 if not elector.leading:
                     lost = True
                     op.metrics.leader.set(0)
+                    # Fencing: no pass starts from now on (one running finishes within --api-timeout-s), well
+                    # before a standby may take the Lease; Kopf's own shutdown may take longer.
+                    op.queue.close()
                     halt.set()
 
             keeper = asyncio.create_task(keep(elector))

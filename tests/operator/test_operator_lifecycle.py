@@ -71,6 +71,7 @@ class OperatorProcess:
     def __init__(self, kube: Kube, identity: str, log: pathlib.Path) -> None:
         self.kube, self.identity, self.log = kube, identity, log
         self.port = free_port()
+        self.extra: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -83,6 +84,7 @@ class OperatorProcess:
             "--health-host=127.0.0.1",
             "--summary-refresh-s=0",
             f"--leader-identity={self.identity}",
+            *self.extra,
         ]
         with self.log.open("wb") as output:
             self.process = await asyncio.create_subprocess_exec(
@@ -171,3 +173,28 @@ async def test_a_standby_takes_over_when_the_leader_dies_mid_convergence(kube: K
     assert not rewritten, f"LLMServices converged before the takeover were written again: {sorted(rewritten)}"
     # Stopped cleanly, the new leader released its Lease for the next one (holder emptied).
     assert (kube.get("Lease", "kubellm-operator", namespace="kubellm-system") or {})["spec"]["holderIdentity"] == ""
+
+
+async def test_a_leader_that_cannot_renew_stops_before_its_lease_expires(kube: Kube, tmp_path: pathlib.Path) -> None:
+    """Fencing: a leader whose renewals fail (an API partition) exits once its renew deadline passes, earlier than
+    any standby may take the Lease, and writes nothing after (client-go's renewDeadline < leaseDuration)."""
+    kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
+    timings = ["--lease-duration-s=6", "--renew-deadline-s=3", "--retry-period-s=0.5"]
+    async with operators(kube, tmp_path, "op-a") as (leader,):
+        leader.extra = timings
+        await leader.start()
+        await leader.ready("/readyz", 200)
+        await kube.create(llmservice())
+        await kube.wait(lambda: converged(kube), "tiny to converge")
+        kube.emulator.faults.fail("/apis/coordination.k8s.io/", method="PUT", times=1000, status=503)
+        # Past the renew deadline (3 s after the last renewal at most 0.5 s ago), before the lease duration (6 s):
+        # the leader has stopped working; a spec change now gets no write from it.
+        await asyncio.sleep(4.0)
+        marker = kube.emulator.request_marker()
+        await kube.patch_llmservice("tiny", {"spec": {"replicas": 2}})
+        await kube.quiet(2.0)
+        assert leader.process is not None
+        code = await asyncio.wait_for(leader.process.wait(), 20)
+    log = leader.log.read_text()
+    assert code == 1 and "lost Lease kubellm-system/kubellm-operator" in log, log[-2000:]
+    assert kube.writes(since=marker) == [("PATCH", "/apis/kubellm.dev/v1alpha1/namespaces/default/llmservices/tiny")]
