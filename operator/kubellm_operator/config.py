@@ -130,8 +130,8 @@ class OperatorSettings(BaseSettings):
         None,
         min_length=1,
         max_length=253,
-        description="This replica's holderIdentity; default: $POD_NAME (deploy/ sets it from the pod's name), "
-        "else the host name.",
+        description="This replica's holderIdentity; default: $POD_NAME if set, else the host name (a pod's host "
+        "name is its name).",
     )
     lease_duration_s: float = Field(15.0, gt=0, le=300, description="Leader Lease duration (client-go's default).")
     renew_deadline_s: float = Field(
