@@ -15,7 +15,7 @@ from typing import Any
 from kubellm.modelfiles import HubFailure, failure_reason
 from kubellm.quantity import format_bytes
 from kubellm_operator.api import LLMService, LoadingStatus, ModelStatus, SecretKeyRef
-from kubellm_operator.egress import EgressError, EgressPolicy, fetch
+from kubellm_operator.egress import EgressError, EgressPolicy, endpoint_key, fetch
 from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT, ModelResolver, is_hub_id
 from kubellm_operator.sizing import Derived, effective_llmservice
 
@@ -60,16 +60,12 @@ def plan_model(
         return ModelPlan(llms)
     endpoint = (model.hub.endpoint if model.hub and model.hub.endpoint else None) or default_endpoint
     endpoint = (endpoint or DEFAULT_HUB_ENDPOINT).rstrip("/")
-    if not resolver.allows(endpoint):
+    refused = endpoint_refusal(
+        llms, endpoint, resolver.allowed_endpoints, default_endpoint=default_endpoint, bandwidth=bandwidth
+    )
+    if refused is not None:
         # Neither the token nor the hub is touched: the endpoint is the tenant's choice, the list the operator's.
-        message = (
-            f"{HubFailure.HubEndpointNotAllowed.prefix}: {endpoint} is not one of the hub endpoints this operator "
-            f"allows ({', '.join(sorted(resolver.allowed_endpoints or ()))}): set spec.model.hub.endpoint to one of "
-            "them, or ask the operator's administrator to add it to --allowed-hub-endpoints"
-        )
-        status = ModelStatus(name=model.name, endpoint=endpoint, revision=model.revision, error=message)
-        effective, derived = effective_llmservice(llms, None, default_endpoint=default_endpoint, bandwidth=bandwidth)
-        return ModelPlan(effective, derived, status, (HubFailure.HubEndpointNotAllowed, message))
+        return refused
     token: str | None = None
     token_problem: str | None = None
     if model.hub_token_secret_ref is not None:
@@ -101,6 +97,30 @@ def plan_model(
         dtype=resolved.dtype,
     )
     return ModelPlan(effective, derived, status)
+
+
+def endpoint_refusal(
+    llms: LLMService,
+    endpoint: str,
+    allowed_endpoints: frozenset[str] | None,
+    *,
+    default_endpoint: str | None,
+    bandwidth: int,
+) -> ModelPlan | None:
+    """The held plan (``Degraded/HubEndpointNotAllowed``) of an LLMService whose hub ``endpoint`` is not one the
+    operator allows (``OperatorSettings.hub_endpoints``; None allows any), else None. Pure: decide it before any
+    fetch is asked for."""
+    if allowed_endpoints is None or endpoint_key(endpoint) in allowed_endpoints:
+        return None
+    model = llms.spec.model
+    message = (
+        f"{HubFailure.HubEndpointNotAllowed.prefix}: {endpoint} is not one of the hub endpoints this operator "
+        f"allows ({', '.join(sorted(allowed_endpoints))}): set spec.model.hub.endpoint to one of them, or ask the "
+        "operator's administrator to add it to --allowed-hub-endpoints"
+    )
+    status = ModelStatus(name=model.name, endpoint=endpoint, revision=model.revision, error=message)
+    effective, derived = effective_llmservice(llms, None, default_endpoint=default_endpoint, bandwidth=bandwidth)
+    return ModelPlan(effective, derived, status, (HubFailure.HubEndpointNotAllowed, message))
 
 
 def secret_token_reader(read_secret: Callable[[str, str], Mapping[str, Any] | None], namespace: str) -> TokenReader:
@@ -166,7 +186,9 @@ def loadz_address(pod: Mapping[str, Any]) -> str | None:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def fetch_loadz(pod: Mapping[str, Any], policy: EgressPolicy | None = None) -> Mapping[str, Any] | None:
+def fetch_loadz(
+    pod: Mapping[str, Any], policy: EgressPolicy | None = None, *, deadline_s: float = LOADZ_DEADLINE_S
+) -> Mapping[str, Any] | None:
     """The pod's ``GET /loadz`` answer, or None when it does not answer (yet) within its deadline and byte cap,
     or the egress policy refuses the pod's address (:mod:`kubellm_operator.egress`)."""
     import json
@@ -179,7 +201,7 @@ def fetch_loadz(pod: Mapping[str, Any], policy: EgressPolicy | None = None) -> M
     try:
         body = fetch(
             f"http://{address}{LOADZ_PATH}",
-            deadline_s=LOADZ_DEADLINE_S,
+            deadline_s=deadline_s,
             max_bytes=MAX_LOADZ_BYTES,
             policy=policy or EgressPolicy(allow_private=True),
         )
