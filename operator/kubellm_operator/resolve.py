@@ -240,6 +240,14 @@ def resolve_model(
                         count *= dim if isinstance(dim, int) and dim >= 0 else 0
                     dtype = str(entry.get("dtype"))
                     parameters[dtype] = parameters.get(dtype, 0) + count
+    except EgressTimeout:
+        # One deadline for the whole resolution, however many requests it took (the same words as the
+        # background fetchers' own deadline, fetchers.py).
+        message = (
+            f"{HubFailure.HubUnreachable.prefix}: {endpoint} did not answer within {timeout_s:g}s (the operator's "
+            f"deadline for resolving {name})"
+        )
+        return Resolution(None, HubFailure.HubUnreachable, message, requests, time.monotonic() - started)
     except EgressError as error:
         failure, message = _classify(error, name, endpoint)
         return Resolution(None, failure, message, requests, time.monotonic() - started)

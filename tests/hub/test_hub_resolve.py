@@ -4,6 +4,7 @@ it (kubellm_operator.sizing): the user's values win, the rest comes from the hub
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,15 @@ def test_render_resolve_shows_derived_values_and_their_sources(
     manifest.write_text(manifest.read_text().replace("acme/tiny", "acme/typo"))
     assert render_main(["-f", str(manifest), "--resolve", "--hub-endpoint", hub.endpoint]) == 2
     assert "model not found: acme/typo" in capsys.readouterr().err
+
+
+def test_a_hub_that_never_answers_is_unreachable_within_the_resolution_deadline() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)  # accepts the connection, never answers
+        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+        resolution = resolve_model("acme/tiny", None, endpoint=endpoint, token=None, timeout_s=1, policy=HUB_POLICY)
+    assert resolution.failure is HubFailure.HubUnreachable
+    assert resolution.message == (
+        f"hub unreachable: {endpoint} did not answer within 1s (the operator's deadline for resolving acme/tiny)"
+    )
