@@ -6,7 +6,7 @@ import pathlib
 from collections.abc import AsyncIterator
 
 import pytest
-from operator_support import CRD, KUBELET_STATS, OPERATOR_IDENTITY, OPERATOR_SERVICE_ACCOUNT, Kube
+from operator_support import Kube, operator_view
 
 from kubellm_emulator import Emulator
 from kubellm_emulator.pytest_plugin import emulator
@@ -19,16 +19,7 @@ async def kube(emulator: Emulator, tmp_path: pathlib.Path) -> AsyncIterator[Kube
     """A fresh emulator with the LLMService CRD and what deploy/ installs for the operator (its namespace,
     ServiceAccount and RBAC, with the opt-in kubelet-stats component), and the test's view of it. The operator runs as that ServiceAccount, with only the
     permissions deploy/rbac.yaml grants; the test itself (and kubectl) act as the cluster admin."""
-    emulator.apply_manifests(CRD)
-    for manifest in [*OPERATOR_IDENTITY, KUBELET_STATS]:
-        emulator.apply_manifests(manifest)
-    view = Kube(
-        emulator,
-        emulator.write_kubeconfig(tmp_path / "kubeconfig"),
-        operator_kubeconfig=emulator.write_kubeconfig(
-            tmp_path / "operator-kubeconfig", service_account=OPERATOR_SERVICE_ACCOUNT
-        ),
-    )
+    view = operator_view(emulator, tmp_path)
     try:
         yield view
     finally:

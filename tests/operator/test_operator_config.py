@@ -54,6 +54,9 @@ def test_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--health-port", "70000"], "--health-port"),
         (["--summary-refresh-s=-1"], "--summary-refresh-s"),
         (["--inference-image", ""], "--inference-image"),
+        (["--allowed-hub-endpoints", "https://hub.example/x?y#z"], "--allowed-hub-endpoints .*bare base URL"),
+        (["--lease-duration-s", "5"], "--retry-period-s < --renew-deadline-s < --lease-duration-s"),
+        (["--leader-election-name", "Not A Name"], "--leader-election-name"),
     ],
 )
 def test_bad_settings_name_the_field(argv: list[str], named: str) -> None:
@@ -116,3 +119,14 @@ def test_routine_watch_successes_are_filtered_but_failures_are_not() -> None:
     assert not routine.filter(record(logging.INFO, "Handler 'child_changed' succeeded."))
     assert routine.filter(record(logging.INFO, "Handler 'reconcile' succeeded."))
     assert routine.filter(record(logging.ERROR, "Handler 'child_changed' failed with an exception."))
+
+
+def test_allowed_hub_endpoints_default_to_the_public_hub_and_the_operators_own() -> None:
+    assert load_settings([]).hub_endpoints == {"https://huggingface.co"}
+    mirror = load_settings(["--hub-endpoint", "http://Mirror.internal:8090/"])
+    assert mirror.hub_endpoints == {"https://huggingface.co", "http://mirror.internal:8090"}
+    listed = load_settings(["--allowed-hub-endpoints", "https://a.example, https://b.example/"])
+    assert listed.hub_endpoints == {"https://a.example", "https://b.example"}
+    policy = load_settings(["--egress-allow-loopback"])
+    assert policy.hub_policy.allow_loopback and not policy.hub_policy.allow_private
+    assert policy.pod_policy.allow_private  # pod IPs are cluster-internal by definition
