@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes, parse_quantity
 from kubellm_operator.egress import EgressPolicy, base_url_problem, endpoint_key
+from kubellm_operator.leader import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S
 from kubellm_operator.render import DEFAULT_GPU_INFERENCE_IMAGE, DEFAULT_INFERENCE_IMAGE
 from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT
 from kubellm_operator.storage import parse_headroom
@@ -133,11 +134,14 @@ class OperatorSettings(BaseSettings):
         description="This replica's holderIdentity; default: $POD_NAME if set, else the host name (a pod's host "
         "name is its name).",
     )
-    lease_duration_s: float = Field(15.0, gt=0, le=300, description="Leader Lease duration (client-go's default).")
+    lease_duration_s: float = Field(LEASE_DURATION_S, gt=0, le=300, description="Leader Lease duration.")
     renew_deadline_s: float = Field(
-        10.0, gt=0, le=300, description="The leader stops when it could not renew for this long (< lease duration)."
+        RENEW_DEADLINE_S,
+        gt=0,
+        le=300,
+        description="The leader stops when it could not renew for this long (< lease duration).",
     )
-    retry_period_s: float = Field(2.0, gt=0, le=60, description="How often the Lease is renewed or tried.")
+    retry_period_s: float = Field(RETRY_PERIOD_S, gt=0, le=60, description="How often the Lease is renewed or tried.")
     workers: int = Field(4, ge=1, le=64, description="Threads that run reconciles.")
     api_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Timeout of every API request (watches: the server ends them sooner)."
