@@ -16,6 +16,7 @@ LLMService is tried again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import logging
@@ -228,12 +229,14 @@ class Operator:
         return result
 
     def observe(self, key: Key, *, announce: bool = False) -> Observation:
-        """The snapshot a pass plans from. The children are taken before their owner is read: a child missing
-        because the garbage collector removed it then comes with a 404 for the owner, never with an owner that
-        looks alive (and would be re-created)."""
+        """The snapshot a pass plans from, all of it from the watches and from what the fetchers hold: no request.
+        A child the garbage collector removed may be seen gone before its owner is: it is then created again and
+        collected again (its ownerReference names the deleted LLMService); a status patch of a deleted LLMService
+        finds it gone (404) and the pass ends."""
         namespace, name = key
         children = {kind: self.view.child((kind, namespace, name)) for kind in CHILD_KINDS}
-        obj = self.cluster.get_llmservice(namespace, name)
+        found = self.view.child(("LLMService", namespace, name))
+        obj = copy.deepcopy(dict(found)) if found is not None else None
         if obj is not None and (obj.get("metadata") or {}).get("deletionTimestamp"):
             obj = None  # being deleted: ownerReferences make the children garbage
         standing = self.retry.standing(key)
