@@ -1,6 +1,6 @@
 """Kopf registrations: what the operator watches, and which pass each change queues.
 
-Every pass runs from the operator's work queue, under its one retry policy (``reconcile.py``); no handler here
+Every pass runs from the operator's work queue, under its one retry policy (``workqueue.py``); no handler here
 reconciles or raises for Kopf to retry.
 
 - LLMService create / update / resume: a spec change; the LLMService's backoff starts over and a pass is queued.
