@@ -379,34 +379,20 @@ def _unique(refusals: Iterable[Refusal]) -> list[Refusal]:
 
 
 def _result(decided: Plan, writes: tuple[str, ...]) -> Result:
+    """What ``run_once`` needs of a pass: its outcome and what decides the next try."""
+    base = Result(UNCHANGED, writes, status=decided.status)
     if decided.invalid is not None:
-        return Result(INVALID, writes, invalid=decided.invalid, status=decided.status)
-    if decided.refusals:
-        return Result(
-            REFUSED,
-            writes,
-            status=decided.status,
-            refusals=decided.refusals,
-            fingerprint=decided.fingerprint,
-            recheck_s=decided.recheck_s,
-        )
-    if decided.model_hold is not None:
-        return Result(WAITING, writes, model_hold=decided.model_hold, status=decided.status)
+        return dataclasses.replace(base, outcome=INVALID, invalid=decided.invalid)
+    if decided.model_hold is not None and not decided.refusals:
+        return dataclasses.replace(base, outcome=WAITING, model_hold=decided.model_hold)
     if decided.model_pending:
-        return Result(WAITING, writes, status=decided.status)
-    if decided.held is not None:
-        return Result(
-            WAITING,
-            writes,
-            held=decided.held,
-            status=decided.status,
-            fingerprint=decided.fingerprint,
-            recheck_s=decided.recheck_s,
-        )
-    return Result(
-        CHANGED if writes else UNCHANGED,
-        writes,
-        status=decided.status,
+        return dataclasses.replace(base, outcome=WAITING)
+    outcome = REFUSED if decided.refusals else WAITING if decided.held is not None else CHANGED if writes else UNCHANGED
+    return dataclasses.replace(
+        base,
+        outcome=outcome,
+        refusals=decided.refusals,
+        held=decided.held if not decided.refusals else None,
         fingerprint=decided.fingerprint,
         recheck_s=decided.recheck_s,
     )
