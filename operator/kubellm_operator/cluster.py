@@ -122,6 +122,24 @@ class Cluster:
             )
         )
 
+    def llmservice_exists(self, namespace: str, name: str, uid: str | None) -> bool:
+        """Whether the LLMService with this UID still exists (a list by name: the operator reads LLMServices from
+        its watch and needs no get on them)."""
+        listing = _loads(
+            self.custom.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                field_selector=f"metadata.name={name}",
+                limit=1,
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+        )
+        metadata = ((listing.get("items") or [{}])[0] or {}).get("metadata") or {}
+        return metadata.get("uid") == uid and uid is not None and not metadata.get("deletionTimestamp")
+
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret (the hub token's); None when absent. Needs get on it (docs/hub.md)."""
         return self._absent_is_none(

@@ -79,6 +79,10 @@ class Executor:
         actual: Mapping[str, Any] | None = plan.live
         try:
             if plan.create:
+                if self.view.vanished(key) and not self.cluster.llmservice_exists(namespace, name, owner_uid):
+                    # The garbage collector took the child after its LLMService: not created again.
+                    logger.debug("%s: not re-created, its LLMService is gone", what)
+                    return None, None
                 try:
                     actual = self.cluster.create(plan.desired)
                 except ApiException as exc:

@@ -53,6 +53,30 @@ def held(body: kopf.Body) -> dict[str, Any]:
     return kept
 
 
+_POD_METADATA = ("name", "namespace", "uid", "labels", "annotations", "resourceVersion", "deletionTimestamp")
+_CONTAINER_FIELDS = ("name", "ports", "startupProbe")
+
+
+def held_pod(body: kopf.Body) -> dict[str, Any]:
+    """What the operator keeps of one of kubellm's pods: what the status and the /loadz read use (the containers'
+    names, ports and startup probes, the grace period, the whole status), not the rendered template again."""
+    metadata = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    kept_spec: dict[str, Any] = {
+        key: [{k: copy.deepcopy(c[k]) for k in _CONTAINER_FIELDS if k in c} for c in spec.get(key) or []]
+        for key in ("containers", "initContainers")
+        if spec.get(key)
+    }
+    for key in ("nodeName", "terminationGracePeriodSeconds"):
+        if key in spec:
+            kept_spec[key] = spec[key]
+    return {
+        "metadata": {k: copy.deepcopy(metadata[k]) for k in _POD_METADATA if k in metadata},
+        "spec": kept_spec,
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
 def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.client.Configuration) -> None:
     """Register every handler of ``op`` in ``registry``."""
 
@@ -122,7 +146,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
 
     @kopf.index("", "v1", "pods", labels=OWNED, registry=registry, id="llmservice_pods")
     def llmservice_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-        return {(namespace or "default", str(labels[SELECTOR_LABEL])): held(body)}
+        return {(namespace or "default", str(labels[SELECTOR_LABEL])): held_pod(body)}
 
     def attach(kwargs: Mapping[str, Any]) -> None:
         # Kopf calls no handler before every index has its initial listing: the first handler of any kind hands the
@@ -166,7 +190,11 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def child_event(kind: str, namespace: str | None, name: str, body: kopf.Body, kwargs: Mapping[str, Any]) -> None:
         op.watched()
         attach(kwargs)
-        op.view.seen((kind, namespace or "default", name), body.metadata.get("resourceVersion"))
+        op.view.seen(
+            (kind, namespace or "default", name),
+            body.metadata.get("resourceVersion"),
+            deleted=kwargs.get("type") == "DELETED",
+        )
         owner = body.metadata.labels.get(SELECTOR_LABEL)
         if namespace and owner:
             op.trigger((namespace, owner))

@@ -93,6 +93,7 @@ class WatchView:
         self._children: Mapping[str, Mapping[Key, Iterable[Mapping[str, Any]]]] | None = None
         self._pods: Mapping[Key, Iterable[Mapping[str, Any]]] | None = None
         self._written: dict[ChildKey, tuple[str | None, Mapping[str, Any]]] = {}
+        self._vanished: set[ChildKey] = set()
 
     def attach(
         self,
@@ -118,6 +119,12 @@ class WatchView:
             return written[1]  # the watch has not delivered kubellm's own write yet
         return live
 
+    def vanished(self, key: ChildKey) -> bool:
+        """Whether the watch last saw this child deleted: by hand, or by the garbage collector after its
+        LLMService, whose own deletion another watch may not have delivered yet."""
+        with self._lock:
+            return key in self._vanished
+
     def pods(self, key: Key) -> list[dict[str, Any]]:
         if self._pods is None:
             raise RuntimeError("a pass ran before any Kopf handler attached the watch indexes")
@@ -127,11 +134,16 @@ class WatchView:
 
     def wrote(self, key: ChildKey, before: Mapping[str, Any] | None, response: Mapping[str, Any]) -> None:
         with self._lock:
+            self._vanished.discard(key)
             self._written[key] = (_resource_version(before), response)
 
-    def seen(self, key: ChildKey, resource_version: str | None) -> None:
+    def seen(self, key: ChildKey, resource_version: str | None, *, deleted: bool = False) -> None:
         """The watch delivered a state of the object: from kubellm's write on, the watch is the truth again."""
         with self._lock:
+            if deleted:
+                self._vanished.add(key)
+            else:
+                self._vanished.discard(key)
             written = self._written.get(key)
             if written is not None and _caught_up(resource_version, written[0], written[1]):
                 del self._written[key]
