@@ -81,6 +81,7 @@ class Fetchers:
         self._lock = threading.Lock()
         self._slots: dict[Key, _Slot] = {}
         self._answers: OrderedDict[tuple[Key, Request], tuple[Answer, float]] = OrderedDict()
+        self._requests_of: dict[Key, set[Request]] = {}  # the answers' keys by LLMService, so a pass scans its own
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kubellm-fetch")
         self._closed = False
         self.calls = 0  # calls made (for tests and the bench)
@@ -92,11 +93,8 @@ class Fetchers:
         """Every answer held for ``key``, with its age."""
         now = self._clock()
         with self._lock:
-            return {
-                request: Held(answer, now - at)
-                for (owner, request), (answer, at) in self._answers.items()
-                if owner == key
-            }
+            held = {request: self._answers[(key, request)] for request in self._requests_of.get(key, ())}
+        return {request: Held(answer, now - at) for request, (answer, at) in held.items()}
 
     def in_flight(self, key: Key) -> frozenset[Request]:
         with self._lock:
@@ -124,8 +122,8 @@ class Fetchers:
     def forget(self, key: Key) -> None:
         """The LLMService is gone: drop what is held for it."""
         with self._lock:
-            for entry in [entry for entry in self._answers if entry[0] == key]:
-                del self._answers[entry]
+            for request in self._requests_of.pop(key, set()):
+                self._answers.pop((key, request), None)
             slot = self._slots.get(key)
             if slot is not None:
                 slot.waiting.clear()
@@ -163,8 +161,14 @@ class Fetchers:
                 before = self._answers.get((key, request))
                 self._answers[(key, request)] = (answer, self._clock())
                 self._answers.move_to_end((key, request))
+                self._requests_of.setdefault(key, set()).add(request)
                 while len(self._answers) > self._max_answers:
-                    self._answers.popitem(last=False)
+                    (owner, dropped), _ = self._answers.popitem(last=False)
+                    kept = self._requests_of.get(owner)
+                    if kept is not None:
+                        kept.discard(dropped)
+                        if not kept:
+                            del self._requests_of[owner]
             if before is None or before[0] != answer:
                 self._notify(key)
 

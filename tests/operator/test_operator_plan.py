@@ -365,3 +365,28 @@ def test_a_bad_token_is_a_clear_problem(value: str, words: str) -> None:
 def test_a_good_token_is_read() -> None:
     read = secret_token_reader(lambda namespace, name: _secret("aGZfb2s="), "default")
     assert read(SecretKeyRef(name="hub", key="token")) == "hf_ok"
+
+
+def test_the_fetchers_hold_a_bounded_number_of_answers_least_recently_used_out_first() -> None:
+    notified: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def notify(key: tuple[str, str]) -> None:
+        notified.append(key)
+        if len(notified) == 3:
+            done.set()
+
+    fetchers = Fetchers(
+        hub=lambda request: HubAnswer(Resolution(RESOLVED)), loadz=lambda key, r: None, notify=notify, max_answers=2
+    )
+    try:
+        for name in ("a", "b", "c"):
+            fetchers.request(("default", name), [hub_request()])
+            assert _eventually(lambda n=name: bool(fetchers.held(("default", n))))
+        assert done.wait(5)
+        assert fetchers.held(("default", "a")) == {}
+        assert set(fetchers.held(("default", "c"))) == {hub_request()}
+        fetchers.forget(("default", "c"))
+        assert fetchers.held(("default", "c")) == {}
+    finally:
+        fetchers.close()
