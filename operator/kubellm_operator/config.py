@@ -104,6 +104,19 @@ class OperatorSettings(BaseSettings):
         description="Hub requests may reach private and cluster-internal ranges (10/8, 172.16/12, 192.168/16, "
         "100.64/10, fc00::/7): an in-cluster mirror. The pods' /loadz may always (pod IPs are there).",
     )
+    hub_deadline_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Wall-clock deadline of one hub resolution (token read, model info, config.json), run in the "
+        "background; past it the LLMService shows Degraded/HubUnreachable.",
+    )
+    loadz_deadline_s: float = Field(
+        2.0, gt=0, le=60, description="Wall-clock deadline of one read of a loading pod's /loadz (in the background)."
+    )
+    fetch_workers: int = Field(
+        4, ge=1, le=64, description="Threads that run hub resolutions and /loadz reads (one per LLMService at a time)."
+    )
     download_bandwidth: str = Field(
         "50Mi", description="Assumed download bandwidth per second (a quantity), for derived startup budgets."
     )

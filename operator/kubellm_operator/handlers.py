@@ -1,9 +1,10 @@
 """Kopf registrations: what the operator watches, and which pass each change queues.
 
-Every pass runs from the operator's work queue, under its one retry policy (``reconcile.py``); no handler here
+Every pass runs from the operator's work queue, under its one retry policy (``workqueue.py``); no handler here
 reconciles or raises for Kopf to retry.
 
 - LLMService create / update / resume: a spec change; the LLMService's backoff starts over and a pass is queued.
+  The LLMServices are a ``kopf.index`` too: a pass reads its LLMService from there, never from the API.
 - Nodes: a ``kopf.index`` of :class:`NodeFacts`; a Node change that changes its facts (not a heartbeat) re-runs
   every LLMService's storage pre-flight in memory and queues only those whose verdict or shown figures changed.
 - Pods: a ``kopf.index`` of the ephemeral-storage requests of the pods bound to each node (the pre-flight counts
@@ -29,9 +30,11 @@ from kubernetes.client.exceptions import ApiException
 
 from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.cluster import connection_info
-from kubellm_operator.reconcile import Key, Operator, pod_use
+from kubellm_operator.reconcile import Operator
 from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_operator.storage import NodeFacts, node_facts
+from kubellm_operator.views import pod_use
+from kubellm_operator.workqueue import Key
 
 logger = logging.getLogger("kubellm.operator")
 
@@ -48,6 +51,30 @@ def held(body: kopf.Body) -> dict[str, Any]:
     kept = copy.deepcopy(dict(body))
     kept["metadata"] = {k: v for k, v in (kept.get("metadata") or {}).items() if k != "managedFields"}
     return kept
+
+
+_POD_METADATA = ("name", "namespace", "uid", "labels", "annotations", "resourceVersion", "deletionTimestamp")
+_CONTAINER_FIELDS = ("name", "ports", "startupProbe")
+
+
+def held_pod(body: kopf.Body) -> dict[str, Any]:
+    """What the operator keeps of one of kubellm's pods: what the status and the /loadz read use (the containers'
+    names, ports and startup probes, the grace period, the whole status), not the rendered template again."""
+    metadata = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    kept_spec: dict[str, Any] = {
+        key: [{k: copy.deepcopy(c[k]) for k in _CONTAINER_FIELDS if k in c} for c in spec.get(key) or []]
+        for key in ("containers", "initContainers")
+        if spec.get(key)
+    }
+    for key in ("nodeName", "terminationGracePeriodSeconds"):
+        if key in spec:
+            kept_spec[key] = spec[key]
+    return {
+        "metadata": {k: copy.deepcopy(metadata[k]) for k in _POD_METADATA if k in metadata},
+        "spec": kept_spec,
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
 
 
 def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.client.Configuration) -> None:
@@ -111,9 +138,15 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def child_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
         return {(namespace or "default", name): held(body)}
 
+    # The LLMServices themselves: a pass reads its LLMService here, not from the API (issue 19: a request fewer per
+    # pass); the response of kubellm's own status patch stands in until the watch delivers it.
+    @kopf.index(*LLMSERVICES, registry=registry, id="llmservice_index")
+    def llmservice_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+        return {(namespace or "default", name): held(body)}
+
     @kopf.index("", "v1", "pods", labels=OWNED, registry=registry, id="llmservice_pods")
     def llmservice_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-        return {(namespace or "default", str(labels[SELECTOR_LABEL])): held(body)}
+        return {(namespace or "default", str(labels[SELECTOR_LABEL])): held_pod(body)}
 
     def attach(kwargs: Mapping[str, Any]) -> None:
         # Kopf calls no handler before every index has its initial listing: the first handler of any kind hands the
@@ -122,7 +155,11 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         if not op.view.attached:
             op.nodes.replace(kwargs["node_index"])
             op.nodes.replace_pods(kwargs["pod_index"])
-            children = {"Deployment": kwargs["deployment_index"], "Service": kwargs["service_index"]}
+            children = {
+                "Deployment": kwargs["deployment_index"],
+                "Service": kwargs["service_index"],
+                "LLMService": kwargs["llmservice_index"],
+            }
             op.view.attach(children, kwargs["llmservice_pods"])
 
     @kopf.on.event("nodes", registry=registry, id="node_changed")
@@ -135,8 +172,10 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
             op.nodes_changed()
 
     @kopf.on.event(*LLMSERVICES, registry=registry, id="llmservice_seen")
-    def llmservice_seen(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    def llmservice_seen(type: str, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
         op.watched()
+        attach(kwargs)
+        op.view.seen(("LLMService", namespace or "default", name), body.metadata.get("resourceVersion"))
         op.remember((namespace or "default", name), exists=type != "DELETED")
 
     @kopf.on.resume(*LLMSERVICES, registry=registry, id="reconcile")
@@ -151,7 +190,11 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def child_event(kind: str, namespace: str | None, name: str, body: kopf.Body, kwargs: Mapping[str, Any]) -> None:
         op.watched()
         attach(kwargs)
-        op.view.seen((kind, namespace or "default", name), body.metadata.get("resourceVersion"))
+        op.view.seen(
+            (kind, namespace or "default", name),
+            body.metadata.get("resourceVersion"),
+            deleted=kwargs.get("type") == "DELETED",
+        )
         owner = body.metadata.labels.get(SELECTOR_LABEL)
         if namespace and owner:
             op.trigger((namespace, owner))

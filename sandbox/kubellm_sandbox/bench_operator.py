@@ -57,6 +57,7 @@ from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_sandbox.processes import die_with_parent, free_port
 
 JsonObject = dict[str, Any]
+WATCHES_OPEN_S = 300
 
 HEARTBEAT_S = 10.0
 DRIFT = 0.01
@@ -647,6 +648,23 @@ def _changed_fields(before: Mapping[str, Any], after: Mapping[str, Any], prefix:
     return changed
 
 
+def _metric(port: int, name: str) -> float:
+    """The sum of a metric's samples on the operator's /metrics (0 when it cannot be read)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read(4 * 2**20).decode()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                continue
+    return total
+
+
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
@@ -751,8 +769,9 @@ class Bench:
             watched = {call.resource for call in log.between(since) if call.verb == "watch"}
             return {PLURAL, "nodes", "pods", "deployments", "services"} <= watched
 
-        if not await _wait(watching, 60, interval=0.2, alive=operator.alive):
-            raise BenchError(f"the operator did not open its watches within 60 s:\n{operator.tail()}")
+        # Kopf opens a watch after its listing is processed: thousands of pods on a contended machine take minutes.
+        if not await _wait(watching, WATCHES_OPEN_S, interval=0.2, alive=operator.alive):
+            raise BenchError(f"the operator did not open its watches within {WATCHES_OPEN_S} s:\n{operator.tail()}")
 
     async def _phases(self, cluster: Cluster, log: RequestLog, operator: OperatorProcess) -> None:
         config, result = self.config, self.result
@@ -918,10 +937,12 @@ class Bench:
 
         quiet = {"busy": -1, "since": time.monotonic()}
 
+        passes_before = _metric(operator.health_port, "kubellm_operator_reconciles_total")
+
         def caught_up() -> bool:
             calls = log.between(caught_up_from)
-            got = {c.name for c in calls if c.resource == PLURAL and c.verb == "get"}
-            if len(got) >= config.services:
+            # The operator reads LLMServices from its watch: its own count of passes says it went over them.
+            if _metric(operator.health_port, "kubellm_operator_reconciles_total") - passes_before >= config.services:
                 return True
             # An operator that re-evaluates only what a change can affect makes no pass when nothing changed for a
             # service: 3 s without any request but summary reads is caught up too.
@@ -939,8 +960,8 @@ class Bench:
         await self._start_operator(operator, log, marker)
 
         def resumed() -> bool:
-            got = {c.name for c in log.between(marker) if c.resource == PLURAL and c.verb == "get"}
-            return len(got) >= config.services
+            # Every LLMService has a phase in the new process's gauge once it has had its first pass.
+            return _metric(operator.health_port, "kubellm_operator_llmservices") >= config.services
 
         done = await _wait(resumed, 120, interval=0.2, alive=operator.alive)
         await asyncio.sleep(5)
