@@ -254,3 +254,18 @@ def test_not_allowed_is_degraded_and_keeps_the_last_allowed_pods_serving() -> No
     kept = compute_status(observed(not_allowed=said, deployment=serving), None, "T")
     assert (condition(kept, "Ready") or {})["reason"] == "MinimumReplicasAvailable"
     assert (condition(kept, "Degraded") or {})["reason"] == "NotAllowed"
+
+
+def test_hf_endpoint_cannot_be_set_through_env() -> None:
+    """Without spec.model.hub.endpoint the server sends the hub token to HF_ENDPOINT: an address set there would
+    bypass the operator's allowed hub endpoints, so the API refuses the name as it refuses the ones it renders."""
+    from pydantic import ValidationError
+
+    from kubellm_operator.api import validation_messages
+
+    with pytest.raises(ValidationError) as error:
+        service(env=[{"name": "HF_ENDPOINT", "value": "http://collector.example"}])
+    assert validation_messages(error.value) == [
+        "spec.env[0].name: HF_ENDPOINT is set by kubellm; set it through the LLMService fields (model, service.port, "
+        "auth, ...) instead"
+    ]
