@@ -25,6 +25,7 @@ UNCHANGED = "unchanged"  # nothing to write
 INVALID = "invalid"  # the spec can never work (InvalidSpec)
 WAITING = "waiting"  # held for the world to change (storage.enforce)
 REFUSED = "refused"  # the API refused a child; the status says why
+NOT_ALLOWED = "not_allowed"  # the operator's tenant policy refused the spec (NotAllowed); nothing written
 ERROR = "error"  # an API error; Kopf retries
 
 
@@ -35,7 +36,7 @@ class OperatorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.reconciles = Counter(
             "kubellm_operator_reconciles",
-            "Reconcile passes by outcome (changed, unchanged, invalid, waiting, refused, error).",
+            "Reconcile passes by outcome (changed, unchanged, invalid, not_allowed, waiting, refused, error).",
             ["outcome"],
             registry=self.registry,
         )

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import kopf
@@ -41,11 +41,20 @@ from pydantic import ValidationError
 
 from kubellm.quantity import format_bytes, parse_quantity
 from kubellm.timefmt import now_rfc3339
-from kubellm_operator import render
+from kubellm_operator import policy, render
 from kubellm_operator.api import LLMService, LLMServiceSpec
 from kubellm_operator.cluster import Cluster, api_message, api_reason, retry_after_seconds
 from kubellm_operator.config import OperatorSettings
-from kubellm_operator.metrics import CHANGED, ERROR, INVALID, REFUSED, UNCHANGED, WAITING, OperatorMetrics
+from kubellm_operator.metrics import (
+    CHANGED,
+    ERROR,
+    INVALID,
+    NOT_ALLOWED,
+    REFUSED,
+    UNCHANGED,
+    WAITING,
+    OperatorMetrics,
+)
 from kubellm_operator.modelplan import (
     HOLD_RETRY_S,
     LOADING_REFRESH_S,
@@ -59,6 +68,7 @@ from kubellm_operator.modelplan import (
 from kubellm_operator.resolve import ModelResolver
 from kubellm_operator.status import (
     API_REFUSED,
+    AUTHENTICATED,
     CHILD_REJECTED,
     DEGRADED,
     FORBIDDEN,
@@ -538,6 +548,7 @@ class Result:
     invalid: str | None = None
     held: StorageCheck | None = None  # set when storage.enforce holds the replicas at 0
     model_hold: str | None = None  # set when the hub refused the model (kubellm_operator.modelplan)
+    not_allowed: str | None = None  # set when the tenant policy refused the spec (kubellm_operator.policy)
     status: Mapping[str, Any] = field(default_factory=dict)
     refusals: tuple[Refusal, ...] = ()
     fingerprint: str | None = None
@@ -714,19 +725,23 @@ class Operator:
         llms: LLMService | None = None
         model_plan: ModelPlan | None = None
         invalid: str | None = None
+        verdict = policy.PolicyVerdict()
         try:
             llms = LLMService.from_object({k: v for k, v in obj.items() if k != "status"})
-            # The hub model resolved and what the user left unset derived from it, before anything is planned.
-            model_plan = plan_model(
-                llms,
-                self.models,
-                default_endpoint=self.settings.hub_endpoint,
-                bandwidth=self.settings.bandwidth_bytes,
-                read_token=secret_token_reader(self.cluster.get_secret, namespace),
-            )
-            llms = model_plan.llms
-            problems = llms.spec.problems()
-            invalid = "; ".join(problems) if problems else None
+            # The tenant policy first: a spec it refuses gets no hub request and no Secret read, let alone children.
+            verdict = policy.evaluate(llms, self.settings)
+            if verdict.allowed:
+                # The hub model resolved and what the user left unset derived from it, before anything is planned.
+                model_plan = plan_model(
+                    llms,
+                    self.models,
+                    default_endpoint=self.settings.hub_endpoint,
+                    bandwidth=self.settings.bandwidth_bytes,
+                    read_token=secret_token_reader(self.cluster.get_secret, namespace),
+                )
+                llms = model_plan.llms
+                problems = llms.spec.problems()
+                invalid = "; ".join(problems) if problems else None
         except ValidationError as exc:
             invalid = _describe_validation(exc)
         owner = f"{namespace}/{name}"
@@ -742,7 +757,8 @@ class Operator:
         plans: list[ChildPlan] = []
         print_: str | None = None
         model_hold = model_plan.hold if model_plan is not None else None
-        if llms is not None and invalid is None and model_hold is None:
+        not_allowed = None if verdict.allowed else verdict.message
+        if llms is not None and invalid is None and model_hold is None and not_allowed is None:
             children = render.render(
                 llms,
                 image_default=self.settings.inference_image,
@@ -789,7 +805,11 @@ class Operator:
             now=datetime.datetime.now(datetime.UTC),
             model=model_plan.status if model_plan is not None else None,
             model_hold=(model_hold[0].value, model_hold[1]) if model_hold is not None else None,
-            loading=loading_status(pods, self.fetch_loadz) if invalid is None and model_hold is None else None,
+            loading=loading_status(pods, self.fetch_loadz)
+            if invalid is None and model_hold is None and not_allowed is None
+            else None,
+            not_allowed=not_allowed,
+            exposure=(llms.spec.service.type, llms.spec.auth is not None) if llms is not None else None,
         )
         status = compute_status(seen, previous, now_rfc3339())
         patch = status_patch(previous, status)
@@ -799,10 +819,12 @@ class Operator:
             self.metrics.writes.labels(target="status").inc()
         self.metrics.set_phase(namespace, name, status.get("phase"))
         recheck = LOADING_REFRESH_S if invalid is None and model_hold is None and pods_loading(pods) else None
-        self._announce(obj, previous, status, storage, invalid, announce, tuple(refusals))
+        self._announce(obj, previous, status, storage, invalid, announce, tuple(refusals), verdict.warnings)
         result_refusals = tuple(refusals)
         if invalid is not None:
             return Result(INVALID, tuple(writes), invalid=invalid, status=status)
+        if not_allowed is not None:
+            return Result(NOT_ALLOWED, tuple(writes), not_allowed=not_allowed, status=status)
         if refusals:
             return Result(
                 REFUSED, tuple(writes), status=status, refusals=result_refusals, fingerprint=print_, recheck_s=recheck
@@ -857,6 +879,7 @@ class Operator:
         invalid: str | None,
         announce: bool,
         refusals: tuple[Refusal, ...] = (),
+        warnings: tuple[policy.PolicyWarning, ...] = (),
     ) -> None:
         """Log and post an Event when a warning appears or changes, never on a pass where nothing changed."""
         metadata = obj.get("metadata") or {}
@@ -915,6 +938,12 @@ class Operator:
             posted.update(found)
         for reason, message in fresh_refusals:
             self._post_event(obj, "Warning", reason, message)
+        # What the policy allows but warns of (a public Service without auth): once, when it appears or changes.
+        shown = condition(previous, AUTHENTICATED) or {}
+        for warning in warnings:
+            if (shown.get("status"), shown.get("reason"), shown.get("message")) != ("False", *astuple(warning)):
+                logger.warning("LLMService %s: %s", who, warning.message)
+                self._post_event(obj, "Warning", warning.reason, warning.message)
 
     def _post_event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         try:
