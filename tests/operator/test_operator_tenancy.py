@@ -42,6 +42,15 @@ async def test_a_not_allowed_llmservice_gets_no_deployment(kube: Kube) -> None:
         await kube.wait(lambda: kube.get("Deployment", "tiny"), "the Deployment once the image is allowed")
         await kube.wait(lambda: kube.condition("tiny", "Degraded").get("reason") != "NotAllowed", "NotAllowed to clear")
 
+        # Back outside the policy: what runs is left as it was, and nothing is written to it.
+        marker = kube.emulator.request_marker()
+        await kube.patch_llmservice("tiny", {"spec": {"image": "quay.io/someone/inference:2"}})
+        await kube.wait(lambda: kube.condition("tiny", "Degraded").get("reason") == "NotAllowed", "NotAllowed again")
+        await kube.quiet(0.5)
+        assert child_writes(kube, marker) == []
+        container = (kube.get("Deployment", "tiny") or {})["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == "ghcr.io/kubellm/inference:0.1.0"
+
 
 async def test_a_node_port_without_auth_gets_a_warning_event(kube: Kube) -> None:
     kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
