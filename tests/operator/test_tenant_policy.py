@@ -8,11 +8,12 @@ import os
 from typing import Any
 
 import pytest
+from test_operator_policy import observed
 
 from kubellm_operator.api import LLMService, ServiceType
 from kubellm_operator.config import OperatorSettings, SettingsError, load_settings
 from kubellm_operator.policy import PolicyRefusal, PolicyVerdict, PolicyWarning, evaluate, image_allowed
-from kubellm_operator.status import Observed, compute_status, condition
+from kubellm_operator.status import compute_status, condition
 
 
 @pytest.fixture(autouse=True)
@@ -212,19 +213,6 @@ def test_bad_policy_settings_fail_at_start(argv: list[str], said: str) -> None:
     assert said in str(error.value)
 
 
-def observed(**fields: Any) -> Observed:
-    base: dict[str, Any] = {
-        "generation": 2,
-        "desired": 1,
-        "deployment": None,
-        "pods": [],
-        "storage": None,
-        "selector": "s",
-        "endpoint": "e",
-    }
-    return Observed(**(base | fields))
-
-
 @pytest.mark.parametrize(
     ("exposure", "expected"),
     [
@@ -240,7 +228,7 @@ def test_authenticated_condition(exposure: Any, expected: tuple[str, str]) -> No
     status = compute_status(observed(exposure=exposure), None, "T")
     found = condition(status, "Authenticated") or {}
     assert (found["status"], found["reason"]) == expected
-    assert found["observedGeneration"] == 2 and found["lastTransitionTime"] == "T"
+    assert found["observedGeneration"] == 1 and found["lastTransitionTime"] == "T"
 
 
 def test_not_allowed_is_degraded_and_keeps_the_last_allowed_pods_serving() -> None:
