@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes, parse_quantity
 from kubellm_operator.api import ServiceType
-from kubellm_operator.policy import image_allowed
+from kubellm_operator.policy import TenantPolicy, image_allowed
 from kubellm_operator.render import DEFAULT_GPU_INFERENCE_IMAGE, DEFAULT_INFERENCE_IMAGE
 from kubellm_operator.storage import parse_headroom
 
@@ -205,6 +205,16 @@ class OperatorSettings(BaseSettings):
             f"watching {where}; default image {self.inference_image} (GPU: {self.gpu_inference_image}); storage headroom "
             f"{format_bytes(self.headroom_bytes)}; kubelet summaries every {self.summary_refresh_s:g}s; {peering}; "
             f"tenant policy: {self.describe_policy()}"
+        )
+
+    @property
+    def tenant_policy(self) -> TenantPolicy:
+        return TenantPolicy(
+            allowed_image_prefixes=tuple(self.allowed_image_prefixes),
+            allowed_service_types=tuple(self.allowed_service_types),
+            allow_public_without_auth=self.allow_public_without_auth,
+            allow_storage_claims=self.allow_storage_claims,
+            allowed_env_names=tuple(self.allowed_env_names),
         )
 
     def describe_policy(self) -> str:

@@ -14,19 +14,28 @@ Pure: no I/O, no clock; the same spec and settings give the same verdict, so the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
 
-from kubellm_operator.api import LLMService
+from kubellm_operator.api import LLMService, ServiceType
 from kubellm_operator.status import PUBLIC_WITHOUT_AUTH, authentication
-
-if TYPE_CHECKING:
-    from kubellm_operator.config import OperatorSettings
 
 # Where an image reference may continue after an allowed prefix: a path component, a tag or a digest. A prefix
 # that ends inside a name (ghcr.io/kubellm) must not admit its longer neighbours (ghcr.io/kubellm-mirror/x).
 _NAME_BOUNDARIES = "/:@"
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """The operator settings of the policy (``OperatorSettings.tenant_policy``); the defaults allow what an
+    LLMService could always ask."""
+
+    allowed_image_prefixes: tuple[str, ...] = ()  # empty: any image
+    allowed_service_types: tuple[ServiceType, ...] = tuple(ServiceType)
+    allow_public_without_auth: bool = True
+    allow_storage_claims: bool = True
+    allowed_env_names: tuple[str, ...] = ()  # shell patterns; empty: any name
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,7 @@ class PolicyVerdict:
         return "; ".join(refusal.message for refusal in self.refusals)
 
 
-def image_allowed(image: str, prefixes: list[str]) -> bool:
+def image_allowed(image: str, prefixes: Sequence[str]) -> bool:
     """Whether ``image`` starts with one of ``prefixes`` at a name boundary; an empty list allows every image."""
     if not prefixes:
         return True
@@ -73,7 +82,7 @@ def image_allowed(image: str, prefixes: list[str]) -> bool:
     return False
 
 
-def evaluate(service: LLMService, settings: OperatorSettings) -> PolicyVerdict:
+def evaluate(service: LLMService, settings: TenantPolicy) -> PolicyVerdict:
     """The verdict of the operator's tenant policy on one LLMService (see the module docstring)."""
     spec = service.spec
     refusals: list[PolicyRefusal] = []

@@ -729,7 +729,7 @@ class Operator:
         try:
             llms = LLMService.from_object({k: v for k, v in obj.items() if k != "status"})
             # The tenant policy first: a spec it refuses gets no hub request and no Secret read, let alone children.
-            verdict = policy.evaluate(llms, self.settings)
+            verdict = policy.evaluate(llms, self.settings.tenant_policy)
             if verdict.allowed:
                 # The hub model resolved and what the user left unset derived from it, before anything is planned.
                 model_plan = plan_model(

@@ -12,7 +12,14 @@ from test_operator_policy import observed
 
 from kubellm_operator.api import LLMService, ServiceType
 from kubellm_operator.config import OperatorSettings, SettingsError, load_settings
-from kubellm_operator.policy import PolicyRefusal, PolicyVerdict, PolicyWarning, evaluate, image_allowed
+from kubellm_operator.policy import (
+    PolicyRefusal,
+    PolicyVerdict,
+    PolicyWarning,
+    TenantPolicy,
+    evaluate,
+    image_allowed,
+)
 from kubellm_operator.status import compute_status, condition
 
 
@@ -135,7 +142,7 @@ KUBELLM_ONLY = {"allowed_image_prefixes": ["ghcr.io/kubellm/"]}
     ],
 )
 def test_policy_table(spec: dict[str, Any], settings: dict[str, Any], verdict: PolicyVerdict) -> None:
-    assert evaluate(service(**spec), OperatorSettings(**settings)) == verdict
+    assert evaluate(service(**spec), OperatorSettings(**settings).tenant_policy) == verdict
 
 
 def test_every_refusal_of_one_spec_is_named() -> None:
@@ -144,7 +151,9 @@ def test_every_refusal_of_one_spec_is_named() -> None:
         allowed_service_types=[ServiceType.cluster_ip],
         allow_storage_claims=False,
     )
-    verdict = evaluate(service(image="quay.io/x/y", service={"type": "NodePort"}, storage={"claimName": "c"}), settings)
+    verdict = evaluate(
+        service(image="quay.io/x/y", service={"type": "NodePort"}, storage={"claimName": "c"}), settings.tenant_policy
+    )
     assert [(r.field, r.setting) for r in verdict.refusals] == [
         ("spec.image", "--allowed-image-prefixes"),
         ("spec.service.type", "--allowed-service-types"),
@@ -177,6 +186,7 @@ def test_policy_settings_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> 
     assert defaults.allowed_image_prefixes == [] and defaults.allowed_env_names == []
     assert defaults.allowed_service_types == [ServiceType.cluster_ip, ServiceType.node_port, ServiceType.load_balancer]
     assert defaults.allow_public_without_auth and defaults.allow_storage_claims
+    assert defaults.tenant_policy == TenantPolicy()  # the defaults allow what an LLMService could always ask
     monkeypatch.setenv("KUBELLM_OPERATOR_ALLOWED_SERVICE_TYPES", "ClusterIP, NodePort")
     monkeypatch.setenv("KUBELLM_OPERATOR_ALLOW_PUBLIC_WITHOUT_AUTH", "false")
     settings = load_settings(
