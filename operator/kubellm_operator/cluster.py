@@ -124,7 +124,19 @@ class Cluster:
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret (the hub token's); None when absent. Needs get on it (docs/hub.md)."""
-        return self._absent_is_none(lambda: self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+        return self._absent_is_none(
+            lambda: self.core.read_namespaced_secret(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout
+            )
+        )
+
+    def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Deployment or Service as the API holds it (None when absent): read only to name who holds a name
+        kubellm could not create, since the child watches see kubellm's own objects only."""
+        read, _, _ = self._child_calls(kind)
+        return self._absent_is_none(
+            lambda: read(name, namespace, _preload_content=False, _request_timeout=self.timeout)
+        )
 
     def node_names(self) -> list[str]:
         listing = _loads(self.core.list_node(_preload_content=False, _request_timeout=self.timeout))
@@ -139,6 +151,20 @@ class Cluster:
 
     # Writes -----------------------------------------------------------------------------------------------
 
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create a child as field manager ``kubellm``; 409 AlreadyExists when the name is taken (never applied
+        over: an object kubellm did not create is not kubellm's to change)."""
+        _, _, create = self._child_calls(obj["kind"])
+        return _loads(
+            create(
+                obj["metadata"]["namespace"],
+                obj,
+                field_manager=FIELD_MANAGER,
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+        )
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply as field manager ``kubellm``, forcing conflicts (kubellm owns these fields)."""
         kind = obj["kind"]
@@ -151,13 +177,13 @@ class Cluster:
             "_preload_content": False,
             "_request_timeout": self.timeout,
         }
-        _, patch = self._child_calls(kind)
+        _, patch, _ = self._child_calls(kind)
         return _loads(patch(name, namespace, obj, **options))
 
     def replace_fields(self, kind: str, namespace: str, name: str, operations: list[dict[str, Any]]) -> dict[str, Any]:
         """A JSON patch (RFC 6902) of a child as field manager ``kubellm``: lists someone else merged into are
         replaced whole, which server-side apply cannot do for items another manager owns."""
-        _, patch = self._child_calls(kind)
+        _, patch, _ = self._child_calls(kind)
         return _loads(
             patch(
                 name,
@@ -219,12 +245,14 @@ class Cluster:
             _request_timeout=self.timeout,
         )
 
-    def _child_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        """The read and patch calls of a child kind."""
+    def _child_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        """The read, patch and create calls of a child kind."""
         if kind == "Deployment":
-            return self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment
+            apps = self.apps
+            return apps.read_namespaced_deployment, apps.patch_namespaced_deployment, apps.create_namespaced_deployment
         if kind == "Service":
-            return self.core.read_namespaced_service, self.core.patch_namespaced_service
+            core = self.core
+            return core.read_namespaced_service, core.patch_namespaced_service, core.create_namespaced_service
         raise ValueError(f"kubellm does not manage {kind} objects")
 
     @staticmethod

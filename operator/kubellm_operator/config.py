@@ -70,6 +70,19 @@ class OperatorSettings(BaseSettings):
         description="Hub for LLMServices that name none in spec.model.hub.endpoint (a mirror or proxy); "
         "default https://huggingface.co.",
     )
+    hub_deadline_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Wall-clock deadline of one hub resolution (token read, model info, config.json), run in the "
+        "background; past it the LLMService shows Degraded/HubUnreachable.",
+    )
+    loadz_deadline_s: float = Field(
+        2.0, gt=0, le=60, description="Wall-clock deadline of one read of a loading pod's /loadz (in the background)."
+    )
+    fetch_workers: int = Field(
+        4, ge=1, le=64, description="Threads that run hub resolutions and /loadz reads (one per LLMService at a time)."
+    )
     download_bandwidth: str = Field(
         "50Mi", description="Assumed download bandwidth per second (a quantity), for derived startup budgets."
     )

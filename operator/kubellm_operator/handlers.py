@@ -29,9 +29,11 @@ from kubernetes.client.exceptions import ApiException
 
 from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.cluster import connection_info
-from kubellm_operator.reconcile import Key, Operator, pod_use
+from kubellm_operator.reconcile import Operator
 from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_operator.storage import NodeFacts, node_facts
+from kubellm_operator.views import pod_use
+from kubellm_operator.workqueue import Key
 
 logger = logging.getLogger("kubellm.operator")
 

@@ -80,6 +80,7 @@ def background(op: Operator) -> Iterator[None]:
     finally:
         stop.set()
         op.queue.close()
+        op.fetchers.close()
         for thread in threads:
             thread.join(timeout=10)
 

@@ -25,7 +25,6 @@ UNCHANGED = "unchanged"  # nothing to write
 INVALID = "invalid"  # the spec can never work (InvalidSpec)
 WAITING = "waiting"  # held for the world to change (storage.enforce)
 REFUSED = "refused"  # the API refused a child; the status says why
-NOT_ALLOWED = "not_allowed"  # the operator's tenant policy refused the spec (NotAllowed); nothing written
 ERROR = "error"  # an API error; Kopf retries
 
 

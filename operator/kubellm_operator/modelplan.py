@@ -1,5 +1,6 @@
 """The model step of a reconcile: resolve a hub model, derive what the user left unset, and read the pods'
-model failures back; the reconcile calls :func:`plan_model` once per pass and gets one :class:`ModelPlan`.
+model failures back. The hub is asked in the background (``fetchers.py``: :func:`resolve_hub`); the plan calls
+:func:`model_plan` with what the fetcher holds and gets one :class:`ModelPlan`.
 
 A hub that refuses the model (not found, gated without a token, token rejected, no weights) holds the rollout:
 pods would only crash-loop on the same answer. A hub the operator cannot reach does not: the pods may have a
@@ -8,15 +9,20 @@ route the operator lacks (a node-local proxy), and their own termination message
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from kubellm.modelfiles import HubFailure, failure_reason
 from kubellm.quantity import format_bytes
 from kubellm_operator.api import LLMService, LoadingStatus, ModelStatus, SecretKeyRef
-from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT, ModelResolver, is_hub_id
+from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT, ModelResolver, Resolution, is_hub_id
 from kubellm_operator.sizing import Derived, effective_llmservice
+
+log = logging.getLogger("kubellm.operator")
 
 # Failures that no pod can get past; an unreachable hub is not one of them (see the module docstring).
 HOLDING_FAILURES = frozenset(
@@ -30,6 +36,8 @@ HOLDING_FAILURES = frozenset(
 )
 HOLD_RETRY_S = 60.0  # a Secret created or a repo made public later is noticed on this retry
 
+MAX_TOKEN_BYTES = 4096  # hub tokens are ~40 characters; anything larger is not one (and goes into an HTTP header)
+
 TokenReader = Callable[[SecretKeyRef], str | None]
 
 
@@ -38,38 +46,70 @@ class TokenUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class HubRequest:
+    """What resolving one LLMService's hub model takes: the model, the hub, and the token Secret (if any)."""
+
+    namespace: str
+    model: str
+    revision: str | None
+    endpoint: str
+    token_secret: tuple[str, str] | None = None  # (Secret name, key)
+
+
+@dataclass(frozen=True)
+class HubAnswer:
+    """What a background fetch got for a :class:`HubRequest` (``fetchers.py``)."""
+
+    resolution: Resolution
+    token_problem: str | None = None  # why the token Secret could not be used (the hub was asked without it)
+
+
+@dataclass(frozen=True)
 class ModelPlan:
     llms: LLMService  # with the derived values filled in
     derived: list[Derived] = field(default_factory=list)
     status: ModelStatus | None = None
     hold: tuple[HubFailure, str] | None = None  # a hub refusal: no rollout
+    pending: str | None = None  # the first resolution is still under way: no rollout yet
 
 
-def plan_model(
-    llms: LLMService,
-    resolver: ModelResolver,
-    *,
-    default_endpoint: str | None,
-    bandwidth: int,
-    read_token: TokenReader,
+def hub_endpoint(llms: LLMService, default_endpoint: str | None) -> str:
+    model = llms.spec.model
+    endpoint = (model.hub.endpoint if model.hub and model.hub.endpoint else None) or default_endpoint
+    return (endpoint or DEFAULT_HUB_ENDPOINT).rstrip("/")
+
+
+def hub_request(llms: LLMService, default_endpoint: str | None) -> HubRequest | None:
+    """The hub resolution the LLMService needs, or None when its model is not on a hub."""
+    model = llms.spec.model
+    if not is_hub_id(model.name):
+        return None
+    ref = model.hub_token_secret_ref
+    return HubRequest(
+        namespace=llms.metadata.namespace or "default",
+        model=model.name,
+        revision=model.revision,
+        endpoint=hub_endpoint(llms, default_endpoint),
+        token_secret=(ref.name, ref.key) if ref is not None else None,
+    )
+
+
+def model_plan(
+    llms: LLMService, answer: HubAnswer | None, *, default_endpoint: str | None, bandwidth: int, pending: str = ""
 ) -> ModelPlan:
+    """The model step from what the hub answered (None: no answer yet, ``pending`` says why). Pure."""
     model = llms.spec.model
     if not is_hub_id(model.name):
         return ModelPlan(llms)
-    endpoint = (model.hub.endpoint if model.hub and model.hub.endpoint else None) or default_endpoint
-    endpoint = (endpoint or DEFAULT_HUB_ENDPOINT).rstrip("/")
-    token: str | None = None
-    token_problem: str | None = None
-    if model.hub_token_secret_ref is not None:
-        try:
-            token = read_token(model.hub_token_secret_ref)
-        except TokenUnavailable as error:
-            token_problem = str(error)
-    resolution = resolver.resolve(model.name, model.revision, endpoint=endpoint, token=token)
+    endpoint = hub_endpoint(llms, default_endpoint)
+    if answer is None:
+        status = ModelStatus(name=model.name, endpoint=endpoint, revision=model.revision)
+        return ModelPlan(llms, [], status, pending=pending or f"resolving {model.name} on {endpoint}")
+    resolution = answer.resolution
     if resolution.model is None:
         message = resolution.message or "unknown"
-        if token_problem is not None:
-            message = f"{message} ({token_problem})"
+        if answer.token_problem is not None:
+            message = f"{message} ({answer.token_problem})"
         status = ModelStatus(name=model.name, endpoint=endpoint, revision=model.revision, error=message)
         effective, derived = effective_llmservice(llms, None, default_endpoint=default_endpoint, bandwidth=bandwidth)
         failure = resolution.failure or HubFailure.HubUnreachable
@@ -91,28 +131,76 @@ def plan_model(
     return ModelPlan(effective, derived, status)
 
 
+def resolve_hub(request: HubRequest, resolver: ModelResolver, read_token: TokenReader) -> HubAnswer:
+    """Read the token (if any) and ask the hub: the blocking part, run by a background fetcher (or by
+    ``kubellm render --resolve``), never on a pass."""
+    token: str | None = None
+    token_problem: str | None = None
+    if request.token_secret is not None:
+        name, key = request.token_secret
+        try:
+            token = read_token(SecretKeyRef(name=name, key=key))
+        except TokenUnavailable as error:
+            token_problem = str(error)
+    resolution = resolver.resolve(request.model, request.revision, endpoint=request.endpoint, token=token)
+    return HubAnswer(resolution, token_problem)
+
+
+def plan_model(
+    llms: LLMService,
+    resolver: ModelResolver,
+    *,
+    default_endpoint: str | None,
+    bandwidth: int,
+    read_token: TokenReader,
+) -> ModelPlan:
+    """The model step with the hub asked now (``kubellm render --resolve``; the operator asks in the background)."""
+    request = hub_request(llms, default_endpoint)
+    answer = resolve_hub(request, resolver, read_token) if request is not None else None
+    return model_plan(llms, answer, default_endpoint=default_endpoint, bandwidth=bandwidth)
+
+
 def secret_token_reader(read_secret: Callable[[str, str], Mapping[str, Any] | None], namespace: str) -> TokenReader:
     """A TokenReader over ``read_secret(namespace, name)`` (the Secret object, None when absent)."""
     import base64
+    import binascii
 
     from kubernetes.client.exceptions import ApiException
 
     def read(ref: SecretKeyRef) -> str | None:
+        where = f"Secret {namespace}/{ref.name}"
         try:
             secret = read_secret(namespace, ref.name)
         except ApiException as error:
             if error.status == 403:
                 raise TokenUnavailable(
-                    f"the operator may not read Secret {namespace}/{ref.name}: grant its ServiceAccount get on "
+                    f"the operator may not read {where}: grant its ServiceAccount get on "
                     f"that Secret (a Role with resourceNames: [{ref.name}], see docs/hub.md)"
                 ) from error
-            raise
+            raise TokenUnavailable(f"cannot read {where}: {error.status} {error.reason}") from error
         if secret is None:
-            raise TokenUnavailable(f"Secret {namespace}/{ref.name} does not exist")
+            raise TokenUnavailable(f"{where} does not exist")
         data = secret.get("data") or {}
-        if ref.key not in data:
-            raise TokenUnavailable(f"Secret {namespace}/{ref.name} has no key {ref.key}")
-        return base64.b64decode(data[ref.key]).decode().strip()
+        if not isinstance(data, Mapping) or ref.key not in data:
+            raise TokenUnavailable(f"{where} has no key {ref.key}")
+        value = data[ref.key]
+        try:
+            raw = base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            raise TokenUnavailable(f"{where} key {ref.key} is not valid base64") from None
+        if len(raw) > MAX_TOKEN_BYTES:
+            raise TokenUnavailable(
+                f"{where} key {ref.key} holds {len(raw)} bytes; a hub token is at most {MAX_TOKEN_BYTES}"
+            )
+        try:
+            token = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise TokenUnavailable(f"{where} key {ref.key} is not UTF-8 text; a hub token is") from None
+        if not token or not token.isprintable():
+            raise TokenUnavailable(
+                f"{where} key {ref.key} is empty or holds control characters; a hub token is one printable line"
+            )
+        return token
 
     return read
 
@@ -169,10 +257,48 @@ def fetch_loadz(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return None
     try:
         with urllib.request.urlopen(f"http://{address}{LOADZ_PATH}", timeout=LOADZ_TIMEOUT_S) as response:
-            answer = json.load(response)
+            answer = json.loads(response.read(LOADZ_MAX_BYTES + 1)[:LOADZ_MAX_BYTES])
     except (OSError, ValueError):
         return None
     return answer if isinstance(answer, dict) else None
+
+
+LOADZ_MAX_BYTES = 64 * 1024
+_MAX_BYTES = 2**53  # past any model's size; keeps figures exact in JSON
+LINE_MAX_CHARS = 200
+
+
+class LoadzAnswer(BaseModel):
+    """What the operator keeps of a pod's ``/loadz`` answer: a pod is untrusted, so every field is bounded and
+    anything else is dropped."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    phase: str | None = Field(None, max_length=32, pattern=r"^[a-z][a-z _-]*$")
+    bytes_done: int | None = Field(None, alias="bytesDone", ge=0, le=_MAX_BYTES, strict=True)
+    bytes_total: int | None = Field(None, alias="bytesTotal", ge=0, le=_MAX_BYTES, strict=True)
+    bytes_per_second: float | None = Field(None, alias="bytesPerSecond", ge=0, le=_MAX_BYTES, allow_inf_nan=False)
+    line: str | None = None
+
+    @field_validator("line", mode="before")
+    @classmethod
+    def _short_line(cls, value: Any) -> Any:
+        # Shown in the status and in kubectl: one line, cut to a length a column can hold.
+        if isinstance(value, str):
+            return " ".join(value.split())[:LINE_MAX_CHARS]
+        return value
+
+
+def parse_loadz(answer: Any, where: str = "a pod") -> LoadzAnswer | None:
+    """The bounded answer, or None (with one log line) when the pod answered something else."""
+    if answer is None:
+        return None
+    try:
+        return LoadzAnswer.model_validate(answer)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}" for e in error.errors())
+        log.info("ignoring the /loadz answer of %s: %s", where, problems[:300])
+        return None
 
 
 def pods_loading(pods: Sequence[Mapping[str, Any]]) -> bool:
@@ -188,26 +314,33 @@ def _loading(pod: Mapping[str, Any]) -> bool:
 
 
 def loading_status(
-    pods: Sequence[Mapping[str, Any]], fetch: Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+    pods: Sequence[Mapping[str, Any]], fetch: Callable[[Mapping[str, Any]], LoadzAnswer | Mapping[str, Any] | None]
 ) -> LoadingStatus | None:
     """The progress of the least advanced pod still loading, as one status and one line for kubectl."""
-    answers = [a for a in (fetch(pod) for pod in pods if _loading(pod)) if a and a.get("phase") not in ("ready",)]
+    answers: list[LoadzAnswer] = []
+    for pod in pods:
+        if not _loading(pod):
+            continue
+        got = fetch(pod)
+        answer = got if isinstance(got, LoadzAnswer) else parse_loadz(got, str((pod.get("metadata") or {}).get("name")))
+        if answer is not None and answer.phase != "ready":
+            answers.append(answer)
     if not answers:
         return None
 
-    def done(answer: Mapping[str, Any]) -> float:
-        total = answer.get("bytesTotal") or 0
-        return (answer.get("bytesDone") or 0) / total if total else 0.0
+    def done(answer: LoadzAnswer) -> float:
+        total = answer.bytes_total or 0
+        return (answer.bytes_done or 0) / total if total else 0.0
 
     slowest = min(answers, key=done)
-    line = str(slowest.get("line") or slowest.get("phase") or "")
+    line = str(slowest.line or slowest.phase or "")
     message = line[:1].upper() + line[1:]
     if len(answers) > 1:
         message += f" ({len(answers)} pods loading)"
     return LoadingStatus(
-        phase=str(slowest.get("phase")),
-        bytes_done=slowest.get("bytesDone"),
-        bytes_total=slowest.get("bytesTotal"),
-        bytes_per_second=slowest.get("bytesPerSecond"),
+        phase=slowest.phase,
+        bytes_done=slowest.bytes_done,
+        bytes_total=slowest.bytes_total,
+        bytes_per_second=slowest.bytes_per_second,
         message=message,
     )

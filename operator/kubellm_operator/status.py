@@ -13,6 +13,7 @@ The ``Ready`` condition's reason is the one a user needs first (the CRD's Reason
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Mapping, Sequence
@@ -85,8 +86,12 @@ CHILD_REJECTED = "ChildRejected"  # 400/422: the apiserver or an admission webho
 FORBIDDEN = "Forbidden"  # 403: RBAC or an admission policy
 QUOTA_EXCEEDED = "QuotaExceeded"  # 403 "exceeded quota": a ResourceQuota
 API_REFUSED = "ApiRefused"  # any other 4xx
+NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object this LLMService does not control
 PODS_REJECTED = "PodsRejected"  # the ReplicaSet cannot create pods (ReplicaFailure: admission, LimitRange, ...)
-REFUSAL_REASONS = frozenset({CHILD_REJECTED, FORBIDDEN, QUOTA_EXCEEDED, API_REFUSED, PODS_REJECTED, NOT_ALLOWED})
+REFUSAL_REASONS = frozenset(
+    {CHILD_REJECTED, FORBIDDEN, QUOTA_EXCEEDED, API_REFUSED, PODS_REJECTED, NAME_CONFLICT, NOT_ALLOWED}
+)
+MODEL_RESOLVING = "ModelResolving"  # the hub model's first resolution is under way (in the background)
 
 # Pod problems, most telling first: when pods fail in different ways, the first one names the LLMService's.
 PROBLEM_PRIORITY = (
@@ -288,6 +293,8 @@ class Observed:
     now: datetime.datetime | None = None
     model: ModelStatus | None = None  # the resolved hub model (kubellm_operator.modelplan)
     model_hold: tuple[str, str] | None = None  # (reason, message): the hub refused the model, no rollout
+    model_pending: str | None = None  # the first resolution of the hub model is under way: no rollout yet
+    model_problem: tuple[str, str] | None = None  # (reason, message): the hub did not answer; the rollout goes on
     loading: LoadingStatus | None = None  # the not-ready pods' download and load progress
     not_allowed: str | None = None  # why the operator's tenant policy refuses the spec (nothing is applied)
     exposure: tuple[ServiceType, bool] | None = None  # spec.service.type and whether spec.auth is set
@@ -322,6 +329,9 @@ def _verdict(seen: Observed, counts: Mapping[str, int]) -> _Verdict:
     if seen.model_hold is not None:
         held_model = (_F, *seen.model_hold)
         return _Verdict(Phase.degraded, held_model, held_model, (_T, *seen.model_hold))
+    if seen.model_pending is not None:
+        waiting = (_F, MODEL_RESOLVING, seen.model_pending)
+        return _Verdict(Phase.pending, waiting, (_T, MODEL_RESOLVING, seen.model_pending), healthy)
     if seen.held_for_storage:
         message = "replicas held at 0 by storage.enforce: " + (seen.storage.message if seen.storage else "")
         held = (_F, INSUFFICIENT_STORAGE, message)
@@ -490,6 +500,9 @@ def compute_status(seen: Observed, previous: Mapping[str, Any] | None, now: str)
         "replicas": int(deployment_status.get("replicas") or 0),
     }
     verdict = _verdict(seen, counts)
+    if seen.model_problem is not None and verdict.degraded[0] != _T:
+        # The operator cannot reach the hub: the pods may (a node-local proxy), so the rollout goes on, but say it.
+        verdict = dataclasses.replace(verdict, degraded=(_T, *seen.model_problem))
     old = _previous_conditions(previous)
     conditions = []
     for kind, (state, reason, message) in (

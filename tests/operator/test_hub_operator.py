@@ -51,8 +51,13 @@ async def test_a_hub_model_is_resolved_pinned_and_sized_before_rollout(kube: Kub
         body["spec"].pop("storage")  # nothing about sizes: all from the hub
         await kube.create(body)
         deployment = await kube.wait(lambda: kube.get("Deployment", "hubby"), "the Deployment")
+        # The model shows in the status while it resolves (in the background), and its commit once resolved.
         status = await kube.wait(
-            lambda: (kube.get("LLMService", "hubby") or {}).get("status", {}).get("model"), "model"
+            lambda: (
+                ((kube.get("LLMService", "hubby") or {}).get("status", {}).get("model") or {}).get("commit")
+                and kube.get("LLMService", "hubby")["status"]["model"]
+            ),
+            "model",
         )
         commit = status["commit"]
         assert len(commit) == 40 and status["bytes"] > 200_000 and status["dtype"] == "F32"

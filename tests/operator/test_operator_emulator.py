@@ -11,7 +11,7 @@ import pytest
 from operator_support import Kube, llmservice, operator_running
 
 from kubellm_operator.api import LLMService
-from kubellm_operator.reconcile import is_applied, with_applied_hash
+from kubellm_operator.children import is_applied, with_applied_hash
 from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE, render
 from kubellm_operator.storage import BASIS_SUMMARY
 
@@ -252,8 +252,9 @@ async def test_restart_converges_without_duplicates_or_writes(kube: Kube) -> Non
 async def test_injected_conflicts_and_server_errors_are_retried(kube: Kube) -> None:
     kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
     faults = kube.emulator.faults
-    faults.fail("/apis/apps/v1/namespaces/default/deployments/tiny", method="PATCH", times=2, status=500)
-    faults.fail("/api/v1/namespaces/default/services/tiny", method="PATCH", times=1, status=409)
+    # Children are created with POST (a 409 there means the name is taken: read, found absent, retried).
+    faults.fail("/apis/apps/v1/namespaces/default/deployments", method="POST", times=2, status=500)
+    faults.fail("/api/v1/namespaces/default/services", method="POST", times=1, status=409)
     faults.fail(
         "/apis/kubellm.dev/v1alpha1/namespaces/default/llmservices/tiny/status", method="PATCH", times=2, status=409
     )

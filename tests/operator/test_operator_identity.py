@@ -23,7 +23,7 @@ async def test_the_operator_converges_as_its_service_account(kube: Kube) -> None
         await kube.wait(lambda: kube.get("Deployment", "tiny") and kube.get("Service", "tiny"), "the children")
     requests = kube.emulator.requests(since=marker)
     operator_writes = {(r.method, r.path) for r in requests if r.user == OPERATOR_USER and r.is_write}
-    assert ("PATCH", "/apis/apps/v1/namespaces/default/deployments/tiny") in operator_writes
+    assert ("POST", "/apis/apps/v1/namespaces/default/deployments") in operator_writes  # created, never applied over
     assert ("PATCH", "/apis/kubellm.dev/v1alpha1/namespaces/default/llmservices/tiny/status") in operator_writes
     admin_writes = {(r.method, r.path) for r in requests if r.user != OPERATOR_USER and r.is_write}
     assert admin_writes == {("POST", "/apis/kubellm.dev/v1alpha1/namespaces/default/llmservices")}  # the test's

@@ -12,9 +12,11 @@ from kubernetes.client.exceptions import ApiException
 
 from kubellm.quantity import format_bytes
 from kubellm_operator.api import GIB, LLMServiceSpec
-from kubellm_operator.reconcile import RetryPolicy, list_repairs, refusal
+from kubellm_operator.children import list_repairs
+from kubellm_operator.execute import refusal
 from kubellm_operator.status import Observed, compute_status, condition
 from kubellm_operator.storage import NodeFacts, check_storage, pod_ephemeral_request
+from kubellm_operator.workqueue import RetryPolicy
 
 KEY = ("default", "tiny")
 

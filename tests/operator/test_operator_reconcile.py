@@ -8,16 +8,11 @@ from typing import Any
 import pytest
 
 from kubellm_operator.api import GIB, LLMService
-from kubellm_operator.reconcile import (
-    APPLIED_HASH_ANNOTATION,
-    NodeBook,
-    WatchView,
-    WorkQueue,
-    is_applied,
-    with_applied_hash,
-)
+from kubellm_operator.children import APPLIED_HASH_ANNOTATION, is_applied, with_applied_hash
 from kubellm_operator.render import render
 from kubellm_operator.storage import NodeFacts
+from kubellm_operator.views import NodeBook, WatchView
+from kubellm_operator.workqueue import WorkQueue
 
 DESIRED = {
     "metadata": {"name": "tiny", "labels": {"a": "1"}},

@@ -93,8 +93,8 @@ async def test_a_refused_child_is_degraded_with_the_apiservers_message_and_not_r
 
 async def test_a_forbidden_write_is_retried_with_backoff_and_reported(kube: Kube) -> None:
     kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
-    path = "/apis/apps/v1/namespaces/default/deployments/tiny"
-    fault = kube.emulator.faults.fail(path, method="PATCH", times=3, status=403, message="exceeded quota: q")
+    path = "/apis/apps/v1/namespaces/default/deployments"  # the create
+    fault = kube.emulator.faults.fail(path, method="POST", times=3, status=403, message="exceeded quota: q")
     async with operator_running(kube, retry_max_s=1):
         await kube.create(llmservice())
         await kube.wait(
