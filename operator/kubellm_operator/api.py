@@ -727,10 +727,11 @@ class LLMServiceSpec(_Model):
             )
         return RolloutStrategy.surge, "automatic: no GPU and no claim, so one extra pod keeps every replica serving"
 
-    def problems(self) -> list[str]:
-        """Constraints the schema accepts but that can never work; the operator reports them as InvalidSpec."""
+    def problems(self, plan: StoragePlan | None = None) -> list[str]:
+        """Constraints the schema accepts but that can never work; the operator reports them as InvalidSpec
+        (``plan``: the storage plan, when the caller has it)."""
         found: list[str] = []
-        plan = self.storage_plan()
+        plan = plan or self.storage_plan()
         if self.model.size_hint is not None:
             size = parse_quantity(self.model.size_hint)
             if plan.cache_size is not None and plan.cache_size < size:

@@ -132,11 +132,19 @@ class Cluster:
 
     def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A Deployment or Service as the API holds it (None when absent): read only to name who holds a name
-        kubellm could not create, since the child watches see kubellm's own objects only."""
-        read, _, _ = self._child_calls(kind)
-        return self._absent_is_none(
-            lambda: read(name, namespace, _preload_content=False, _request_timeout=self.timeout)
+        kubellm could not create, since the child watches see kubellm's own objects only. A list by name (one
+        item at most), so the operator needs no get on every Deployment and Service of the cluster."""
+        listing = _loads(
+            self._child_list(kind)(
+                namespace,
+                field_selector=f"metadata.name={name}",
+                limit=1,
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
         )
+        items = listing.get("items") or []
+        return dict(items[0]) if items else None
 
     def node_names(self) -> list[str]:
         listing = _loads(self.core.list_node(_preload_content=False, _request_timeout=self.timeout))
@@ -253,6 +261,13 @@ class Cluster:
         if kind == "Service":
             core = self.core
             return core.read_namespaced_service, core.patch_namespaced_service, core.create_namespaced_service
+        raise ValueError(f"kubellm does not manage {kind} objects")
+
+    def _child_list(self, kind: str) -> Callable[..., Any]:
+        if kind == "Deployment":
+            return self.apps.list_namespaced_deployment
+        if kind == "Service":
+            return self.core.list_namespaced_service
         raise ValueError(f"kubellm does not manage {kind} objects")
 
     @staticmethod

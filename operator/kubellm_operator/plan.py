@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from kubellm.quantity import format_bytes
 from kubellm_operator import policy, render
-from kubellm_operator.api import LLMService, LLMServiceSpec, LoadingStatus
+from kubellm_operator.api import LLMService, LLMServiceSpec, LoadingStatus, StoragePlan
 from kubellm_operator.children import (
     ChildPlan,
     Refusal,
@@ -127,6 +127,7 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
     invalid: str | None = None
     fetches: list[Request] = []
     verdict = policy.PolicyVerdict()
+    storage_plan: StoragePlan | None = None
     try:
         llms = LLMService.from_object({k: v for k, v in obj.items() if k != "status"})
         # The tenant policy first: a spec outside it gets no hub request and no Secret read, let alone children.
@@ -138,7 +139,8 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
             model, wanted = _model_step(llms, observation)
             fetches += wanted
             llms = model.llms
-            problems = llms.spec.problems()
+            storage_plan = llms.spec.storage_plan()  # the one computation of it in a pass
+            problems = llms.spec.problems(storage_plan)
         invalid = "; ".join(problems) if problems else None
     except ValidationError as exc:
         invalid = describe_validation(exc)
@@ -149,9 +151,9 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
         # until then, what the last pass wrote stands (no write, no status flapping through Pending).
         return Plan(status=previous, fetches=tuple(fetches), model_pending=True)
 
-    storage = (
-        check_storage(llms.spec, observation.nodes, config.headroom_bytes, f"{namespace}/{name}") if llms else None
-    )
+    owner = f"{namespace}/{name}"
+    storage = check_storage(llms.spec, observation.nodes, config.headroom_bytes, owner, storage_plan) if llms else None
+    rollout = llms.spec.effective_rollout() if llms is not None and invalid is None else None
     basis = (llms.spec, storage_view(storage)) if llms is not None and storage is not None else None
     enforced = llms is not None and llms.spec.storage.enforce
     # storage.enforce holds the replicas at 0 only when the check knows some nodes and none fits.
@@ -168,6 +170,8 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
             image_default=config.inference_image,
             gpu_image_default=config.gpu_inference_image,
             replicas=0 if held is not None else None,
+            storage=storage_plan,
+            rollout=rollout,
         )
         owner_uid = metadata.get("uid")
         stamped = [with_applied_hash(_adopt(child, obj)) for child in rendered]
@@ -215,7 +219,7 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
         held_for_storage=held is not None,
         invalid=invalid,
         refusals=tuple((r.reason, r.message) for r in refusals),
-        rollout=llms.spec.effective_rollout() if llms is not None and invalid is None else None,
+        rollout=rollout,
         startup_budget_seconds=llms.spec.probes.startup.budget_seconds if llms is not None else None,
         now=now,
         model=model.status if model is not None else None,

@@ -23,7 +23,7 @@ from kubellm.contract import (
     env_name,
 )
 from kubellm.quantity import to_quantity
-from kubellm_operator.api import GROUP, LivenessMode, LLMService, RolloutStrategy, SecretKeyRef
+from kubellm_operator.api import GROUP, LivenessMode, LLMService, RolloutStrategy, SecretKeyRef, StoragePlan
 
 # The operator's default inference image (its settings reuse this), and `kubellm render`'s default --image.
 DEFAULT_INFERENCE_IMAGE = "ghcr.io/kubellm/inference:0.1.0"
@@ -158,9 +158,8 @@ def _probes(llms: LLMService) -> dict[str, Any]:
     }
 
 
-def _resources(llms: LLMService) -> dict[str, Any]:
+def _resources(llms: LLMService, plan: StoragePlan) -> dict[str, Any]:
     spec = llms.spec
-    plan = spec.storage_plan()
     requests = {k: v for k, v in spec.resources.requests.as_dict().items() if k != "nvidia.com/gpu"}
     limits = {k: v for k, v in spec.resources.limits.as_dict().items() if k != "nvidia.com/gpu"}
     requests["ephemeral-storage"] = to_quantity(plan.request)
@@ -172,9 +171,8 @@ def _resources(llms: LLMService) -> dict[str, Any]:
     return {"requests": dict(sorted(requests.items())), "limits": dict(sorted(limits.items()))}
 
 
-def _volumes(llms: LLMService) -> list[dict[str, Any]]:
+def _volumes(llms: LLMService, plan: StoragePlan) -> list[dict[str, Any]]:
     storage = llms.spec.storage
-    plan = llms.spec.storage_plan()
     cache: dict[str, Any] = {"name": CACHE_VOLUME}
     if storage.claim_name is not None:
         cache["persistentVolumeClaim"] = {"claimName": storage.claim_name}
@@ -184,7 +182,7 @@ def _volumes(llms: LLMService) -> list[dict[str, Any]]:
     return [cache, {"name": TMP_VOLUME, "emptyDir": {}}]
 
 
-def _container(llms: LLMService, image: str) -> dict[str, Any]:
+def _container(llms: LLMService, image: str, plan: StoragePlan) -> dict[str, Any]:
     spec = llms.spec
     container: dict[str, Any] = {"name": CONTAINER_NAME, "image": image}
     if spec.image_pull_policy is not None:
@@ -193,7 +191,7 @@ def _container(llms: LLMService, image: str) -> dict[str, Any]:
         "command": list(SERVE_COMMAND),
         "ports": [{"name": PORT_NAME, "containerPort": spec.service.port, "protocol": "TCP"}],
         "env": _env(llms),
-        "resources": _resources(llms),
+        "resources": _resources(llms, plan),
         **_probes(llms),
         "volumeMounts": [
             {"name": CACHE_VOLUME, "mountPath": DEFAULT_CACHE_DIR},
@@ -229,9 +227,9 @@ def progress_deadline_seconds(llms: LLMService) -> int:
     return budget + startup.timeout_seconds + PROGRESS_DEADLINE_MARGIN_SECONDS
 
 
-def deployment_strategy(llms: LLMService) -> dict[str, Any]:
+def deployment_strategy(llms: LLMService, rollout: tuple[RolloutStrategy, str] | None = None) -> dict[str, Any]:
     """The Deployment strategy for the rollout strategy in effect (see LLMServiceSpec.effective_rollout)."""
-    strategy, _ = llms.spec.effective_rollout()
+    strategy, _ = rollout or llms.spec.effective_rollout()
     if strategy == RolloutStrategy.recreate:
         return {"type": "Recreate"}
     if strategy == RolloutStrategy.no_surge:
@@ -246,9 +244,13 @@ def render_deployment(
     image_default: str,
     gpu_image_default: str = DEFAULT_GPU_INFERENCE_IMAGE,
     replicas: int | None = None,
+    storage: StoragePlan | None = None,
+    rollout: tuple[RolloutStrategy, str] | None = None,
 ) -> dict[str, Any]:
-    """The Deployment; `replicas` overrides spec.replicas (the operator holds it at 0 when storage is enforced)."""
+    """The Deployment; `replicas` overrides spec.replicas (the operator holds it at 0 when storage is enforced);
+    `storage` and `rollout` are the storage plan and rollout strategy in effect, when the caller computed them."""
     spec = llms.spec
+    storage = storage or spec.storage_plan()
     name = llms.metadata.name
     image = image_for(llms, image_default=image_default, gpu_image_default=gpu_image_default)
     pod_spec: dict[str, Any] = {
@@ -263,8 +265,8 @@ def render_deployment(
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(llms, image)],
-        "volumes": _volumes(llms),
+        "containers": [_container(llms, image, storage)],
+        "volumes": _volumes(llms, storage),
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(spec.node_selector.items()))
@@ -283,7 +285,7 @@ def render_deployment(
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": progress_deadline_seconds(llms),
             "selector": {"matchLabels": selector_labels(name)},
-            "strategy": deployment_strategy(llms),
+            "strategy": deployment_strategy(llms, rollout),
             "template": {
                 "metadata": {
                     "labels": child_labels(name),
@@ -322,9 +324,16 @@ def render(
     image_default: str,
     gpu_image_default: str = DEFAULT_GPU_INFERENCE_IMAGE,
     replicas: int | None = None,
+    storage: StoragePlan | None = None,
+    rollout: tuple[RolloutStrategy, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every child of `llms`, in apply order: the Deployment, then the Service."""
     deployment = render_deployment(
-        llms, image_default=image_default, gpu_image_default=gpu_image_default, replicas=replicas
+        llms,
+        image_default=image_default,
+        gpu_image_default=gpu_image_default,
+        replicas=replicas,
+        storage=storage,
+        rollout=rollout,
     )
     return [deployment, render_service(llms)]

@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,11 +126,14 @@ def resolve_model(
 
 
 class ModelResolver:
-    """Resolutions cached by (model, revision, hub, token digest); thread-safe (reconciles run on workers)."""
+    """Resolutions cached by (model, revision, hub, token digest), at most ``max_entries`` of them (the least
+    recently used go first: tenants choose models and hubs, so the cache must not grow with what they ask);
+    thread-safe (resolutions run on the background fetchers)."""
 
-    def __init__(self, *, timeout_s: float = 20.0) -> None:
+    def __init__(self, *, timeout_s: float = 20.0, max_entries: int = 1024) -> None:
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str | None, str, str], tuple[Resolution, float]] = {}
+        self._cache: OrderedDict[tuple[str, str | None, str, str], tuple[Resolution, float]] = OrderedDict()
+        self.max_entries = max_entries
         self.timeout_s = timeout_s
         self.resolutions = 0  # how many times the hub was asked (for tests and metrics)
 
@@ -139,6 +143,8 @@ class ModelResolver:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
         if cached is not None:
             resolution, at = cached
             pinned = revision is not None and resolution.model is not None and resolution.model.commit == revision
@@ -148,6 +154,9 @@ class ModelResolver:
         resolution = resolve_model(name, revision, endpoint=endpoint, token=token, timeout_s=self.timeout_s)
         with self._lock:
             self._cache[key] = (resolution, now)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
             self.resolutions += 1
         if resolution.model is not None:
             log.info(

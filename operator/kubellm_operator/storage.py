@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubellm.quantity import format_bytes, parse_quantity
-from kubellm_operator.api import Affinity, LLMServiceSpec, Toleration
+from kubellm_operator.api import Affinity, LLMServiceSpec, StoragePlan, Toleration
 
 EPHEMERAL_STORAGE = "ephemeral-storage"
 BLOCKING_TAINT_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
@@ -269,11 +269,16 @@ class StorageCheck:
 
 
 def check_storage(
-    spec: LLMServiceSpec, nodes: Iterable[NodeFacts], headroom: int, owner: str | None = None
+    spec: LLMServiceSpec,
+    nodes: Iterable[NodeFacts],
+    headroom: int,
+    owner: str | None = None,
+    plan: StoragePlan | None = None,
 ) -> StorageCheck:
     """Count the nodes that are eligible for the LLMService's pods and have the free storage it needs
-    (``owner``, "namespace/name", names the LLMService whose own pods' requests are not subtracted)."""
-    request = spec.storage_plan().min_node_free
+    (``owner``, "namespace/name", names the LLMService whose own pods' requests are not subtracted; ``plan``, the
+    spec's storage plan when the caller has it)."""
+    request = (plan or spec.storage_plan()).min_node_free
     need = request + headroom
     seen = 0
     eligible: list[NodeFacts] = []

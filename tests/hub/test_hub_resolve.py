@@ -71,6 +71,17 @@ def test_resolver_caches_until_the_key_changes(hub: HubServer) -> None:
     assert resolver.resolutions == 2
 
 
+def test_resolver_cache_is_bounded_least_recently_used_first(hub: HubServer) -> None:
+    resolver = ModelResolver(max_entries=2)
+    for token in ("a", "b", "a", "c"):  # "a" used again before "c" comes: "b" is the one dropped
+        resolver.resolve("acme/tiny", None, endpoint=hub.endpoint, token=token)
+    assert resolver.resolutions == 3
+    resolver.resolve("acme/tiny", None, endpoint=hub.endpoint, token="a")
+    assert resolver.resolutions == 3
+    resolver.resolve("acme/tiny", None, endpoint=hub.endpoint, token="b")
+    assert resolver.resolutions == 4
+
+
 def test_file_selection_prefers_safetensors_and_skips_subfolders() -> None:
     files = [
         "README.md",

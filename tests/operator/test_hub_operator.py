@@ -5,6 +5,9 @@ Also, pure: a pod's hub failure read from its termination message, and loading p
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,3 +185,91 @@ def test_loading_progress_of_the_least_advanced_pod() -> None:
     assert status["loading"]["message"].startswith("Downloading 3.0/12.0Gi")
     progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert progressing["reason"] == "ModelLoading" and "Downloading 3.0/12.0Gi (25%)" in progressing["message"]
+
+
+class _BadHub:
+    """A loopback endpoint that accepts and then either trickles an endless header a byte a second or says
+    nothing at all (a black hole); every connection is closed when the block ends."""
+
+    def __init__(self, trickle: bool) -> None:
+        self.trickle = trickle
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.connections: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+
+    def __enter__(self) -> _BadHub:
+        self.threads[0].start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        for connection in self.connections:
+            connection.close()
+        self.server.close()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set() and len(self.connections) < 20:
+            try:
+                connection, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(connection)
+            if self.trickle:
+                thread = threading.Thread(target=self._drip, args=(connection,), daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def _drip(self, connection: socket.socket) -> None:
+        head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000
+        for byte in head:
+            if self.stop.wait(1.0):
+                return
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                return
+
+
+def _resolved(kube: Kube, name: str) -> bool:
+    status = (kube.get("LLMService", name) or {}).get("status") or {}
+    return bool((status.get("model") or {}).get("commit")) and kube.get("Deployment", name) is not None
+
+
+async def test_a_trickling_or_silent_hub_delays_only_its_own_llmservice(kube: Kube, hub: HubServer) -> None:
+    kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
+    deadline = 3.0
+    with _BadHub(trickle=True) as trickling, _BadHub(trickle=False) as silent:
+        async with operator_running(kube, hub_deadline_s=deadline):
+            started = time.monotonic()
+            await kube.create(llmservice("alone", model={"name": "acme/tiny", "hub": {"endpoint": hub.endpoint}}))
+            await kube.wait(lambda: _resolved(kube, "alone"), "the LLMService alone to converge")
+            alone = time.monotonic() - started
+            bad = {"trickle-1": trickling, "trickle-2": trickling, "silent-1": silent}
+            for name, endpoint in bad.items():
+                await kube.create(llmservice(name, model={"name": "acme/tiny", "hub": {"endpoint": endpoint.endpoint}}))
+            started = time.monotonic()
+            await kube.create(llmservice("other", model={"name": "acme/tiny", "hub": {"endpoint": hub.endpoint}}))
+            await kube.create(llmservice("embedded"))
+            await kube.wait(lambda: _resolved(kube, "other"), "the unrelated LLMService to converge")
+            beside = time.monotonic() - started
+            await kube.wait(lambda: kube.get("Deployment", "embedded") is not None, "the embedded model's rollout")
+            # Every LLMService has a status at once: the slow ones say they are resolving, in the background.
+            for name in bad:
+                assert kube.condition(name, "Ready").get("reason") in ("ModelResolving", "HubUnreachable"), name
+            for name in bad:
+                degraded = await kube.wait(
+                    lambda n=name: (
+                        kube.condition(n, "Degraded").get("reason") == "HubUnreachable"
+                        and kube.condition(n, "Degraded")
+                    ),
+                    f"{name}: Degraded/HubUnreachable",
+                    timeout=deadline + 10,
+                )
+                assert f"did not answer within {deadline:g}s" in degraded["message"], degraded
+            waited = time.monotonic() - started
+    print(f"alone: {alone:.2f}s; beside 3 stalled hubs: {beside:.2f}s; stalled ones reported after {waited:.2f}s")
