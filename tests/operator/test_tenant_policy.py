@@ -1,17 +1,25 @@
 """The tenant policy (issue 19 item 7, issue 21 item 2): each row a spec and the operator's settings, and the exact
 refusals and warnings `policy.evaluate` gives; the settings that carry it; the Authenticated and NotAllowed
-conditions. Pure: no cluster, no clock."""
+conditions; the policy as an input of the plan and its outputs (writes, status, Events, fetches). Pure: no cluster,
+no clock."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import os
 from typing import Any
 
 import pytest
+from test_operator_plan import CONFIG, NOW, converged_children
+from test_operator_plan import condition as plan_condition
+from test_operator_plan import llmservice as plan_llmservice
+from test_operator_plan import observe as plan_observe
 from test_operator_policy import observed
 
 from kubellm_operator.api import LLMService, ServiceType
 from kubellm_operator.config import OperatorSettings, SettingsError, load_settings
+from kubellm_operator.plan import plan
 from kubellm_operator.policy import (
     PolicyRefusal,
     PolicyVerdict,
@@ -267,3 +275,104 @@ def test_hf_endpoint_cannot_be_set_through_env() -> None:
         "spec.env[0].name: HF_ENDPOINT is set by kubellm; set it through the LLMService fields (model, service.port, "
         "auth, ...) instead"
     ]
+
+
+# The policy in the plan: a pure input (PlanConfig.policy) and pure outputs (writes, status, Events, fetches).
+
+KUBELLM_IMAGES = TenantPolicy(allowed_image_prefixes=("kubellm/",))
+NO_PUBLIC = TenantPolicy(allow_public_without_auth=False)
+NOT_ALLOWED_IMAGE = (
+    "spec.image quay.io/x/y:1 is not allowed by the operator's --allowed-image-prefixes (kubellm/); name an image "
+    "under one of them, or none for the operator's default"
+)
+NOT_ALLOWED_PUBLIC = (
+    "spec.auth is required for spec.service.type LoadBalancer: the operator runs with --no-allow-public-without-auth; "
+    "set spec.auth.apiKeySecretRef or use ClusterIP"
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "tenant", "writes", "degraded", "events"),
+    [
+        ({}, TenantPolicy(), ["Deployment", "Service"], ("False", "Healthy"), []),
+        ({"image": "kubellm/inference:2"}, KUBELLM_IMAGES, ["Deployment", "Service"], ("False", "Healthy"), []),
+        (
+            {"image": "quay.io/x/y:1"},
+            KUBELLM_IMAGES,
+            [],
+            ("True", "NotAllowed"),
+            [("Warning", "NotAllowed", NOT_ALLOWED_IMAGE)],
+        ),
+        # A hub model outside the policy: not resolved either (no request, so no token is read or sent).
+        (
+            {"image": "quay.io/x/y:1", "model": {"name": "acme/tiny", "hub": {"endpoint": "http://127.0.0.1:9"}}},
+            KUBELLM_IMAGES,
+            [],
+            ("True", "NotAllowed"),
+            [("Warning", "NotAllowed", NOT_ALLOWED_IMAGE)],
+        ),
+        (
+            {"service": {"type": "NodePort"}},
+            TenantPolicy(),
+            ["Deployment", "Service"],
+            ("False", "Healthy"),
+            [("Warning", "PublicWithoutAuth", PUBLIC_NODE_PORT.message)],
+        ),
+        (
+            {"service": {"type": "LoadBalancer"}},
+            NO_PUBLIC,
+            [],
+            ("True", "NotAllowed"),
+            [("Warning", "NotAllowed", NOT_ALLOWED_PUBLIC)],
+        ),
+        (
+            {"service": {"type": "LoadBalancer"}, "auth": AUTH},
+            NO_PUBLIC,
+            ["Deployment", "Service"],
+            ("False", "Healthy"),
+            [],
+        ),
+    ],
+)
+def test_plan_table(
+    spec: dict[str, Any],
+    tenant: TenantPolicy,
+    writes: list[str],
+    degraded: tuple[str, str],
+    events: list[tuple[str, str, str]],
+) -> None:
+    config = dataclasses.replace(CONFIG, policy=tenant)
+    decided = plan(plan_observe(plan_llmservice(**spec), config=config), None, NOW)
+    assert [child.kind for child in decided.writes] == writes
+    found = plan_condition(decided, "Degraded")
+    assert (found["status"], found["reason"]) == degraded
+    assert [(e.type, e.reason, e.message) for e in decided.events] == events
+    assert decided.fetches == ()
+    assert (decided.not_allowed is not None) == (degraded[1] == "NotAllowed")
+
+
+def test_the_public_without_auth_event_is_posted_once_and_the_condition_stays() -> None:
+    first = plan(plan_observe(plan_llmservice(service={"type": "LoadBalancer"})), None, NOW)
+    assert [e.reason for e in first.events] == ["PublicWithoutAuth"]
+    later = plan(
+        plan_observe(plan_llmservice(service={"type": "LoadBalancer"}), children=converged_children(first)),
+        first.status,
+        NOW + datetime.timedelta(seconds=5),
+    )
+    assert later.events == () and later.status_patch is None
+    assert (plan_condition(later, "Authenticated")["reason"], plan_condition(later, "Authenticated")["status"]) == (
+        "PublicWithoutAuth",
+        "False",
+    )
+
+
+def test_a_spec_moved_outside_the_policy_leaves_its_children_as_they_are() -> None:
+    allowed = plan(plan_observe(), None, NOW)
+    config = dataclasses.replace(CONFIG, policy=KUBELLM_IMAGES)
+    moved = plan(
+        plan_observe(plan_llmservice(image="quay.io/x/y:1"), children=converged_children(allowed), config=config),
+        allowed.status,
+        NOW,
+    )
+    assert moved.writes == () and moved.not_allowed == NOT_ALLOWED_IMAGE
+    assert plan_condition(moved, "Degraded")["reason"] == "NotAllowed"
