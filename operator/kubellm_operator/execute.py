@@ -137,7 +137,15 @@ class Executor:
         metadata = obj.get("metadata") or {}
         namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
         if plan.status_patch is not None:
-            self.cluster.patch_llmservice_status(namespace, name, plan.status_patch)
+            try:
+                answer = self.cluster.patch_llmservice_status(namespace, name, plan.status_patch)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                logger.debug("LLMService %s/%s was deleted before its status was written", namespace, name)
+                return
+            # The pass reads the LLMService from the watch: the answer stands in until the watch delivers it.
+            self.view.wrote(("LLMService", namespace, name), obj, answer)
             writes.append("status")
             self.metrics.writes.labels(target="status").inc()
         self.metrics.set_phase(namespace, name, plan.status.get("phase"))

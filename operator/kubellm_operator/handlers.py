@@ -1,9 +1,10 @@
 """Kopf registrations: what the operator watches, and which pass each change queues.
 
-Every pass runs from the operator's work queue, under its one retry policy (``reconcile.py``); no handler here
+Every pass runs from the operator's work queue, under its one retry policy (``workqueue.py``); no handler here
 reconciles or raises for Kopf to retry.
 
 - LLMService create / update / resume: a spec change; the LLMService's backoff starts over and a pass is queued.
+  The LLMServices are a ``kopf.index`` too: a pass reads its LLMService from there, never from the API.
 - Nodes: a ``kopf.index`` of :class:`NodeFacts`; a Node change that changes its facts (not a heartbeat) re-runs
   every LLMService's storage pre-flight in memory and queues only those whose verdict or shown figures changed.
 - Pods: a ``kopf.index`` of the ephemeral-storage requests of the pods bound to each node (the pre-flight counts
@@ -113,6 +114,12 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def child_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
         return {(namespace or "default", name): held(body)}
 
+    # The LLMServices themselves: a pass reads its LLMService here, not from the API (issue 19: a request fewer per
+    # pass); the response of kubellm's own status patch stands in until the watch delivers it.
+    @kopf.index(*LLMSERVICES, registry=registry, id="llmservice_index")
+    def llmservice_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+        return {(namespace or "default", name): held(body)}
+
     @kopf.index("", "v1", "pods", labels=OWNED, registry=registry, id="llmservice_pods")
     def llmservice_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
         return {(namespace or "default", str(labels[SELECTOR_LABEL])): held(body)}
@@ -124,7 +131,11 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         if not op.view.attached:
             op.nodes.replace(kwargs["node_index"])
             op.nodes.replace_pods(kwargs["pod_index"])
-            children = {"Deployment": kwargs["deployment_index"], "Service": kwargs["service_index"]}
+            children = {
+                "Deployment": kwargs["deployment_index"],
+                "Service": kwargs["service_index"],
+                "LLMService": kwargs["llmservice_index"],
+            }
             op.view.attach(children, kwargs["llmservice_pods"])
 
     @kopf.on.event("nodes", registry=registry, id="node_changed")
@@ -137,8 +148,10 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
             op.nodes_changed()
 
     @kopf.on.event(*LLMSERVICES, registry=registry, id="llmservice_seen")
-    def llmservice_seen(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    def llmservice_seen(type: str, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
         op.watched()
+        attach(kwargs)
+        op.view.seen(("LLMService", namespace or "default", name), body.metadata.get("resourceVersion"))
         op.remember((namespace or "default", name), exists=type != "DELETED")
 
     @kopf.on.resume(*LLMSERVICES, registry=registry, id="reconcile")

@@ -16,6 +16,7 @@ LLMService is tried again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import logging
@@ -228,12 +229,14 @@ class Operator:
         return result
 
     def observe(self, key: Key, *, announce: bool = False) -> Observation:
-        """The snapshot a pass plans from. The children are taken before their owner is read: a child missing
-        because the garbage collector removed it then comes with a 404 for the owner, never with an owner that
-        looks alive (and would be re-created)."""
+        """The snapshot a pass plans from, all of it from the watches and from what the fetchers hold: no request.
+        A child the garbage collector removed may be seen gone before its owner is: it is then created again and
+        collected again (its ownerReference names the deleted LLMService); a status patch of a deleted LLMService
+        finds it gone (404) and the pass ends."""
         namespace, name = key
         children = {kind: self.view.child((kind, namespace, name)) for kind in CHILD_KINDS}
-        obj = self.cluster.get_llmservice(namespace, name)
+        found = self.view.child(("LLMService", namespace, name))
+        obj = copy.deepcopy(dict(found)) if found is not None else None
         if obj is not None and (obj.get("metadata") or {}).get("deletionTimestamp"):
             obj = None  # being deleted: ownerReferences make the children garbage
         standing = self.retry.standing(key)
@@ -376,36 +379,22 @@ def _unique(refusals: Iterable[Refusal]) -> list[Refusal]:
 
 
 def _result(decided: Plan, writes: tuple[str, ...]) -> Result:
+    """What ``run_once`` needs of a pass: its outcome and what decides the next try."""
+    base = Result(UNCHANGED, writes, status=decided.status)
     if decided.invalid is not None:
-        return Result(INVALID, writes, invalid=decided.invalid, status=decided.status)
+        return dataclasses.replace(base, outcome=INVALID, invalid=decided.invalid)
     if decided.not_allowed is not None:
-        return Result(NOT_ALLOWED, writes, status=decided.status)
-    if decided.refusals:
-        return Result(
-            REFUSED,
-            writes,
-            status=decided.status,
-            refusals=decided.refusals,
-            fingerprint=decided.fingerprint,
-            recheck_s=decided.recheck_s,
-        )
-    if decided.model_hold is not None:
-        return Result(WAITING, writes, model_hold=decided.model_hold, status=decided.status)
+        return dataclasses.replace(base, outcome=NOT_ALLOWED)
+    if decided.model_hold is not None and not decided.refusals:
+        return dataclasses.replace(base, outcome=WAITING, model_hold=decided.model_hold)
     if decided.model_pending:
-        return Result(WAITING, writes, status=decided.status)
-    if decided.held is not None:
-        return Result(
-            WAITING,
-            writes,
-            held=decided.held,
-            status=decided.status,
-            fingerprint=decided.fingerprint,
-            recheck_s=decided.recheck_s,
-        )
-    return Result(
-        CHANGED if writes else UNCHANGED,
-        writes,
-        status=decided.status,
+        return dataclasses.replace(base, outcome=WAITING)
+    outcome = REFUSED if decided.refusals else WAITING if decided.held is not None else CHANGED if writes else UNCHANGED
+    return dataclasses.replace(
+        base,
+        outcome=outcome,
+        refusals=decided.refusals,
+        held=decided.held if not decided.refusals else None,
         fingerprint=decided.fingerprint,
         recheck_s=decided.recheck_s,
     )

@@ -106,13 +106,15 @@ class WatchView:
         return self._children is not None and self._pods is not None
 
     def child(self, key: ChildKey) -> Mapping[str, Any] | None:
+        """A child (or, as kind "LLMService", the LLMService itself) as the watch holds it, or as kubellm's last
+        write left it while the watch has not delivered that write."""
         if self._children is None:
             raise RuntimeError("a pass ran before any Kopf handler attached the watch indexes")
         store = self._children[key[0]].get((key[1], key[2]))
         live = next(iter(store), None) if store else None
         with self._lock:
             written = self._written.get(key)
-        if written is not None and _resource_version(live) == written[0]:
+        if written is not None and not _caught_up(_resource_version(live), written[0], written[1]):
             return written[1]  # the watch has not delivered kubellm's own write yet
         return live
 
@@ -128,11 +130,26 @@ class WatchView:
             self._written[key] = (_resource_version(before), response)
 
     def seen(self, key: ChildKey, resource_version: str | None) -> None:
-        """The watch delivered a state of the child: unless it is the one before kubellm's write, it is newer."""
+        """The watch delivered a state of the object: from kubellm's write on, the watch is the truth again."""
         with self._lock:
             written = self._written.get(key)
-            if written is not None and written[0] != resource_version:
+            if written is not None and _caught_up(resource_version, written[0], written[1]):
                 del self._written[key]
+
+
+def _caught_up(seen: str | None, before: str | None, written: Mapping[str, Any]) -> bool:
+    """Whether a state the watch delivered (``seen``) is kubellm's write or later. A watch delivers the states of
+    an object in order, and resourceVersions are etcd revisions, which increase (read as numbers when they are);
+    an opaque one counts as later when it is not the one the write replaced. Another write of someone else's
+    between kubellm's read and its write (Kopf's annotation patch) is then older, not newer."""
+    after = _resource_version(written)
+    if seen is None or after is None:
+        return seen != before
+    if seen == after:
+        return True
+    if seen.isdigit() and after.isdigit():
+        return int(seen) > int(after)
+    return seen != before
 
 
 def _resource_version(obj: Mapping[str, Any] | None) -> str | None:

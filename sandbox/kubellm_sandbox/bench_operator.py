@@ -645,6 +645,23 @@ def _changed_fields(before: Mapping[str, Any], after: Mapping[str, Any], prefix:
     return changed
 
 
+def _metric(port: int, name: str) -> float:
+    """The sum of a metric's samples on the operator's /metrics (0 when it cannot be read)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read(4 * 2**20).decode()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                continue
+    return total
+
+
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
@@ -916,10 +933,12 @@ class Bench:
 
         quiet = {"busy": -1, "since": time.monotonic()}
 
+        passes_before = _metric(operator.health_port, "kubellm_operator_reconciles_total")
+
         def caught_up() -> bool:
             calls = log.between(caught_up_from)
-            got = {c.name for c in calls if c.resource == PLURAL and c.verb == "get"}
-            if len(got) >= config.services:
+            # The operator reads LLMServices from its watch: its own count of passes says it went over them.
+            if _metric(operator.health_port, "kubellm_operator_reconciles_total") - passes_before >= config.services:
                 return True
             # An operator that re-evaluates only what a change can affect makes no pass when nothing changed for a
             # service: 3 s without any request but summary reads is caught up too.
@@ -937,8 +956,8 @@ class Bench:
         await self._start_operator(operator, log, marker)
 
         def resumed() -> bool:
-            got = {c.name for c in log.between(marker) if c.resource == PLURAL and c.verb == "get"}
-            return len(got) >= config.services
+            # Every LLMService has a phase in the new process's gauge once it has had its first pass.
+            return _metric(operator.health_port, "kubellm_operator_llmservices") >= config.services
 
         done = await _wait(resumed, 120, interval=0.2, alive=operator.alive)
         await asyncio.sleep(5)

@@ -34,3 +34,5 @@ async def test_create_and_noop_pass_costs(kube: Kube) -> None:
         noop = _tally(kube, marker)
     print(f"create: {dict(create)}; no-op pass: {dict(noop)}")
     assert create["writes"] <= 4 and noop["writes"] == 0
+    # Reads come from the watches, the LLMService's too (issue 19): neither a create nor a no-op pass reads.
+    assert create["reads"] == 0 and noop["reads"] == 0
