@@ -149,7 +149,7 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
     if model is not None and model.pending is not None and _resolved_before(previous, model, generation):
         # An operator restarted over a converged LLMService: the fetch is under way and queues the next pass;
         # until then, what the last pass wrote stands (no write, no status flapping through Pending).
-        return Plan(status=previous, fetches=tuple(fetches), model_pending=True)
+        return Plan(status=previous, fetches=tuple(fetches), model_pending=True, posted=observation.posted)
 
     owner = f"{namespace}/{name}"
     storage = check_storage(llms.spec, observation.nodes, config.headroom_bytes, owner, storage_plan) if llms else None

@@ -57,6 +57,7 @@ from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_sandbox.processes import die_with_parent, free_port
 
 JsonObject = dict[str, Any]
+WATCHES_OPEN_S = 300
 
 HEARTBEAT_S = 10.0
 DRIFT = 0.01
@@ -766,8 +767,9 @@ class Bench:
             watched = {call.resource for call in log.between(since) if call.verb == "watch"}
             return {PLURAL, "nodes", "pods", "deployments", "services"} <= watched
 
-        if not await _wait(watching, 60, interval=0.2, alive=operator.alive):
-            raise BenchError(f"the operator did not open its watches within 60 s:\n{operator.tail()}")
+        # Kopf opens a watch after its listing is processed: thousands of pods on a contended machine take minutes.
+        if not await _wait(watching, WATCHES_OPEN_S, interval=0.2, alive=operator.alive):
+            raise BenchError(f"the operator did not open its watches within {WATCHES_OPEN_S} s:\n{operator.tail()}")
 
     async def _phases(self, cluster: Cluster, log: RequestLog, operator: OperatorProcess) -> None:
         config, result = self.config, self.result
