@@ -619,7 +619,11 @@ RENDERED_SETTINGS = (
     "max_new_tokens",
     "drain_grace_s",
 )
-RESERVED_ENV_NAMES = tuple(sorted([env_name(field) for field in RENDERED_SETTINGS] + ["HF_HOME", "HOME"]))
+# HF_ENDPOINT is where the server sends the hub token when spec.model.hub.endpoint is unset: set through env, it
+# would reach an address the operator never checked (issue 19: the allowed hub endpoints apply to the spec field).
+RESERVED_ENV_NAMES = tuple(
+    sorted([env_name(field) for field in RENDERED_SETTINGS] + ["HF_ENDPOINT", "HF_HOME", "HOME"])
+)
 _RESERVED_HINT = "set it through the LLMService fields (model, service.port, auth, ...) instead"
 ENV_MAX_ITEMS = 100  # bounds the CEL cost of the reserved-name rule for the apiserver's estimator
 

@@ -17,8 +17,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes, parse_quantity
+from kubellm_operator.api import ServiceType
 from kubellm_operator.egress import EgressPolicy, base_url_problem, endpoint_key
 from kubellm_operator.leader import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S
+from kubellm_operator.policy import TenantPolicy, image_allowed
 from kubellm_operator.render import DEFAULT_GPU_INFERENCE_IMAGE, DEFAULT_INFERENCE_IMAGE
 from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT
 from kubellm_operator.storage import parse_headroom
@@ -173,6 +175,31 @@ class OperatorSettings(BaseSettings):
         description="/healthz fails when no watch event arrived this long (kubelets update their Node at least "
         "every 5 minutes); 0 turns it off.",
     )
+    # The tenant policy (kubellm_operator.policy): what an LLMService may ask of the operator, which creates its
+    # children with its own rights, not the tenant's. Each default keeps what an LLMService could always do.
+    allowed_image_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Images an LLMService may name in spec.image, comma-separated prefixes matched at a name "
+        "boundary (ghcr.io/kubellm/ or ghcr.io/kubellm/inference); empty: any image. The default images must match.",
+    )
+    allowed_service_types: Annotated[list[ServiceType], NoDecode] = Field(
+        default_factory=lambda: list(ServiceType),
+        min_length=1,
+        description="Service types an LLMService may ask for in spec.service.type, comma-separated.",
+    )
+    allow_public_without_auth: bool = Field(
+        True,
+        description="A NodePort or LoadBalancer Service without spec.auth is allowed (with a PublicWithoutAuth "
+        "Warning); off: refused as NotAllowed.",
+    )
+    allow_storage_claims: bool = Field(
+        True, description="An LLMService may mount a PersistentVolumeClaim of its namespace (spec.storage.claimName)."
+    )
+    allowed_env_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Names an LLMService may set in spec.env, comma-separated shell-style patterns (OMP_*); "
+        "empty: any name kubellm does not set itself.",
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -184,13 +211,20 @@ class OperatorSettings(BaseSettings):
             return [] if ALL_NAMESPACES in names else names
         return value
 
-    @field_validator("allowed_hub_endpoints", "hub_redirect_hosts", mode="before")
+    @field_validator(
+        "allowed_hub_endpoints",
+        "hub_redirect_hosts",
+        "allowed_image_prefixes",
+        "allowed_service_types",
+        "allowed_env_names",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = value.split(",")
         if isinstance(value, list | tuple):
-            return [str(v).strip() for v in value if str(v).strip()]
+            return [v.strip() if isinstance(v, str) else v for v in value if not isinstance(v, str) or v.strip()]
         return value
 
     @field_validator("allowed_hub_endpoints")
@@ -201,6 +235,28 @@ class OperatorSettings(BaseSettings):
             if problem is not None:
                 raise ValueError(f"{endpoint!r} {problem}")
         return value
+
+    @field_validator("allowed_image_prefixes", "allowed_env_names")
+    @classmethod
+    def _no_blanks_inside(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if any(c.isspace() for c in item):
+                raise ValueError(f"{item!r} contains whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _default_images_allowed(self) -> OperatorSettings:
+        # An operator whose own default image is outside the list would refuse every LLMService that names none.
+        for field, image in (
+            ("inference_image", self.inference_image),
+            ("gpu_inference_image", self.gpu_inference_image),
+        ):
+            if not image_allowed(image, self.allowed_image_prefixes):
+                raise ValueError(
+                    f"{_flag(field)} {image} is outside --allowed-image-prefixes "
+                    f"({','.join(self.allowed_image_prefixes)}); add its prefix or change the image"
+                )
+        return self
 
     @field_validator("storage_headroom")
     @classmethod
@@ -273,7 +329,30 @@ class OperatorSettings(BaseSettings):
         peering = "standalone" if self.standalone else f"peering {self.peering_name} priority {self.priority}"
         return (
             f"watching {where}; default image {self.inference_image} (GPU: {self.gpu_inference_image}); storage headroom "
-            f"{format_bytes(self.headroom_bytes)}; kubelet summaries every {self.summary_refresh_s:g}s; {peering}"
+            f"{format_bytes(self.headroom_bytes)}; kubelet summaries every {self.summary_refresh_s:g}s; {peering}; "
+            f"tenant policy: {self.describe_policy()}"
+        )
+
+    @property
+    def tenant_policy(self) -> TenantPolicy:
+        return TenantPolicy(
+            allowed_image_prefixes=tuple(self.allowed_image_prefixes),
+            allowed_service_types=tuple(self.allowed_service_types),
+            allow_public_without_auth=self.allow_public_without_auth,
+            allow_storage_claims=self.allow_storage_claims,
+            allowed_env_names=tuple(self.allowed_env_names),
+        )
+
+    def describe_policy(self) -> str:
+        """What LLMServices may ask for, in words (the start-up log and docs/operator.md's security model)."""
+        images = ",".join(self.allowed_image_prefixes) if self.allowed_image_prefixes else "any"
+        types = ",".join(kind.value for kind in self.allowed_service_types)
+        public = "warned" if self.allow_public_without_auth else "refused"
+        claims = "allowed" if self.allow_storage_claims else "refused"
+        env = ",".join(self.allowed_env_names) if self.allowed_env_names else "any"
+        return (
+            f"images {images}; service types {types}; public without auth {public}; storage claims {claims}; "
+            f"env names {env}"
         )
 
 
@@ -309,8 +388,11 @@ def load_settings(argv: list[str] | None = None) -> OperatorSettings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            field = ".".join(str(p) for p in error["loc"])
-            # A rule across fields (the lease timings) names its flags in its message.
-            where = f"{_flag(field)} / {ENV_PREFIX}{field.upper()}: " if field else ""
-            lines.append(f"  {where}{error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            # The item of a list setting is named by the setting itself (a flag has no item syntax).
+            field = next((str(p) for p in error["loc"] if isinstance(p, str)), None)
+            if field is None:  # a rule across settings: its message names them
+                lines.append(f"  {message}")
+            else:
+                lines.append(f"  {_flag(field)} / {ENV_PREFIX}{field.upper()}: {message}")
         raise SettingsError("invalid operator settings:\n" + "\n".join(lines)) from None

@@ -26,6 +26,7 @@ from kubellm_operator.api import (
     LLMServiceSpec,
     LLMServiceStatus,
 )
+from kubellm_operator.status import CONDITION_MEANINGS
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = f"{GROUP}_{PLURAL}.yaml"  # the name under crds/, as controller-gen would spell it
@@ -320,4 +321,13 @@ def api_reference() -> str:
     _sections("spec", schema["properties"]["spec"], lines)
     lines += ["", "## Status", "", "Written by the operator; read it with `kubectl get llms -o yaml`."]
     _sections("status", schema["properties"]["status"], lines)
+    lines += [
+        "",
+        "### Condition types",
+        "",
+        "Every status carries each of them (docs/operator.md lists the reasons).",
+        "",
+    ]
+    lines += ["| Type | Meaning |", "|---|---|"]
+    lines += [f"| `{kind}` | {_cell(meaning)} |" for kind, meaning in CONDITION_MEANINGS.items()]
     return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ class OperatorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.reconciles = Counter(
             "kubellm_operator_reconciles",
-            "Reconcile passes by outcome (changed, unchanged, invalid, waiting, refused, error).",
+            "Reconcile passes by outcome (changed, unchanged, invalid, not_allowed, waiting, refused, error).",
             ["outcome"],
             registry=self.registry,
         )

@@ -16,6 +16,7 @@ from typing import Any
 from kubellm_operator.children import Refusal
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.fetchers import Held, Request
+from kubellm_operator.policy import TenantPolicy
 from kubellm_operator.storage import NodeFacts
 from kubellm_operator.workqueue import Key
 
@@ -32,6 +33,7 @@ class PlanConfig:
     hub_deadline_s: float = 30.0
     storage_retry_s: float = 60.0
     hub_endpoints: frozenset[str] | None = None  # the hub endpoints allowed (None: any)
+    policy: TenantPolicy = field(default_factory=TenantPolicy)  # what an LLMService may ask (policy.py)
 
     @classmethod
     def from_settings(cls, settings: OperatorSettings) -> PlanConfig:
@@ -44,6 +46,7 @@ class PlanConfig:
             hub_deadline_s=settings.hub_deadline_s,
             storage_retry_s=settings.storage_retry_s,
             hub_endpoints=settings.hub_endpoints,
+            policy=settings.tenant_policy,
         )
 
 

@@ -23,7 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from kubellm.quantity import format_bytes
-from kubellm_operator import render
+from kubellm_operator import policy, render
 from kubellm_operator.api import LLMService, LLMServiceSpec, LoadingStatus, StoragePlan
 from kubellm_operator.children import (
     ChildPlan,
@@ -47,6 +47,7 @@ from kubellm_operator.modelplan import (
 from kubellm_operator.observe import Observation
 from kubellm_operator.resolve import REFRESH_BRANCH_S, RETRY_FAILED_S
 from kubellm_operator.status import (
+    AUTHENTICATED,
     DEGRADED,
     INSUFFICIENT_STORAGE,
     INVALID_SPEC,
@@ -63,6 +64,7 @@ from kubellm_operator.storage import StorageCheck, check_storage
 
 # Outcomes of a pass (the kubellm_operator_reconciles_total label).
 CHANGED, UNCHANGED, INVALID, REFUSED, WAITING = "changed", "unchanged", "invalid", "refused", "waiting"
+NOT_ALLOWED = "not_allowed"  # the tenant policy refused the spec: nothing fetched, nothing written
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Plan:
     fetches: tuple[Request, ...] = ()
     storage_basis: tuple[LLMServiceSpec, tuple[Any, ...]] | None = None  # for reevaluate_storage
     invalid: str | None = None
+    not_allowed: str | None = None  # the tenant policy refused the spec (kubellm_operator.policy): nothing written
     held: StorageCheck | None = None  # storage.enforce holds the replicas at 0
     model_hold: str | None = None  # the hub refused the model (kubellm_operator.modelplan)
     model_pending: bool = False  # the hub model's first resolution is under way
@@ -124,13 +127,16 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
     model: ModelPlan | None = None
     invalid: str | None = None
     fetches: list[Request] = []
+    verdict = policy.PolicyVerdict()
     storage_plan: StoragePlan | None = None
     try:
         llms = LLMService.from_object({k: v for k, v in obj.items() if k != "status"})
+        # The tenant policy first: a spec outside it gets no hub request and no Secret read, let alone children.
+        verdict = policy.evaluate(llms, config.policy)
         # Derived values only fill what the user left unset: a spec that cannot work as written is not resolved
         # (its hub is not asked).
         problems = llms.spec.problems()
-        if not problems:
+        if not problems and verdict.allowed:
             model, wanted = _model_step(llms, observation)
             fetches += wanted
             llms = model.llms
@@ -139,6 +145,7 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
         invalid = "; ".join(problems) if problems else None
     except ValidationError as exc:
         invalid = describe_validation(exc)
+    not_allowed = None if verdict.allowed else verdict.message
 
     if model is not None and model.pending is not None and _resolved_before(previous, model, generation):
         # An operator restarted over a converged LLMService: the fetch is under way and queues the next pass;
@@ -158,7 +165,7 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
     # The children: rendered, adopted, stamped, and planned against what the watch holds.
     children: list[ChildPlan] = []
     print_: str | None = None
-    if llms is not None and invalid is None and model_hold is None and pending is None:
+    if llms is not None and invalid is None and not_allowed is None and model_hold is None and pending is None:
         rendered = render.render(
             llms,
             image_default=config.inference_image,
@@ -195,7 +202,7 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
     pods = [dict(p) for p in observation.pods]
     loading: LoadingStatus | None = None
     loadz_wanted: list[Request] = []
-    if invalid is None and model_hold is None and pending is None:
+    if invalid is None and not_allowed is None and model_hold is None and pending is None:
         loading, loadz_wanted = _loading(pods, observation)
     fetches += loadz_wanted
     raw_replicas = (obj.get("spec") or {}).get("replicas", 1)
@@ -221,11 +228,17 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
         model_pending=pending,
         model_problem=problem,
         loading=loading,
+        not_allowed=not_allowed,
+        exposure=(llms.spec.service.type, llms.spec.auth is not None) if llms is not None else None,
     )
     stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     status = compute_status(seen, previous, stamp)
-    events, logs, posted = _announce(obj, previous, status, storage, invalid, observation, tuple(refusals))
-    loading_pods = invalid is None and model_hold is None and pending is None and pods_loading(pods)
+    events, logs, posted = _announce(
+        obj, previous, status, storage, invalid, observation, tuple(refusals), verdict.warnings
+    )
+    loading_pods = (
+        invalid is None and not_allowed is None and model_hold is None and pending is None and pods_loading(pods)
+    )
     return Plan(
         children=tuple(planned),
         fingerprint=print_,
@@ -238,6 +251,7 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
         fetches=tuple(fetches),
         storage_basis=basis,
         invalid=invalid,
+        not_allowed=not_allowed,
         held=held,
         model_hold=model_hold[1] if model_hold is not None else None,
         model_pending=pending is not None,
@@ -333,6 +347,7 @@ def _announce(
     invalid: str | None,
     observation: Observation,
     refusals: tuple[Refusal, ...],
+    warnings: tuple[policy.PolicyWarning, ...] = (),
 ) -> tuple[tuple[Event, ...], tuple[tuple[int, str], ...], frozenset[tuple[str, str]]]:
     """Events and log lines when a warning appears or changes, never on a pass where nothing changed."""
     metadata = obj.get("metadata") or {}
@@ -385,4 +400,15 @@ def _announce(
     for reason, message in found:
         if (reason, message) not in posted and message not in str(before.get("message", "")):
             events.append(Event("Warning", reason, message))
+    # What the policy allows but warns of (a public Service without auth): once, when it appears or changes; the
+    # Authenticated condition says it for as long as it lasts.
+    shown = condition(previous, AUTHENTICATED) or {}
+    for warning in warnings:
+        if (shown.get("status"), shown.get("reason"), shown.get("message")) != (
+            "False",
+            warning.reason,
+            warning.message,
+        ):
+            logs.append((logging.WARNING, f"LLMService {who}: {warning.message}"))
+            events.append(Event("Warning", warning.reason, warning.message))
     return tuple(events), tuple(logs), posted | frozenset(found)

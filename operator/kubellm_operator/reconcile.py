@@ -45,7 +45,7 @@ from kubellm_operator.modelplan import (
     secret_token_reader,
 )
 from kubellm_operator.observe import Observation, PlanConfig, Standing
-from kubellm_operator.plan import CHANGED, INVALID, REFUSED, UNCHANGED, WAITING, Plan, plan
+from kubellm_operator.plan import CHANGED, INVALID, NOT_ALLOWED, REFUSED, UNCHANGED, WAITING, Plan, plan
 from kubellm_operator.resolve import ModelResolver
 from kubellm_operator.status import storage_view
 from kubellm_operator.storage import StorageCheck, check_storage
@@ -385,6 +385,8 @@ def _result(decided: Plan, writes: tuple[str, ...]) -> Result:
     base = Result(UNCHANGED, writes, status=decided.status)
     if decided.invalid is not None:
         return dataclasses.replace(base, outcome=INVALID, invalid=decided.invalid)
+    if decided.not_allowed is not None:
+        return dataclasses.replace(base, outcome=NOT_ALLOWED)
     if decided.model_hold is not None and not decided.refusals:
         return dataclasses.replace(base, outcome=WAITING, model_hold=decided.model_hold)
     if decided.model_pending:

@@ -31,6 +31,7 @@ from kubellm_operator.api import (
     Phase,
     RolloutStatus,
     RolloutStrategy,
+    ServiceType,
     StorageStatus,
 )
 from kubellm_operator.modelplan import hub_failure_problem
@@ -40,7 +41,18 @@ READY = "Ready"
 STORAGE_READY = "StorageReady"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-CONDITION_TYPES = (READY, STORAGE_READY, PROGRESSING, DEGRADED)
+AUTHENTICATED = "Authenticated"
+CONDITION_TYPES = (READY, STORAGE_READY, PROGRESSING, DEGRADED, AUTHENTICATED)
+# What each condition says, for docs/api.md (kubellm_operator.crd.api_reference); docs/operator.md lists the reasons.
+CONDITION_MEANINGS = {
+    READY: "True when every desired replica is ready to generate; the reason says what a user needs first.",
+    STORAGE_READY: "True when some eligible node has the ephemeral storage the LLMService needs (the pre-flight).",
+    PROGRESSING: "True while pods start or a rollout is under way.",
+    DEGRADED: "True when a pod is failing, the cluster or the operator's policy refused the spec, or it is invalid.",
+    AUTHENTICATED: "Whether the inference routes require an API key: True ApiKeyRequired (spec.auth is set); "
+    "False PublicWithoutAuth (a NodePort or LoadBalancer Service without spec.auth, with a Warning Event); "
+    "False ClusterInternal (a ClusterIP Service without spec.auth: any pod that reaches it may call it).",
+}
 
 # Reasons (one CamelCase word each).
 MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
@@ -51,6 +63,10 @@ PODS_PENDING = "PodsPending"
 SCALED_TO_ZERO = "ScaledToZero"
 HEALTHY = "Healthy"
 INVALID_SPEC = "InvalidSpec"
+NOT_ALLOWED = "NotAllowed"  # the operator's tenant policy refuses the spec (kubellm_operator.policy)
+API_KEY_REQUIRED = "ApiKeyRequired"
+PUBLIC_WITHOUT_AUTH = "PublicWithoutAuth"
+CLUSTER_INTERNAL = "ClusterInternal"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 STORAGE_AVAILABLE = "StorageAvailable"
 INSUFFICIENT_STORAGE = "InsufficientStorage"
@@ -72,7 +88,9 @@ QUOTA_EXCEEDED = "QuotaExceeded"  # 403 "exceeded quota": a ResourceQuota
 API_REFUSED = "ApiRefused"  # any other 4xx
 NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object this LLMService does not control
 PODS_REJECTED = "PodsRejected"  # the ReplicaSet cannot create pods (ReplicaFailure: admission, LimitRange, ...)
-REFUSAL_REASONS = frozenset({CHILD_REJECTED, FORBIDDEN, QUOTA_EXCEEDED, API_REFUSED, PODS_REJECTED, NAME_CONFLICT})
+REFUSAL_REASONS = frozenset(
+    {CHILD_REJECTED, FORBIDDEN, QUOTA_EXCEEDED, API_REFUSED, PODS_REJECTED, NAME_CONFLICT, NOT_ALLOWED}
+)
 MODEL_RESOLVING = "ModelResolving"  # the hub model's first resolution is under way (in the background)
 
 # Pod problems, most telling first: when pods fail in different ways, the first one names the LLMService's.
@@ -278,6 +296,8 @@ class Observed:
     model_pending: str | None = None  # the first resolution of the hub model is under way: no rollout yet
     model_problem: tuple[str, str] | None = None  # (reason, message): the hub did not answer; the rollout goes on
     loading: LoadingStatus | None = None  # the not-ready pods' download and load progress
+    not_allowed: str | None = None  # why the operator's tenant policy refuses the spec (nothing is applied)
+    exposure: tuple[ServiceType, bool] | None = None  # spec.service.type and whether spec.auth is set
 
 
 @dataclass(frozen=True)
@@ -298,6 +318,14 @@ def _verdict(seen: Observed, counts: Mapping[str, int]) -> _Verdict:
     if seen.invalid is not None:
         bad = (_F, INVALID_SPEC, seen.invalid)
         return _Verdict(Phase.failed, bad, bad, (_T, INVALID_SPEC, seen.invalid))
+    if seen.not_allowed is not None:
+        # Nothing of this spec is applied: the pods of the last allowed spec, if any, go on serving.
+        refused = (_F, NOT_ALLOWED, seen.not_allowed)
+        kept = (_T, MINIMUM_REPLICAS_AVAILABLE, f"{ready}/{desired} replicas ready (of the last allowed spec)")
+        old_pods_serve = seen.deployment is not None and desired > 0 and ready >= desired
+        return _Verdict(
+            Phase.degraded, kept if old_pods_serve else refused, refused, (_T, NOT_ALLOWED, seen.not_allowed)
+        )
     if seen.model_hold is not None:
         held_model = (_F, *seen.model_hold)
         return _Verdict(Phase.degraded, held_model, held_model, (_T, *seen.model_hold))
@@ -430,6 +458,35 @@ def storage_view(storage: StorageCheck | None) -> tuple[Any, ...]:
     return (_storage_condition(storage), json.dumps(summary, sort_keys=True))
 
 
+PUBLIC_SERVICE_TYPES = frozenset({ServiceType.node_port, ServiceType.load_balancer})
+
+
+def authentication(service_type: ServiceType, auth: bool) -> tuple[ConditionStatus, str, str]:
+    """The Authenticated condition of a spec: whether its inference routes need an API key, and who can reach them
+    without one (issue 21: a public endpoint without auth is allowed by default, never silent)."""
+    if auth:
+        return (_T, API_KEY_REQUIRED, "inference routes require the API key of spec.auth.apiKeySecretRef")
+    if service_type in PUBLIC_SERVICE_TYPES:
+        return (
+            _F,
+            PUBLIC_WITHOUT_AUTH,
+            f"spec.service.type {service_type.value} exposes the inference routes outside the cluster without an API "
+            "key; set spec.auth.apiKeySecretRef",
+        )
+    return (
+        _F,
+        CLUSTER_INTERNAL,
+        "no API key: any pod that reaches the ClusterIP Service may call the inference routes; set "
+        "spec.auth.apiKeySecretRef to require one",
+    )
+
+
+def _authenticated_condition(exposure: tuple[ServiceType, bool] | None) -> tuple[ConditionStatus, str, str]:
+    if exposure is None:
+        return (_U, INVALID_SPEC, "the Service type and auth cannot be read from this spec")
+    return authentication(*exposure)
+
+
 def _previous_conditions(previous: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
     return {c.get("type", ""): c for c in (previous or {}).get("conditions") or [] if isinstance(c, Mapping)}
 
@@ -453,6 +510,7 @@ def compute_status(seen: Observed, previous: Mapping[str, Any] | None, now: str)
         (STORAGE_READY, _storage_condition(seen.storage)),
         (PROGRESSING, verdict.progressing),
         (DEGRADED, verdict.degraded),
+        (AUTHENTICATED, _authenticated_condition(seen.exposure)),
     ):
         before = old.get(kind) or {}
         flipped = before.get("status") != state.value or not before.get("lastTransitionTime")

@@ -85,7 +85,9 @@ def test_describe_is_one_line() -> None:
     line = OperatorSettings(namespaces=["a"], standalone=False).describe()
     assert line == (
         "watching namespaces a; default image ghcr.io/kubellm/inference:0.1.0 (GPU: "
-        "ghcr.io/kubellm/inference:0.1.0-cuda); storage headroom 2Gi; kubelet summaries every 60s; peering kubellm priority 0"
+        "ghcr.io/kubellm/inference:0.1.0-cuda); storage headroom 2Gi; kubelet summaries every 60s; peering kubellm priority 0; "
+        "tenant policy: images any; service types ClusterIP,NodePort,LoadBalancer; public without auth warned; "
+        "storage claims allowed; env names any"
     )
 
 

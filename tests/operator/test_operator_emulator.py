@@ -217,7 +217,8 @@ async def test_impossible_spec_is_reported_once_without_a_crash_loop(kube: Kube)
         assert "storage.limit (2Gi) is smaller than model.sizeHint (10Gi)" in kube.condition("tiny", "Ready")["message"]
         assert kube.get("Deployment", "tiny") is None, "nothing is rolled out for a spec that cannot work"
         await kube.wait(lambda: kopf_handled(kube), "Kopf to record the permanent failure")
-        passes = metrics.reconciles.labels(outcome="invalid")._value.get()
+        # The pass is counted after its Event is posted: wait for the count, or the window between reads as a retry.
+        passes = await kube.wait(lambda: metrics.reconciles.labels(outcome="invalid")._value.get(), "the pass counted")
         assert not await kube.quiet(1.5), "a permanent error is not retried"
         assert metrics.reconciles.labels(outcome="invalid")._value.get() == passes
         assert len(kube.events("tiny", "InvalidSpec")) == 1

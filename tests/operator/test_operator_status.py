@@ -294,7 +294,13 @@ def test_status_fields_for_kubectl_and_scale() -> None:
     assert status["endpoint"] == "tiny.default.svc.cluster.local:5000"
     # While a node fits, only what the verdict rests on: per-node figures would move with every node's jitter.
     assert status["storage"] == {"required": "12Gi", "nodesSeen": 1, "basis": BASIS_REQUESTS}
-    assert [c["type"] for c in status["conditions"]] == ["Ready", "StorageReady", "Progressing", "Degraded"]
+    assert [c["type"] for c in status["conditions"]] == [
+        "Ready",
+        "StorageReady",
+        "Progressing",
+        "Degraded",
+        "Authenticated",
+    ]
     assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] == T0 for c in status["conditions"])
 
 
@@ -324,11 +330,11 @@ def test_last_transition_time_moves_only_when_a_condition_flips() -> None:
     # Same statuses, different reason and message: the time stays.
     second = compute_status(observe(pods=[pod(containers=[LOADING])]), first, T1)
     assert {c["type"]: c["lastTransitionTime"] for c in second["conditions"]} == dict.fromkeys(
-        ("Ready", "StorageReady", "Progressing", "Degraded"), T0
+        ("Ready", "StorageReady", "Progressing", "Degraded", "Authenticated"), T0
     )
     third = compute_status(observe(deployment=deployment(ready=1)), second, T1)
     times = {c["type"]: c["lastTransitionTime"] for c in third["conditions"]}
-    assert times == {"Ready": T1, "StorageReady": T0, "Progressing": T1, "Degraded": T0}
+    assert times == {"Ready": T1, "StorageReady": T0, "Progressing": T1, "Degraded": T0, "Authenticated": T0}
 
 
 def test_nothing_to_write_when_nothing_changed() -> None:
