@@ -16,7 +16,7 @@ import pytest
 import torch
 from inference_support import serve
 
-from kubellm.contract import DType, Quantization, ServerSettings
+from kubellm.contract import CompileMode, DType, Quantization, ServerSettings
 from kubellm_inference.loading import ModelLoadError, converted_embedded_folder, load_model
 from kubellm_inference.precision import cpu_has_native_bf16, resolve_dtype, weight_bytes
 
@@ -114,7 +114,12 @@ def test_int4_server_generates_through_the_batching_engine(tmp_path: Path) -> No
     # through this path; this test did not reproduce that failure, so it guards the path, not that bug.
     folder = str(converted_embedded_folder(ServerSettings().cache_dir))
     settings = ServerSettings(
-        model=folder, served_model_name="smol", quantization=Quantization.int4, cache_dir=tmp_path, max_new_tokens=8
+        model=folder,
+        served_model_name="smol",
+        quantization=Quantization.int4,
+        cache_dir=tmp_path,
+        max_new_tokens=8,
+        compile=CompileMode.off,
     )
     prompts = ["The capital of France is", "Rome, a city of many churches and fountains, is the capital of"]
     gate = threading.Barrier(len(prompts), timeout=60)

@@ -40,6 +40,8 @@ def serve_process(tiny_model: Path, **settings: str) -> Iterator[tuple[subproces
         env_name("served_model_name"): "tiny",
         env_name("host"): "127.0.0.1",
         env_name("port"): str(port),
+        # Compiling in the background would only load the machine: test_compiled.py covers it.
+        env_name("compile"): "off",
         **{env_name(k): v for k, v in settings.items()},
     }
     process = subprocess.Popen(

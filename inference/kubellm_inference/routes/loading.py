@@ -1,4 +1,5 @@
-"""``GET /loadz``: where the model load is (phase, bytes done and total, rate, restarts), as JSON."""
+"""``GET /loadz``: where the model load is (phase, bytes done and total, rate, restarts) and the compiled decode
+step's build, as JSON."""
 
 from __future__ import annotations
 
@@ -24,4 +25,6 @@ async def loadz(state: State) -> dict[str, object]:
         state.progress.line() if snapshot["phase"] not in (Phase.ready, Phase.failed) else snapshot["phase"]
     )
     snapshot["model"] = state.settings.model_id
+    # Which decode step serves, and the compiled one's build: state, buckets built, seconds.
+    snapshot["compile"] = state.engine.compile_status.snapshot(state.engine.step)
     return snapshot
