@@ -204,7 +204,9 @@ def register_attention() -> None:
             scaling: float | None = None,
             **kwargs: Any,
         ) -> tuple[torch.Tensor, None]:
-            if torch.compiler.is_compiling():
+            # Not is_compiling(): that is a process-wide flag, true for the worker's eager steps as well while
+            # the compile thread traces; Dynamo answers is_dynamo_compiling() itself, per trace.
+            if torch.compiler.is_dynamo_compiling():
                 return torch.ops.kubellm.decode_attention(query, key, value, int(module.layer_idx)), None
             return sdpa_attention_forward(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
