@@ -34,9 +34,9 @@ DELEGATES: dict[str, Delegate] = {
     "crd": Delegate("kubellm_operator.offline", None, "print the LLMService CustomResourceDefinition", "crd_main"),
     "serve": Delegate("kubellm_inference.server", "inference", "run the inference server (FastAPI, port 5000)"),
     "probe": Delegate("kubellm_inference.probe", "inference", "run a probe against the local server (probe live)"),
-    "tiny-model": Delegate("kubellm_inference.tinymodel", "inference", "build a tiny random model folder"),
+    "tiny-model": Delegate("kubellm_tools.tinymodel", "inference", "build a tiny random model folder"),
     "bench": Delegate(
-        "kubellm_inference.bench", "inference", "benchmark an inference server; `bench operator`: the operator"
+        "kubellm_tools.bench", "inference", "benchmark an inference server; `bench operator`: the operator"
     ),
     "operator": Delegate("kubellm_operator.main", "operator", "run the Kopf operator"),
     "emulator": Delegate("kubellm_emulator.cli", "sandbox", "run the Kubernetes API emulator"),

@@ -32,7 +32,7 @@ def ensure_demo_repo(root: pathlib.Path) -> pathlib.Path:
     folder = root / DEMO_REPO
     if (folder / "model.safetensors").is_file():
         return folder
-    from kubellm_inference.tinymodel import build_tiny_model
+    from kubellm_tools.tinymodel import build_tiny_model
 
     staging = folder.with_name(folder.name + ".building")
     build_tiny_model(staging, hidden_size=256, num_layers=4)

@@ -13,7 +13,7 @@ from kubellm_hub.server import HubServer
 
 @pytest.fixture(scope="session")
 def tiny_repo_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kubellm_inference.tinymodel import build_tiny_model
+    from kubellm_tools.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-source") / "tiny")
 

@@ -9,7 +9,7 @@ import pytest
 from inference_support import RunningServer, serve
 
 from kubellm.contract import CompileMode, DType, ServerSettings
-from kubellm_inference.tinymodel import build_tiny_model
+from kubellm_tools.tinymodel import build_tiny_model
 
 
 @pytest.fixture(scope="session")

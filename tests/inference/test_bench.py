@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kubellm_inference.bench import main as bench_main
+from kubellm_tools.bench import main as bench_main
 
 
 def test_bench_measures_raw_generate_and_our_server(

@@ -22,7 +22,7 @@ T0 = "2026-01-01T00:00:00Z"
 
 @pytest.fixture(scope="module")
 def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kubellm_inference.tinymodel import build_tiny_model
+    from kubellm_tools.tinymodel import build_tiny_model
 
     root = tmp_path_factory.mktemp("hub")
     build_tiny_model(root / "acme" / "tiny")

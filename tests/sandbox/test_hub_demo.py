@@ -10,9 +10,9 @@ import pytest
 from demo_support import example, run_demo
 
 from kubellm_hub.server import HubServer, Knobs
-from kubellm_inference.tinymodel import build_tiny_model
 from kubellm_sandbox.processes import free_port
 from kubellm_sandbox.supervisor import Layout
+from kubellm_tools.tinymodel import build_tiny_model
 
 
 @pytest.mark.slow

@@ -27,12 +27,12 @@ from typing import Any
 import kubernetes
 import pytest
 
-from kubellm_inference.tinymodel import build_tiny_model
 from kubellm_sandbox import cli
 from kubellm_sandbox.pods import CONTAINER_ID_SCHEME, PORTS_ANNOTATION
 from kubellm_sandbox.processes import free_port, recorded_pid
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout
+from kubellm_tools.tinymodel import build_tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
