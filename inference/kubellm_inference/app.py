@@ -46,6 +46,7 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
         compile_mode=settings.compile,
         # On the model cache volume, so a restart finds what the last start compiled.
         compile_cache_dir=settings.cache_dir / "compiled",
+        compile_prebuilt_dir=settings.prebuilt_dir / "compiled" if settings.prebuilt_dir is not None else None,
     )
     state = ServerState(settings=settings, metrics=server_metrics, engine=engine, progress=progress)
 

@@ -22,10 +22,13 @@ cache.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +63,8 @@ class Step(enum.StrEnum):
 class CompileState(enum.StrEnum):
     off = "off"  # compile: off, or auto decided against it
     pending = "pending"  # wanted, waiting for the server to be Ready
-    compiling = "compiling"
+    compiling = "compiling"  # a child process compiles into the cache (skipped when the cache is warm)
+    loading = "loading"  # this process loads the graphs from the warm cache
     ready = "ready"  # the compiled step serves
     failed = "failed"  # the eager step keeps serving
 
@@ -122,11 +126,24 @@ def cache_key(model: str, dtype: torch.dtype, quantization: Quantization) -> str
     return f"{readable}-{digest}"
 
 
-def use_cache_dir(folder: Path) -> None:
-    """Point Inductor's (and Triton's) on-disk caches at ``folder``, before anything compiles."""
+def use_cache_dir(root: Path, key: str, prebuilt: Path | None = None) -> Path:
+    """Point Inductor's on-disk caches at ``root/key`` before anything compiles, seeded from ``prebuilt/key``
+    (the image's, compiled at build time) when the volume has none yet: Inductor writes into its cache (locks,
+    new entries), so a read-only copy cannot serve as one. Returns the folder."""
+    folder = root / key
+    seed = prebuilt / key if prebuilt is not None else None
+    if not folder.is_dir() and seed is not None and seed.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".seed-") as scratch:
+            staging = Path(scratch) / key
+            shutil.copytree(seed, staging, symlinks=True)
+            # Another replica on the same volume may have won the race; its copy is as good.
+            with contextlib.suppress(OSError):
+                os.rename(staging, folder)
+        log.info("seeded the compile cache %s from %s", folder, seed)
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-    os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+    return folder
 
 
 @dataclass
@@ -207,7 +224,8 @@ def register_attention() -> None:
             # Not is_compiling(): that is a process-wide flag, true for the worker's eager steps as well while
             # the compile thread traces; Dynamo answers is_dynamo_compiling() itself, per trace.
             if torch.compiler.is_dynamo_compiling():
-                return torch.ops.kubellm.decode_attention(query, key, value, int(module.layer_idx)), None
+                layer: Any = module.layer_idx
+                return torch.ops.kubellm.decode_attention(query, key, value, int(layer)), None
             return sdpa_attention_forward(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
             )
@@ -219,7 +237,11 @@ def register_attention() -> None:
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The attention modules by layer index (every module with a ``layer_idx`` and a ``q_proj``)."""
-    found = {int(m.layer_idx): m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")}
+    found: dict[int, nn.Module] = {}
+    for module in model.modules():
+        if hasattr(module, "layer_idx") and hasattr(module, "q_proj"):
+            index: Any = module.layer_idx
+            found[int(index)] = module
     return [found[i] for i in sorted(found)]
 
 
@@ -253,6 +275,8 @@ class CompiledDecoder:
             step, dynamic=False, options=_INDUCTOR_OPTIONS
         )
         self._hidden = int(config.hidden_size)
+        self._config = config
+        self._dtype: torch.dtype = next(model.parameters()).dtype
 
     def build(self, on_bucket: Callable[[int, float], None] | None = None) -> None:
         """Compile (or load from Inductor's cache) the graph of every bucket, by running it once on a throwaway
@@ -285,9 +309,9 @@ class CompiledDecoder:
         rows = input_ids.shape[0]
         size = bucket_for(rows, self.buckets)
         # The eager model builds this mask from the same inputs before its layers run; so does this step.
-        shape_only = torch.empty((rows, 1, self._hidden), dtype=self._model.dtype, device=input_ids.device)
+        shape_only = torch.empty((rows, 1, self._hidden), dtype=self._dtype, device=input_ids.device)
         causal = create_causal_mask(
-            config=self._model.config,  # type: ignore[arg-type]
+            config=self._config,
             inputs_embeds=shape_only,
             attention_mask=mask,
             cache=cache,
@@ -296,9 +320,121 @@ class CompiledDecoder:
         if size > rows:
             input_ids = torch.cat([input_ids, input_ids.new_full((size - rows, 1), self._pad)])
             positions = torch.cat([positions, positions.new_zeros((size - rows, 1))])
-        _local.context = _Context(cache, causal, rows, self._modules)  # type: ignore[arg-type]
+        _local.context = _Context(cache, causal if isinstance(causal, torch.Tensor) else None, rows, self._modules)
         try:
             logits = self._compiled(input_ids, positions)
         finally:
             _local.context = None
         return logits[:rows]
+
+
+# ---- compiling in a child process ------------------------------------------------------------------------------
+#
+# Dynamo traces in Python, holding the GIL for most of a compile: in the serving process every small op of the
+# eager step then waits for the GIL (measured: an eager decode on SmolLM2 made no visible progress for 14 minutes
+# while bucket 1 compiled in a thread beside it). So the cold compile runs in a child process, which fills the
+# cache folder; the server then loads the graphs from that warm cache (Dynamo's trace again, Inductor's work from
+# the cache), a much shorter window.
+
+WARM_MARKER_PREFIX = "warm-"
+# The longest a cold compile may take before it is abandoned (and the eager step keeps serving).
+CHILD_TIMEOUT_S = 3600.0
+
+
+def warm_marker(folder: Path, buckets: Sequence[int]) -> Path:
+    """Written by a child that compiled every one of ``buckets`` into ``folder``."""
+    return folder / (WARM_MARKER_PREFIX + "-".join(map(str, buckets)))
+
+
+def compile_in_child(
+    folder: Path,
+    source: str,
+    dtype: torch.dtype,
+    quantization: Quantization,
+    buckets: Sequence[int],
+    on_bucket: Callable[[int, float], None],
+    should_stop: Callable[[], bool],
+    timeout_s: float = CHILD_TIMEOUT_S,
+) -> None:
+    """Run ``python -m kubellm_inference.compiled`` to compile every bucket into ``folder``; raises RuntimeError
+    with the child's last lines when it fails, runs out of time or the server stops."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "kubellm_inference.compiled", "--model", source]
+    command += ["--dtype", str(dtype).removeprefix("torch."), "--quantization", quantization.value]
+    command += ["--buckets", ",".join(map(str, buckets)), "--cache-folder", str(folder)]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)}
+    deadline = time.monotonic() + timeout_s
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as child:
+        assert child.stdout is not None
+
+        def watchdog() -> None:
+            while child.poll() is None:
+                if should_stop() or time.monotonic() > deadline:
+                    child.kill()
+                    return
+                time.sleep(0.5)
+
+        threading.Thread(target=watchdog, name="kubellm-compile-watchdog", daemon=True).start()
+        for line in child.stdout:
+            lines = [*lines[-19:], line.rstrip()]
+            if line.startswith("bucket "):
+                _, size, seconds = line.split()
+                on_bucket(int(size), float(seconds))
+        code = child.wait()
+    if code != 0:
+        why = "it ran out of time" if time.monotonic() > deadline else f"exit code {code}"
+        raise RuntimeError(f"the compile process failed ({why}): " + " | ".join(lines[-5:]))
+
+
+def child_main(argv: Sequence[str]) -> int:
+    """The child process: load the model as the server did, compile every bucket into the cache folder."""
+    import argparse
+
+    from kubellm.contract import Device, DType, ServerSettings
+    from kubellm_inference.loading import load_model
+
+    parser = argparse.ArgumentParser(prog="python -m kubellm_inference.compiled")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dtype", required=True, choices=[d.value for d in DType])
+    parser.add_argument("--quantization", required=True, choices=[q.value for q in Quantization])
+    parser.add_argument("--buckets", required=True)
+    parser.add_argument("--cache-folder", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.cache_folder)
+    settings = ServerSettings(
+        model=args.model, dtype=DType(args.dtype), quantization=Quantization(args.quantization), device=Device.cpu
+    )
+    buckets = tuple(int(b) for b in args.buckets.split(","))
+    loaded = load_model(settings)
+    build_into(args.cache_folder, loaded.model, buckets, loaded.pad_token_id)
+    return 0
+
+
+def build_into(folder: Path, model: nn.Module, buckets: Sequence[int], pad_token_id: int) -> None:
+    """Compile every bucket with Inductor's cache in ``folder`` and mark it warm (prints one line per bucket)."""
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
+    decoder = CompiledDecoder(model, buckets, pad_token_id)
+    decoder.build(lambda size, seconds: print(f"bucket {size} {seconds:.1f}", flush=True))
+    warm_marker(folder, buckets).write_text(f"compiled by torch {_torch_version()}\n")
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+if __name__ == "__main__":
+    import sys
+
+    # Through the package's module, not this __main__ copy: the op, its context and the engine share one module.
+    from kubellm_inference.compiled import child_main as main
+
+    sys.exit(main(sys.argv[1:]))

@@ -145,13 +145,15 @@ class CompileStatus:
     buckets: tuple[int, ...] = ()
     buckets_done: int = 0
     seconds: float = 0.0  # the whole build, once ready or failed; so far while compiling
+    compile_seconds: float | None = None  # the child's cold compile; None when the cache was warm
+    load_seconds: float | None = None  # loading the graphs into this process from the warm cache
     started_at: float | None = None
     cache_dir: str | None = None
     detail: str | None = None
 
     def snapshot(self, step: Step) -> dict[str, object]:
         seconds = self.seconds
-        if self.state is CompileState.compiling and self.started_at is not None:
+        if self.state in (CompileState.compiling, CompileState.loading) and self.started_at is not None:
             seconds = time.monotonic() - self.started_at
         return {
             "setting": self.setting.value,
@@ -161,6 +163,8 @@ class CompileStatus:
             "buckets": list(self.buckets),
             "buckets_done": self.buckets_done,
             "seconds": round(seconds, 1),
+            "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 1),
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 1),
             "cache_dir": self.cache_dir,
             "detail": self.detail,
         }
@@ -201,6 +205,7 @@ class GenerationEngine:
         debug_step_delay_s: float = 0.0,
         compile_mode: CompileMode = CompileMode.off,
         compile_cache_dir: Path | None = None,
+        compile_prebuilt_dir: Path | None = None,
     ) -> None:
         self._loader = loader
         self._queue_size = queue_size
@@ -220,6 +225,7 @@ class GenerationEngine:
         self._loaded: LoadedModel | None = None
         self._encode_lock = threading.Lock()
         self._compile_cache_dir = compile_cache_dir
+        self._compile_prebuilt_dir = compile_prebuilt_dir
         self.compile_status = CompileStatus(setting=compile_mode)
         # Set once, by the compile thread, when every bucket is built; the worker reads it before each decode.
         self._compiled: CompiledDecoder | None = None
@@ -367,41 +373,63 @@ class GenerationEngine:
         log.info("%s: the decode step %s", status.reason, "is compiled after Ready" if wanted else "stays eager")
         if wanted:
             compiled.register_attention()
-            loaded.model.set_attn_implementation(compiled.ATTENTION_NAME)  # type: ignore[operator]
+            loaded.model.set_attn_implementation(compiled.ATTENTION_NAME)
             status.state = CompileState.pending
             status.buckets = compiled.batch_buckets(self._max_batch_size)
         return wanted
 
     def _build_compiled(self) -> None:
-        """The compile thread: build every bucket's graph, then hand the step to the worker. A failure leaves
-        the eager step serving."""
+        """The compile thread: compile every bucket in a child process unless the cache is warm, load the graphs
+        here, then hand the step to the worker. A failure leaves the eager step serving."""
+        import sys
+
         from kubellm_inference import compiled
 
         loaded = self.loaded
+        dtype = loaded.dtype or loaded.model.dtype
         status = self.compile_status
         status.started_at = time.monotonic()
-        status.state = CompileState.compiling
+
+        def compiled_one(size: int, seconds: float) -> None:
+            status.buckets_done += 1
+            self._metrics.compile_buckets_done.set(status.buckets_done)
+            log.info("%s the decode step for batch bucket %d in %.1fs", status.state.value, size, seconds)
+
+        switch_interval = sys.getswitchinterval()
         try:
             if self._compile_cache_dir is not None:
-                folder = self._compile_cache_dir / compiled.cache_key(
-                    str(loaded.source), loaded.dtype or loaded.model.dtype, loaded.quantization
-                )
-                compiled.use_cache_dir(folder)
+                key = compiled.cache_key(loaded.source, dtype, loaded.quantization)
+                folder = compiled.use_cache_dir(self._compile_cache_dir, key, self._compile_prebuilt_dir)
                 status.cache_dir = str(folder)
+                if not compiled.warm_marker(folder, status.buckets).exists():
+                    status.state = CompileState.compiling
+                    compiled.compile_in_child(
+                        folder,
+                        loaded.source,
+                        dtype,
+                        loaded.quantization,
+                        status.buckets,
+                        compiled_one,
+                        should_stop=lambda: self._stopping,
+                    )
+                    status.compile_seconds = time.monotonic() - status.started_at
+            status.state = CompileState.loading
+            status.buckets_done = 0
+            loading_from = time.monotonic()
             decoder = compiled.CompiledDecoder(loaded.model, status.buckets, loaded.pad_token_id)
-
-            def done(size: int, seconds: float) -> None:
-                status.buckets_done += 1
-                self._metrics.compile_buckets_done.set(status.buckets_done)
-                log.info("compiled the decode step for batch bucket %d in %.1fs", size, seconds)
-
-            decoder.build(done)
+            # While Dynamo traces here it holds the GIL for long stretches; a shorter switch interval lets the
+            # worker's eager steps (hundreds of small ops, each needing the GIL) through more often meanwhile.
+            sys.setswitchinterval(min(switch_interval, 0.0005))
+            decoder.build(compiled_one)
+            status.load_seconds = time.monotonic() - loading_from
         except Exception as error:
             status.seconds = time.monotonic() - status.started_at
             status.state = CompileState.failed
             status.detail = f"{type(error).__name__}: {error}"
             log.exception("compiling the decode step failed after %.1fs; the eager step keeps serving", status.seconds)
             return
+        finally:
+            sys.setswitchinterval(switch_interval)
         status.seconds = time.monotonic() - status.started_at
         self._metrics.compile_seconds.set(status.seconds)
         if self._stopping:
@@ -411,9 +439,11 @@ class GenerationEngine:
         self._metrics.decode_step.labels(step=Step.eager.value).set(0)
         self._metrics.decode_step.labels(step=Step.compiled.value).set(1)
         log.info(
-            "the compiled decode step serves now (buckets %s, built in %.1fs)",
+            "the compiled decode step serves now (buckets %s; %.1fs: compile %s, load %.1fs)",
             ",".join(map(str, status.buckets)),
             status.seconds,
+            "from cache" if status.compile_seconds is None else f"{status.compile_seconds:.1f}s",
+            status.load_seconds or 0.0,
         )
 
     def _warm_up(self) -> None:

@@ -16,9 +16,7 @@ CONVERT_AND_LOAD_TIMEOUT_S = 180.0
 
 @pytest.mark.slow
 def test_embedded_smollm2_answers_a_real_question(tmp_path: Path) -> None:
-    settings = ServerSettings(
-        cache_dir=tmp_path, max_new_tokens=32, request_timeout_s=120, compile=CompileMode.off
-    )
+    settings = ServerSettings(cache_dir=tmp_path, max_new_tokens=32, request_timeout_s=120, compile=CompileMode.off)
     assert settings.model == EMBEDDED_MODEL, "no model configured means the embedded one"
     assert embedded_gguf_path().suffix == ".gguf"
     with serve(settings, load_timeout_s=CONVERT_AND_LOAD_TIMEOUT_S) as server, server.client(timeout=120) as client:
