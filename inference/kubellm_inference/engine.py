@@ -426,7 +426,10 @@ class GenerationEngine:
             status.seconds = time.monotonic() - status.started_at
             status.state = CompileState.failed
             status.detail = f"{type(error).__name__}: {error}"
-            log.exception("compiling the decode step failed after %.1fs; the eager step keeps serving", status.seconds)
+            if self._stopping:
+                log.info("compiling the decode step stopped with the server after %.1fs", status.seconds)
+            else:
+                log.exception("compiling the decode step failed after %.1fs; the eager step serves", status.seconds)
             return
         finally:
             sys.setswitchinterval(switch_interval)

@@ -329,8 +329,10 @@ def wait_for_steps(servers: dict[str, str], deadline: float) -> dict[str, dict[s
             if state is None:
                 settled[name] = {"step": "eager", "compile_state": "absent"}
             elif state["state"] in ("ready", "failed", "off"):
-                settled[name] = {"step": state["step"], "compile_state": state["state"]}
-                settled[name]["compile_seconds"] = state["seconds"]
+                settled[name] = {"step": state["step"], "compile_state": state["state"], "detail": state["detail"]}
+                # The whole build after Ready; the child's cold compile (None: the cache was warm); the load.
+                for field_name in ("seconds", "compile_seconds", "load_seconds"):
+                    settled[name][field_name] = state.get(field_name)
         if len(settled) == len(servers):
             return settled
         if time.monotonic() > deadline:
@@ -637,6 +639,8 @@ def main(argv: list[str]) -> int:
     print(table(document))
     for name, value in document["comparisons"].items():
         print(f"{name}: {value}")
+    for name, step in document["steps"].items():
+        print(f"step of {name}: {json.dumps(step)}")
     for note in document["notes"]:
         print(f"note: {note}")
     text = json.dumps(document, indent=2)
