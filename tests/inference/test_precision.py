@@ -40,7 +40,8 @@ def test_auto_server_reports_the_dtype_it_resolved_to(tiny_settings: ServerSetti
         )
     assert card["dtype"] == expected
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 4
-    assert server.metric("kubellm_model_info", dtype=expected, quantization="none", device="cpu") == 1
+    info = {"dtype": expected, "quantization": "none", "device": "cpu", "compile": "off"}
+    assert server.metric("kubellm_model_info", **info) == 1
 
 
 def test_int8_server_generates_and_reads_fewer_bytes(tiny_settings: ServerSettings) -> None:
