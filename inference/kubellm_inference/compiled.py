@@ -88,14 +88,35 @@ def bucket_for(rows: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"{rows} rows exceed the largest bucket {buckets[-1]}")
 
 
+def missing_toolchain() -> str | None:
+    """What Inductor's C++ backend lacks here, if anything. It needs a compiler and torch's headers even to load
+    graphs from a warm cache (measured: a warm cache with CXX pointing nowhere fails with InvalidCxxCompiler), and
+    the inference image ships neither."""
+    import torch
+
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler})"
+    if not (Path(torch.__file__).parent / "include" / "torch").is_dir():
+        return "torch's C++ headers are not installed"
+    return None
+
+
 def decide(
-    setting: CompileMode, device: torch.device, dtype: torch.dtype, quantization: Quantization
+    setting: CompileMode,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: Quantization,
+    missing: str | None = None,
 ) -> tuple[bool, str]:
-    """Whether to build the compiled step, and why (logged and shown in /loadz)."""
+    """Whether to build the compiled step, and why (logged and shown in /loadz); ``missing`` is what
+    ``missing_toolchain()`` found lacking."""
     import torch
 
     if setting is CompileMode.off:
         return False, "compile: off"
+    if missing is not None:
+        return False, f"compile: auto is off here: {missing}, which Inductor needs"
     if device.type != "cpu":
         # On a GPU the eager step is not per-op bound the same way, and CUDA graphs would be the tool; unmeasured.
         return False, f"compile: auto is off on {device.type} (measured on CPU only)"

@@ -368,7 +368,11 @@ class GenerationEngine:
 
         status = self.compile_status
         wanted, status.reason = compiled.decide(
-            status.setting, loaded.device, loaded.dtype or loaded.model.dtype, loaded.quantization
+            status.setting,
+            loaded.device,
+            loaded.dtype or loaded.model.dtype,
+            loaded.quantization,
+            compiled.missing_toolchain() if status.setting is CompileMode.auto else None,
         )
         log.info("%s: the decode step %s", status.reason, "is compiled after Ready" if wanted else "stays eager")
         if wanted:

@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from kubellm.contract import ServerSettings
+from kubellm.contract import CompileMode, ServerSettings
 from kubellm_inference.app import create_app
 from kubellm_inference.engine import EngineState
 from kubellm_inference.loading import LoadedModel, ModelLoadError, load_model
@@ -110,7 +110,8 @@ def prepare_compiled(settings: ServerSettings, loaded: LoadedModel) -> int:
     from kubellm_inference import compiled
 
     dtype = loaded.dtype or loaded.model.dtype
-    wanted, reason = compiled.decide(settings.compile, loaded.device, dtype, loaded.quantization)
+    missing = compiled.missing_toolchain() if settings.compile is CompileMode.auto else None
+    wanted, reason = compiled.decide(settings.compile, loaded.device, dtype, loaded.quantization, missing)
     log.info("%s", reason)
     if not wanted:
         return 0

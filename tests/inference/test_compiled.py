@@ -49,6 +49,12 @@ def test_auto_compiles_cpu_bfloat16_and_float32_only(
     assert decided is wanted and reason in why
 
 
+def test_auto_is_off_without_the_cpp_toolchain_inductor_needs() -> None:
+    # The inference image has no C++ compiler: even a warm Inductor cache needs one, so auto serves eager there.
+    decided, why = decide(CompileMode.auto, torch.device("cpu"), torch.bfloat16, Quantization.none, "no C++ compiler")
+    assert not decided and "no C++ compiler" in why
+
+
 def test_cache_key_separates_models_dtypes_and_quantizations() -> None:
     keys = {
         cache_key("/models/a", torch.bfloat16, Quantization.none),
