@@ -60,6 +60,13 @@ class Quantization(StrEnum):
     int4 = "int4"
 
 
+class CompileMode(StrEnum):
+    """Whether the decode step is compiled (torch.compile, Inductor): auto = on where it measurably helps."""
+
+    auto = "auto"
+    off = "off"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -82,6 +89,11 @@ class ServerSettings(BaseSettings):
         Quantization.none, description="Weight-only quantization of the linear layers (torchao): none, int8, int4"
     )
     device: Device = Device.auto
+    compile: CompileMode = Field(
+        CompileMode.auto,
+        description="auto: a compiled decode step (Inductor), built in the background after Ready, for CPU "
+        "bfloat16/float32; off: the eager step only",
+    )
     # Outside a pod the cache lives in the user's home; in a pod the renderer points it at the cache volume.
     cache_dir: Path = Field(Path.home() / ".cache" / "kubellm", description="Model download and conversion cache")
     hub_token: SecretStr | None = Field(None, description="Hugging Face token for gated models")

@@ -44,6 +44,10 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
         stuck_step_timeout_s=settings.stuck_step_timeout_s,
         debug_step_delay_s=settings.debug_step_delay_s,
         metrics=server_metrics,
+        compile_mode=settings.compile,
+        # On the model cache volume, so a restart finds what the last start compiled.
+        compile_cache_dir=settings.cache_dir / "compiled",
+        compile_prebuilt_dir=settings.prebuilt_dir / "compiled" if settings.prebuilt_dir is not None else None,
     )
     state = ServerState(settings=settings, metrics=server_metrics, engine=engine, progress=progress)
 

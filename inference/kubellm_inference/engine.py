@@ -22,13 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kubellm.contract import CompileMode
+from kubellm_inference.compiled import CompileState, Step
 from kubellm_inference.loading import LoadedModel
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
+    from kubellm_inference.compiled import CompiledDecoder
     from kubellm_inference.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -130,6 +135,41 @@ class RequestHandle:
             self.request.cancel()
 
 
+@dataclass
+class CompileStatus:
+    """The compiled decode step's progress, written by the compile thread, read by /loadz and /v1/models."""
+
+    setting: CompileMode
+    state: CompileState = CompileState.off
+    reason: str = ""
+    buckets: tuple[int, ...] = ()
+    buckets_done: int = 0
+    seconds: float = 0.0  # the whole build, once ready or failed; so far while compiling
+    compile_seconds: float | None = None  # the child's cold compile; None when the cache was warm
+    load_seconds: float | None = None  # loading the graphs into this process from the warm cache
+    started_at: float | None = None
+    cache_dir: str | None = None
+    detail: str | None = None
+
+    def snapshot(self, step: Step) -> dict[str, object]:
+        seconds = self.seconds
+        if self.state in (CompileState.compiling, CompileState.loading) and self.started_at is not None:
+            seconds = time.monotonic() - self.started_at
+        return {
+            "setting": self.setting.value,
+            "state": self.state.value,
+            "step": step.value,
+            "reason": self.reason,
+            "buckets": list(self.buckets),
+            "buckets_done": self.buckets_done,
+            "seconds": round(seconds, 1),
+            "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 1),
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 1),
+            "cache_dir": self.cache_dir,
+            "detail": self.detail,
+        }
+
+
 class _Batch:
     """The running rows: a shared left-padded KV cache with one attention-mask row per request."""
 
@@ -163,6 +203,9 @@ class GenerationEngine:
         stuck_step_timeout_s: float,
         metrics: ServerMetrics,
         debug_step_delay_s: float = 0.0,
+        compile_mode: CompileMode = CompileMode.off,
+        compile_cache_dir: Path | None = None,
+        compile_prebuilt_dir: Path | None = None,
     ) -> None:
         self._loader = loader
         self._queue_size = queue_size
@@ -181,6 +224,12 @@ class GenerationEngine:
         self._failure: str | None = None
         self._loaded: LoadedModel | None = None
         self._encode_lock = threading.Lock()
+        self._compile_cache_dir = compile_cache_dir
+        self._compile_prebuilt_dir = compile_prebuilt_dir
+        self.compile_status = CompileStatus(setting=compile_mode)
+        # Set once, by the compile thread, when every bucket is built; the worker reads it before each decode.
+        self._compiled: CompiledDecoder | None = None
+        self._compile_thread: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -226,6 +275,11 @@ class GenerationEngine:
         if self._loaded is None:
             raise NotAcceptingError("the model is still loading")
         return self._loaded
+
+    @property
+    def step(self) -> Step:
+        """The decode step serving now."""
+        return Step.compiled if self._compiled is not None else Step.eager
 
     def in_flight(self) -> int:
         """Requests queued or running."""
@@ -279,10 +333,12 @@ class GenerationEngine:
         try:
             self._loaded = self._loader()
             self._metrics.model_load_seconds.set(self._loaded.load_seconds)
+            wanted = self._decide_compile(self._loaded)
             self._metrics.model_info.labels(
                 dtype=self._loaded.dtype_name,
                 quantization=self._loaded.quantization.value,
                 device=str(self._loaded.device),
+                compile=self.compile_status.setting.value,
             ).set(1)
             self._metrics.model_weight_bytes.set(self._loaded.weight_bytes)
             self._warm_up()
@@ -294,12 +350,108 @@ class GenerationEngine:
         self._state = EngineState.ready
         if not self._draining:
             self._metrics.ready.set(1)
+        self._metrics.decode_step.labels(step=Step.eager.value).set(1)
         log.info("generation worker ready (max batch %d, queue %d)", self._max_batch_size, self._queue_size)
+        if wanted:
+            self._compile_thread = threading.Thread(target=self._build_compiled, name="kubellm-compile", daemon=True)
+            self._compile_thread.start()
         try:
             self._loop()
         finally:
             self._state = EngineState.stopped
             self._metrics.ready.set(0)
+
+    def _decide_compile(self, loaded: LoadedModel) -> bool:
+        """Whether to build the compiled step (logged); prepares the model for it on this thread, before the
+        warm-up, so that readiness proves the eager step with the attention the compiled one shares."""
+        from kubellm_inference import compiled
+
+        status = self.compile_status
+        wanted, status.reason = compiled.decide(
+            status.setting,
+            loaded.device,
+            loaded.dtype or loaded.model.dtype,
+            loaded.quantization,
+            compiled.missing_toolchain() if status.setting is CompileMode.auto else None,
+        )
+        log.info("%s: the decode step %s", status.reason, "is compiled after Ready" if wanted else "stays eager")
+        if wanted:
+            compiled.register_attention()
+            loaded.model.set_attn_implementation(compiled.ATTENTION_NAME)
+            status.state = CompileState.pending
+            status.buckets = compiled.batch_buckets(self._max_batch_size)
+        return wanted
+
+    def _build_compiled(self) -> None:
+        """The compile thread: compile every bucket in a child process unless the cache is warm, load the graphs
+        here, then hand the step to the worker. A failure leaves the eager step serving."""
+        import sys
+
+        from kubellm_inference import compiled
+
+        loaded = self.loaded
+        dtype = loaded.dtype or loaded.model.dtype
+        status = self.compile_status
+        status.started_at = time.monotonic()
+
+        def compiled_one(size: int, seconds: float) -> None:
+            status.buckets_done += 1
+            self._metrics.compile_buckets_done.set(status.buckets_done)
+            log.info("%s the decode step for batch bucket %d in %.1fs", status.state.value, size, seconds)
+
+        switch_interval = sys.getswitchinterval()
+        try:
+            if self._compile_cache_dir is not None:
+                key = compiled.cache_key(loaded.source, dtype, loaded.quantization)
+                folder = compiled.use_cache_dir(self._compile_cache_dir, key, self._compile_prebuilt_dir)
+                status.cache_dir = str(folder)
+                if not compiled.warm_marker(folder, status.buckets).exists():
+                    status.state = CompileState.compiling
+                    compiled.compile_in_child(
+                        folder,
+                        loaded.source,
+                        dtype,
+                        loaded.quantization,
+                        status.buckets,
+                        compiled_one,
+                        should_stop=lambda: self._stopping,
+                    )
+                    status.compile_seconds = time.monotonic() - status.started_at
+            status.state = CompileState.loading
+            status.buckets_done = 0
+            loading_from = time.monotonic()
+            decoder = compiled.CompiledDecoder(loaded.model, status.buckets, loaded.pad_token_id)
+            # While Dynamo traces here it holds the GIL for long stretches; a shorter switch interval lets the
+            # worker's eager steps (hundreds of small ops, each needing the GIL) through more often meanwhile.
+            sys.setswitchinterval(min(switch_interval, 0.0005))
+            decoder.build(compiled_one)
+            status.load_seconds = time.monotonic() - loading_from
+        except Exception as error:
+            status.seconds = time.monotonic() - status.started_at
+            status.state = CompileState.failed
+            status.detail = f"{type(error).__name__}: {error}"
+            if self._stopping:
+                log.info("compiling the decode step stopped with the server after %.1fs", status.seconds)
+            else:
+                log.exception("compiling the decode step failed after %.1fs; the eager step serves", status.seconds)
+            return
+        finally:
+            sys.setswitchinterval(switch_interval)
+        status.seconds = time.monotonic() - status.started_at
+        self._metrics.compile_seconds.set(status.seconds)
+        if self._stopping:
+            return
+        self._compiled = decoder
+        status.state = CompileState.ready
+        self._metrics.decode_step.labels(step=Step.eager.value).set(0)
+        self._metrics.decode_step.labels(step=Step.compiled.value).set(1)
+        log.info(
+            "the compiled decode step serves now (buckets %s; %.1fs: compile %s, load %.1fs)",
+            ",".join(map(str, status.buckets)),
+            status.seconds,
+            "from cache" if status.compile_seconds is None else f"{status.compile_seconds:.1f}s",
+            status.load_seconds or 0.0,
+        )
 
     def _warm_up(self) -> None:
         """One short greedy generation through the batching path: readiness proves the model generates."""
@@ -387,13 +539,23 @@ class GenerationEngine:
     # ---- model steps -----------------------------------------------------------------------------------------
 
     def _forward(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        *,
+        decode: bool = False,
     ) -> torch.Tensor:
-        """One model call; returns the last position's logits [rows, vocab]. Watched by the liveness check."""
+        """One model call; returns the last position's logits [rows, vocab]. Watched by the liveness check.
+        A decode step (one new token per row) runs compiled once the compiled step is built."""
         self._step_started_at = time.monotonic()
         try:
             if self._debug_step_delay_s and self._state is EngineState.ready:
                 time.sleep(self._debug_step_delay_s)  # test hook: a stalled step (settings.debug_step_delay_s)
+            compiled = self._compiled
+            if decode and compiled is not None:
+                return compiled.forward(input_ids, mask, positions, cache)
             output = self.loaded.model(
                 input_ids=input_ids,
                 attention_mask=mask,
@@ -440,7 +602,9 @@ class GenerationEngine:
 
         ones = torch.ones((len(batch), 1), dtype=batch.mask.dtype, device=batch.mask.device)
         batch.mask = torch.cat([batch.mask, ones], dim=1)
-        logits = self._forward(batch.next_tokens[:, None], batch.mask, batch.positions[:, None], batch.cache)
+        logits = self._forward(
+            batch.next_tokens[:, None], batch.mask, batch.positions[:, None], batch.cache, decode=True
+        )
         batch.positions = batch.positions + 1
         return self._accept(batch, logits)
 

@@ -48,6 +48,7 @@ class LoadedModel:
     dtype: torch.dtype | None = None  # what the weights were loaded in (None: the model's own)
     quantization: Quantization = Quantization.none
     weight_bytes: int = 0  # bytes one decoding step reads (precision.weight_bytes)
+    source: str = ""  # the folder (or id) the weights came from: part of the compiled step's cache key
 
     @property
     def dtype_name(self) -> str:
@@ -235,6 +236,7 @@ def load_model(settings: ServerSettings, progress: LoadProgress | None = None) -
         dtype=dtype,
         quantization=settings.quantization,
         weight_bytes=precision.weight_bytes(model),
+        source=source,
     )
 
 

@@ -37,11 +37,21 @@ class ServerMetrics:
         self.model_load_seconds = Gauge("kubellm_model_load_seconds", "Seconds the model took to load", registry=r)
         self.model_info = Gauge(
             "kubellm_model_info",
-            "1 for the served model's precision: dtype (what auto resolved to), quantization and device",
-            ["dtype", "quantization", "device"],
+            "1 for the served model's precision: dtype (what auto resolved to), quantization, device and the "
+            "compile setting",
+            ["dtype", "quantization", "device", "compile"],
             registry=r,
         )
         self.model_weight_bytes = Gauge(
             "kubellm_model_weight_bytes", "Bytes of weights one decoding step reads", registry=r
+        )
+        self.decode_step = Gauge(
+            "kubellm_decode_step", "1 for the decode step serving now: eager or compiled", ["step"], registry=r
+        )
+        self.compile_seconds = Gauge(
+            "kubellm_compile_seconds", "Seconds the compiled decode step took to build (0 until built)", registry=r
+        )
+        self.compile_buckets_done = Gauge(
+            "kubellm_compile_buckets_done", "Batch-size buckets of the compiled decode step built so far", registry=r
         )
         self.ready = Gauge("kubellm_ready", "1 when the server can generate now, else 0", registry=r)

@@ -165,6 +165,8 @@ class ModelCard(BaseModel):
     # kubellm's own fields (OpenAI clients ignore unknown ones); absent while the model is still loading.
     dtype: str | None = Field(None, description="The dtype the weights are served in (what `auto` resolved to)")
     quantization: str | None = Field(None, description="Weight-only quantization: none, int8 or int4")
+    compile: str | None = Field(None, description="The compile setting: auto or off")
+    step: str | None = Field(None, description="The decode step serving now: eager, or compiled once built")
 
 
 class ModelList(BaseModel):

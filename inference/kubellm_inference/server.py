@@ -26,11 +26,11 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from kubellm.contract import ServerSettings
+from kubellm.contract import CompileMode, ServerSettings
 from kubellm_inference.app import create_app
 from kubellm_inference.engine import EngineState
 from kubellm_inference.guard import guarded_protocol
-from kubellm_inference.loading import ModelLoadError, load_model
+from kubellm_inference.loading import LoadedModel, ModelLoadError, load_model
 from kubellm_inference.state import app_state
 
 log = logging.getLogger("kubellm_inference")
@@ -119,6 +119,29 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def prepare_compiled(settings: ServerSettings, loaded: LoadedModel) -> int:
+    """``--prepare`` with ``compile: auto``: compile the decode step into the cache as well, so that a server
+    started on this cache (an image's prebuilt folder seeds the volume) loads it instead of compiling."""
+    from kubellm_inference import compiled
+
+    dtype = loaded.dtype or loaded.model.dtype
+    missing = compiled.missing_toolchain() if settings.compile is CompileMode.auto else None
+    wanted, reason = compiled.decide(settings.compile, loaded.device, dtype, loaded.quantization, missing)
+    log.info("%s", reason)
+    if not wanted:
+        return 0
+    started = time.monotonic()
+    key = compiled.cache_key(loaded.source, dtype, loaded.quantization)
+    folder = compiled.use_cache_dir(settings.cache_dir / "compiled", key)
+    try:
+        compiled.build_into(folder, loaded.model, compiled.batch_buckets(settings.max_batch_size), loaded.pad_token_id)
+    except Exception as error:
+        print(f"kubellm serve --prepare: compiling the decode step failed: {error}", file=sys.stderr)
+        return EXIT_LOAD_FAILED
+    log.info("decode step compiled into %s in %.1fs", folder, time.monotonic() - started)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubellm serve",
@@ -131,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prepare",
         action="store_true",
-        help="load the model (converting the embedded one into the cache) and exit: for image builds",
+        help="load the model (converting the embedded one into the cache), compile the decode step into the cache "
+        "(unless KUBELLM_COMPILE=off) and exit: for image builds",
     )
     return parser
 
@@ -156,7 +180,7 @@ def main(argv: list[str]) -> int:
             print(f"kubellm serve --prepare: {error}", file=sys.stderr)
             return EXIT_LOAD_FAILED
         log.info("model %s prepared in %.1fs", settings.model, loaded.load_seconds)
-        return 0
+        return prepare_compiled(settings, loaded)
     app = create_app(settings)
     config = uvicorn_config(
         app,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonDict, JsonValue
 
-from kubellm.contract import DType, Quantization, env_name
+from kubellm.contract import CompileMode, DType, Quantization, env_name
 from kubellm.quantity import QUANTITY_PATTERN, format_bytes, parse_quantity
 from kubellm_operator.egress import BASE_URL_PATTERN, base_url_problem
 
@@ -161,6 +161,12 @@ class ModelSpec(_Model):
     quantization: Quantization = Field(
         Quantization.none,
         description="Weight-only quantization of the linear layers at load time (CPU): none, int8 or int4.",
+    )
+    compile: CompileMode = Field(
+        CompileMode.auto,
+        description="Compiled decode step (torch.compile, Inductor): auto builds it in the background after the "
+        "server is Ready, for CPU bfloat16/float32, and switches to it when built (cached on the model cache "
+        "volume); off serves the eager step only.",
     )
     size_hint: Quantity | None = Field(
         None,
@@ -608,6 +614,7 @@ RENDERED_SETTINGS = (
     "revision",
     "dtype",
     "quantization",
+    "compile",
     "device",
     "cache_dir",
     "hub_token",

@@ -100,6 +100,7 @@ def _env(llms: LLMService) -> list[dict[str, Any]]:
         env_name("model"): model.name,
         env_name("dtype"): model.dtype.value,
         env_name("quantization"): model.quantization.value,
+        env_name("compile"): model.compile.value,
         env_name("device"): (Device.cuda if spec.gpu_count() else Device.cpu).value,
         env_name("cache_dir"): DEFAULT_CACHE_DIR,
         env_name("port"): str(spec.service.port),

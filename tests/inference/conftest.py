@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from inference_support import RunningServer, serve
 
-from kubellm.contract import DType, ServerSettings
+from kubellm.contract import CompileMode, DType, ServerSettings
 from kubellm_tools.tinymodel import build_tiny_model
 
 
@@ -26,6 +26,8 @@ def tiny_settings(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
         # Pinned: the behaviour tests compare batched with single greedy outputs, which float32 keeps exact;
         # `auto` (bfloat16 on CPUs with native bf16) has its own tests in test_precision.py.
         dtype=DType.float32,
+        # The compiled step has its own tests (test_compiled.py); every other server serves eager only.
+        compile=CompileMode.off,
         cache_dir=tmp_path_factory.mktemp("cache"),
         max_new_tokens=64,
         default_max_new_tokens=16,

@@ -107,6 +107,8 @@ def serve_process(
         env_name("served_model_name"): "tiny",
         env_name("host"): "127.0.0.1",
         env_name("port"): str(port),
+        # Compiling in the background would only load the machine: test_compiled.py covers it.
+        env_name("compile"): "off",
         **{env_name(k): v for k, v in settings.items()},
     }
     output = log.open("w") if log is not None else None

@@ -15,7 +15,8 @@ def test_bench_measures_raw_generate_and_our_server(
 ) -> None:
     output = tmp_path / "bench.json"
     argv = ["--model", str(tiny_model), "--targets", "raw", "kubellm", "--concurrency", "1", "2"]
-    argv += ["--kubellm-precisions", "auto", "int8"]
+    # Eager only: waiting for compiled steps is test_compiled.py's (slow) business.
+    argv += ["--kubellm-precisions", "auto", "int8", "--kubellm-compile", "off"]
     argv += ["--prompt-tokens", "8", "--new-tokens", "4", "--repetitions", "1", "--rounds", "1"]
     argv += ["--log-dir", str(tmp_path / "logs"), "--json", str(output), "--max-seconds", "120"]
     assert bench_main(argv) == 0
@@ -39,7 +40,10 @@ def test_bench_measures_raw_generate_and_our_server(
     assert "c1_ms_per_token_vs_bandwidth_floor[kubellm serve int8]" in document["comparisons"]
     assert document["prompt_tokens"] == 8
     table = capsys.readouterr().out
-    assert "| kubellm serve | 2 |" in table
+    assert "| kubellm serve | eager | 2 |" in table
+    for name in ours:
+        step = document["steps"][name]
+        assert step["step"] == "eager" and step["compile_state"] == "off" and step["ready_s"] > 0, step
 
 
 def test_bench_refuses_a_model_it_would_have_to_download() -> None:
@@ -67,6 +71,8 @@ def test_bench_measures_a_baseline_checkout_in_the_same_run(tiny_model: Path, tm
         "1",
         "--kubellm-baseline",
         str(checkout),
+        "--kubellm-compile",
+        "off",
     ]
     argv += ["--prompt-tokens", "8", "--new-tokens", "4", "--repetitions", "1", "--rounds", "1"]
     argv += ["--log-dir", str(tmp_path / "logs"), "--json", str(output), "--max-seconds", "120"]

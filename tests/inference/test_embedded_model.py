@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from inference_support import serve
 
-from kubellm.contract import EMBEDDED_MODEL, ServerSettings
+from kubellm.contract import EMBEDDED_MODEL, CompileMode, ServerSettings
 from kubellm_inference.loading import converted_embedded_folder, embedded_gguf_path, model_source
 
 # Converting the real GGUF model into a fresh cache and loading it: ~10 s on an idle 2-core VM, much more on a busy one.
@@ -16,7 +16,7 @@ CONVERT_AND_LOAD_TIMEOUT_S = 180.0
 
 @pytest.mark.slow
 def test_embedded_smollm2_answers_a_real_question(tmp_path: Path) -> None:
-    settings = ServerSettings(cache_dir=tmp_path, max_new_tokens=32, request_timeout_s=120)
+    settings = ServerSettings(cache_dir=tmp_path, max_new_tokens=32, request_timeout_s=120, compile=CompileMode.off)
     assert settings.model == EMBEDDED_MODEL, "no model configured means the embedded one"
     assert embedded_gguf_path().suffix == ".gguf"
     with serve(settings, load_timeout_s=CONVERT_AND_LOAD_TIMEOUT_S) as server, server.client(timeout=120) as client:

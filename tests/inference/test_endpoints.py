@@ -68,7 +68,9 @@ def test_models_lists_the_served_model(server: RunningServer) -> None:
     assert one.status_code == 200 and one.json()["id"] == "tiny"
     # The served precision, as loaded (the shared server pins float32, see conftest.py).
     assert (listing["data"][0]["dtype"], listing["data"][0]["quantization"]) == ("float32", "none")
-    assert server.metric("kubellm_model_info", dtype="float32", quantization="none", device="cpu") == 1
+    info = {"dtype": "float32", "quantization": "none", "device": "cpu", "compile": "off"}
+    assert server.metric("kubellm_model_info", **info) == 1
+    assert (listing["data"][0]["compile"], listing["data"][0]["step"]) == ("off", "eager")
     assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from inference_support import serve
 
-from kubellm.contract import DType, Quantization, ServerSettings
+from kubellm.contract import CompileMode, DType, Quantization, ServerSettings
 from kubellm_inference.loading import ModelLoadError, converted_embedded_folder, load_model
 from kubellm_inference.precision import cpu_has_native_bf16, resolve_dtype, weight_bytes
 
@@ -40,7 +40,8 @@ def test_auto_server_reports_the_dtype_it_resolved_to(tiny_settings: ServerSetti
         )
     assert card["dtype"] == expected
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 4
-    assert server.metric("kubellm_model_info", dtype=expected, quantization="none", device="cpu") == 1
+    info = {"dtype": expected, "quantization": "none", "device": "cpu", "compile": "off"}
+    assert server.metric("kubellm_model_info", **info) == 1
 
 
 def test_int8_server_generates_and_reads_fewer_bytes(tiny_settings: ServerSettings) -> None:
@@ -114,7 +115,12 @@ def test_int4_server_generates_through_the_batching_engine(tmp_path: Path) -> No
     # through this path; this test did not reproduce that failure, so it guards the path, not that bug.
     folder = str(converted_embedded_folder(ServerSettings().cache_dir))
     settings = ServerSettings(
-        model=folder, served_model_name="smol", quantization=Quantization.int4, cache_dir=tmp_path, max_new_tokens=8
+        model=folder,
+        served_model_name="smol",
+        quantization=Quantization.int4,
+        cache_dir=tmp_path,
+        max_new_tokens=8,
+        compile=CompileMode.off,
     )
     prompts = ["The capital of France is", "Rome, a city of many churches and fountains, is the capital of"]
     gate = threading.Barrier(len(prompts), timeout=60)

@@ -20,6 +20,8 @@ def example(name: str) -> dict[str, Any]:
 def run_demo(manifest: dict[str, Any], tmp_path: pathlib.Path, timeout_s: int) -> int:
     """`kubellm demo --down-after` on ``manifest`` in a sandbox under ``tmp_path``; --down-after stops the sandbox
     whatever the outcome, so no process outlives the test."""
+    # The compiled step would compile in a child process of the pod: tests/inference/test_compiled.py covers it.
+    manifest["spec"]["model"].setdefault("compile", "off")
     path = tmp_path / "llmservice.yaml"
     path.write_text(yaml.safe_dump(manifest))
     data_dir = tmp_path / "sandbox"

@@ -9,8 +9,10 @@ latency p50/p90 and output tokens per second. Everything is bounded: a request c
 per request and ``--max-seconds`` for the whole run. Our server can run in several precisions side by side
 (``--kubellm-precisions float32 auto int8 int4``). Next to every concurrency-1 figure the bandwidth floor is
 printed: the bytes of weights one decoding step reads, divided by this machine's memory bandwidth measured in
-the same run (the time one token takes when nothing but reading the weights counts). Prints a table, then the
-JSON document.
+the same run (the time one token takes when nothing but reading the weights counts). Our server's decode step
+(eager or compiled, ``--kubellm-compile auto off``) is reported per target: with ``auto`` the run waits until
+each server has built its compiled step (or given up) before measuring, and records the time to Ready and the
+compile time. Prints a table, then the JSON document.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ _PROMPT_TEXT = (
 ) * 4
 
 SERVER_START_TIMEOUT_S = 180.0
+# Compiling SmolLM2's decode step: minutes on 2 busy cores (issue 22), seconds with a warm Inductor cache.
+COMPILE_TIMEOUT_S = 1800.0
 
 
 class BenchError(RuntimeError):
@@ -192,9 +196,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(command: list[str], env: dict[str, str], health_url: str, log_path: Path) -> Iterator[None]:
-    """A server subprocess, up until ``health_url`` answers 200, stopped (SIGTERM, then SIGKILL) on exit."""
+def server_process(command: list[str], env: dict[str, str], health_url: str, log_path: Path) -> Iterator[float]:
+    """A server subprocess, up until ``health_url`` answers 200 (yields the seconds that took), stopped (SIGTERM,
+    then SIGKILL) on exit."""
     with log_path.open("w") as log:
+        started = time.monotonic()
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -207,7 +213,7 @@ def server_process(command: list[str], env: dict[str, str], health_url: str, log
                 if time.monotonic() > deadline:
                     raise BenchError(f"{command[0]} not healthy after {SERVER_START_TIMEOUT_S}s; see {log_path}")
                 time.sleep(0.25)
-            yield
+            yield time.monotonic() - started
         finally:
             process.terminate()
             try:
@@ -311,6 +317,30 @@ def measure_memory_bandwidth(seconds: float = 2.0) -> float:
     return buffer.numel() * buffer.element_size() / best
 
 
+def wait_for_steps(servers: dict[str, str], deadline: float) -> dict[str, dict[str, Any]]:
+    """Each of our servers' decode step once its compile is settled (built, failed or off), from ``/loadz``;
+    a server without the ``compile`` field (a checkout from before issue 22) serves eager."""
+    settled: dict[str, dict[str, Any]] = {}
+    while True:
+        for name, base in servers.items():
+            if name in settled:
+                continue
+            state = httpx.get(f"{base}/loadz", timeout=10, trust_env=False).json().get("compile")
+            if state is None:
+                settled[name] = {"step": "eager", "compile_state": "absent"}
+            elif state["state"] in ("ready", "failed", "off"):
+                settled[name] = {"step": state["step"], "compile_state": state["state"], "detail": state["detail"]}
+                # The whole build after Ready; the child's cold compile (None: the cache was warm); the load.
+                for field_name in ("seconds", "compile_seconds", "load_seconds"):
+                    settled[name][field_name] = state.get(field_name)
+        if len(settled) == len(servers):
+            return settled
+        if time.monotonic() > deadline:
+            waiting = sorted(set(servers) - set(settled))
+            raise BenchError(f"the compiled decode step of {', '.join(waiting)} was not built in time")
+        time.sleep(1.0)
+
+
 def _metric_value(base_url: str, name: str) -> float | None:
     text = httpx.get(f"{base_url}/metrics", timeout=10, trust_env=False).text
     for line in text.splitlines():
@@ -331,6 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     notes: list[str] = []
     targets: dict[str, Callable[[int], tuple[list[RequestTiming], float]]] = {}
     weight_bytes: dict[str, float | None] = {}
+    ours: dict[str, str] = {}  # our servers' base URLs, by target name
+    ready_seconds: dict[str, float] = {}
     load_before = os.getloadavg()
     base_body = {"prompt": prompt, "max_tokens": args.new_tokens, "temperature": 0, "stream": True}
     highest = max(args.concurrency)
@@ -349,7 +381,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             checkouts: list[tuple[str, Path | None]] = [("", None)]
             if args.kubellm_baseline is not None:
                 checkouts.append((BASELINE_SUFFIX, args.kubellm_baseline))
-            for (suffix, checkout), precision in itertools.product(checkouts, args.kubellm_precisions):
+            variants = itertools.product(checkouts, args.kubellm_precisions, args.kubellm_compile)
+            for (suffix, checkout), precision, compile_mode in variants:
                 port = free_port()
                 dtype, quantization = PRECISIONS[precision]
                 env = {
@@ -358,6 +391,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     env_name("served_model_name"): "bench",
                     env_name("dtype"): dtype,
                     env_name("quantization"): quantization,
+                    env_name("compile"): compile_mode,
                     env_name("host"): "127.0.0.1",
                     env_name("port"): str(port),
                     env_name("max_batch_size"): str(highest),
@@ -368,9 +402,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     env["PYTHONPATH"] = os.pathsep.join(str(checkout / part) for part in CHECKOUT_PACKAGE_ROOTS)
                 command = [sys.executable, "-m", "kubellm_inference.server"]
                 base = f"http://127.0.0.1:{port}"
-                log_path = log_dir / f"kubellm-serve-{precision}{'-baseline' if checkout else ''}.log"
-                servers.enter_context(server_process(command, env, f"{base}/readyz", log_path))
-                name = ours_name(precision) + suffix
+                log_path = log_dir / f"kubellm-serve-{precision}-{compile_mode}{'-baseline' if checkout else ''}.log"
+                # Several compile settings in one run: the eager one is named so; one setting keeps the plain name.
+                name = ours_name(precision) + (
+                    " eager" if compile_mode == "off" and len(args.kubellm_compile) > 1 else ""
+                )
+                name += suffix
+                ready_seconds[name] = servers.enter_context(server_process(command, env, f"{base}/readyz", log_path))
+                ours[name] = base
                 weight_bytes[name] = _metric_value(base, "kubellm_model_weight_bytes")
                 body = {**base_body, "model": "bench", "ignore_eos": True, "stream_options": {"include_usage": True}}
                 targets[name] = http_target(f"{base}/v1/completions", body)
@@ -407,6 +446,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             body = {**base_body, "ignore_eos": True, "n_predict": args.new_tokens, "cache_prompt": False}
             targets[name] = http_target(f"{base}/v1/completions", body)
 
+        compile_deadline = min(budget_end, time.monotonic() + args.compile_timeout)
+        steps = wait_for_steps(ours, compile_deadline) if ours else {}
+        for name, step in steps.items():
+            step["ready_s"] = round(ready_seconds[name], 1)
         # Warm-up, unmeasured: caches, allocator pools and the peer's batching manager exist before timing.
         for name, measure in targets.items():
             for level in args.concurrency if name == RAW else [highest]:
@@ -445,6 +488,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(time.monotonic() - started, 1),
         "memory_bandwidth_gb_s": round(bandwidth / 1e9, 2),
         "bandwidth_floors": floors,
+        "steps": steps,
         "results": [asdict(r) for r in results],
         "comparisons": comparisons(results, floors),
         "notes": notes,
@@ -495,11 +539,12 @@ def comparisons(results: list[LevelResult], floors: dict[str, dict[str, float]] 
 
 def table(document: dict[str, Any]) -> str:
     header = (
-        "| target | concurrency | TTFT p50 (s) | ITL p50 (ms) | e2e p50 (s) | e2e p90 (s) | tokens/s "
+        "| target | step | concurrency | TTFT p50 (s) | ITL p50 (ms) | e2e p50 (s) | e2e p90 (s) | tokens/s "
         "| best tokens/s | best TTFT p50 (s) | bandwidth floor (ms/token) |"
     )
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     floors = document.get("bandwidth_floors", {})
+    steps = document.get("steps", {})
     for r in document["results"]:
         floor = floors.get(r["target"]) if r["concurrency"] == 1 else None
         floor_cell = ""
@@ -507,7 +552,8 @@ def table(document: dict[str, Any]) -> str:
             ratio = r["itl_p50_ms"] / floor["floor_ms_per_token"]
             floor_cell = f"{floor['floor_ms_per_token']:.1f} ({ratio:.1f}x)"
         lines.append(
-            f"| {r['target']} | {r['concurrency']} | {r['ttft_p50_s']:.3f} | {r['itl_p50_ms']:.1f} "
+            f"| {r['target']} | {steps.get(r['target'], {}).get('step', '')} | {r['concurrency']} "
+            f"| {r['ttft_p50_s']:.3f} | {r['itl_p50_ms']:.1f} "
             f"| {r['e2e_p50_s']:.2f} | {r['e2e_p90_s']:.2f} | {r['tokens_per_s']:.1f} "
             f"| {r['best_tokens_per_s']:.1f} | {r['best_ttft_p50_s']:.3f} | {floor_cell} |"
         )
@@ -547,6 +593,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run our server once per precision (dtype, or int8/int4 weights with dtype auto)",
     )
     parser.add_argument(
+        "--kubellm-compile",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "off"],
+        help="our server's compile setting(s); with both, each precision runs twice (the eager one named so)",
+    )
+    parser.add_argument(
+        "--compile-timeout",
+        type=float,
+        default=COMPILE_TIMEOUT_S,
+        help="how long to wait for our servers' compiled decode step before measuring",
+    )
+    parser.add_argument(
         "--kubellm-baseline",
         type=_checkout,
         metavar="DIR",
@@ -580,6 +639,8 @@ def main(argv: list[str]) -> int:
     print(table(document))
     for name, value in document["comparisons"].items():
         print(f"{name}: {value}")
+    for name, step in document["steps"].items():
+        print(f"step of {name}: {json.dumps(step)}")
     for note in document["notes"]:
         print(f"note: {note}")
     text = json.dumps(document, indent=2)

@@ -1,4 +1,4 @@
-"""``GET /loadz``: where the model load is (phase, bytes done and total, rate, restarts), as JSON.
+"""``GET /loadz``: where the model load is (phase, bytes done and total, rate, restarts), and the compiled decode step's build, as JSON.
 
 Open without the API key, because the operator reads it and holds no tenant's key; with
 ``metrics_require_api_key`` a caller without the key gets only the progress (no model id, no detail, which
@@ -33,6 +33,8 @@ async def loadz(state: State, request: Request) -> dict[str, object]:
     snapshot["line"] = state.progress.line() if shown_line else snapshot["phase"]
     if details:
         snapshot["model"] = state.settings.model_id
+        # Which decode step serves, and the compiled one's build: state, buckets built, seconds, cache folder.
+        snapshot["compile"] = state.engine.compile_status.snapshot(state.engine.step)
     else:
         snapshot["detail"] = None
     return snapshot

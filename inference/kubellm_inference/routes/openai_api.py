@@ -50,6 +50,7 @@ def _model_card(state: ServerState) -> ModelCard:
     except NotAcceptingError:
         return card  # still loading: the precision is not known yet
     card.dtype, card.quantization = loaded.dtype_name, loaded.quantization.value
+    card.compile, card.step = state.settings.compile.value, state.engine.step.value
     return card
 
 

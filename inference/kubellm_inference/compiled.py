@@ -1,0 +1,461 @@
+"""The compiled decode step (issue 22): one Inductor graph per batch-size bucket, built off the serving path.
+
+A decoding step of a small model on a CPU is dominated by per-op overhead and by matmuls on weights that aten
+does not pre-pack (issue 16's profile: 75-78 % in ``aten::mm``, the rest hundreds of small ops). Inductor with
+``freezing`` folds the weights into the graph as constants, packs them for oneDNN and fuses the glue
+(RMSNorm, RoPE, SiLU, residual adds) into a few C++ kernels.
+
+What is compiled is the whole decoder for one new token per row **except attention over the KV cache**: the
+attention function the model calls is, inside the compiled graph, the opaque custom op
+``kubellm::decode_attention``, which at run time writes the new keys and values into the engine's own cache
+(the growing, in-place cache of ``engine.py``) and runs the same SDPA call with the same mask the eager step
+runs. So the graph's shapes depend only on the number of rows (padded to a bucket: 1, 2, 4, 8, ... up to
+``max_batch_size``), never on the context length: rows join and leave, caches grow, and nothing recompiles.
+Prefill stays eager.
+
+The graphs are built in a background thread after the server is Ready on the eager step, one bucket after
+the other, and the engine switches to them only when all are built (a graph is never used while another one
+is being compiled for the same function). Inductor's caches live under ``<cache dir>/compiled/<key>``, keyed
+by model, dtype, quantization, torch version and CPU flags, so a restart on the same volume compiles from
+cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubellm.contract import CompileMode, Quantization
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import DynamicCache
+
+log = logging.getLogger(__name__)
+
+ATTENTION_NAME = "kubellm"  # the attention implementation the engine sets on the model (eager: plain SDPA)
+# Inductor options: freezing is what packs the weights (the bulk of the gain); max-autotune adds C++ GEMM
+# templates tuned per shape, at several times the compile time (issue 22: 16.1 against 23-31 ms/token, 247
+# against 91 s on 2 cores), and its choices are cached with the rest.
+_INDUCTOR_OPTIONS: dict[str, Any] = {"freezing": True}
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
+
+
+class Step(enum.StrEnum):
+    """Which decode step serves."""
+
+    eager = "eager"
+    compiled = "compiled"
+
+
+class CompileState(enum.StrEnum):
+    off = "off"  # compile: off, or auto decided against it
+    pending = "pending"  # wanted, waiting for the server to be Ready
+    compiling = "compiling"  # a child process compiles into the cache (skipped when the cache is warm)
+    loading = "loading"  # this process loads the graphs from the warm cache
+    ready = "ready"  # the compiled step serves
+    failed = "failed"  # the eager step keeps serving
+
+
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below ``max_batch_size``, then ``max_batch_size`` itself: a batch of n rows runs in the
+    smallest bucket that holds it (the padding rows cost their share of the matmuls, not of attention)."""
+    buckets = []
+    size = 1
+    while size < max_batch_size:
+        buckets.append(size)
+        size *= 2
+    buckets.append(max_batch_size)
+    return tuple(buckets)
+
+
+def bucket_for(rows: int, buckets: Sequence[int]) -> int:
+    for size in buckets:
+        if size >= rows:
+            return size
+    raise ValueError(f"{rows} rows exceed the largest bucket {buckets[-1]}")
+
+
+def missing_toolchain() -> str | None:
+    """What Inductor's C++ backend lacks here, if anything. It needs a compiler and torch's headers even to load
+    graphs from a warm cache (measured: a warm cache with CXX pointing nowhere fails with InvalidCxxCompiler), and
+    the inference image ships neither."""
+    import torch
+
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler})"
+    if not (Path(torch.__file__).parent / "include" / "torch").is_dir():
+        return "torch's C++ headers are not installed"
+    return None
+
+
+def decide(
+    setting: CompileMode,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: Quantization,
+    missing: str | None = None,
+) -> tuple[bool, str]:
+    """Whether to build the compiled step, and why (logged and shown in /loadz); ``missing`` is what
+    ``missing_toolchain()`` found lacking."""
+    import torch
+
+    if setting is CompileMode.off:
+        return False, "compile: off"
+    if missing is not None:
+        return False, f"compile: auto is off here: {missing}, which Inductor needs"
+    if device.type != "cpu":
+        # On a GPU the eager step is not per-op bound the same way, and CUDA graphs would be the tool; unmeasured.
+        return False, f"compile: auto is off on {device.type} (measured on CPU only)"
+    if dtype not in (torch.bfloat16, torch.float32):
+        return False, f"compile: auto is off for {dtype} on CPU (bfloat16 and float32 only)"
+    return True, f"compile: auto, on for CPU {str(dtype).removeprefix('torch.')} (quantization {quantization.value})"
+
+
+def cpu_flags() -> tuple[str, ...]:
+    """The CPU flags that change the code Inductor generates (part of the cache key)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            flags = {word for line in cpuinfo if line.startswith("flags") for word in line.split()}
+    except OSError:
+        flags = set()
+    return tuple(flag for flag in _CPU_FLAGS if flag in flags)
+
+
+def cache_key(model: str, dtype: torch.dtype, quantization: Quantization) -> str:
+    """A folder name for this model, dtype, quantization, torch version and CPU: compiled code from another of
+    them is never looked at (Inductor keys its entries by graph too; this keeps unrelated entries apart and lets
+    an operator delete one model's)."""
+    import torch
+
+    parts = [model, str(dtype), quantization.value, torch.__version__, ",".join(cpu_flags())]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    readable = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model.rstrip("/")).name)[:40]
+    return f"{readable}-{digest}"
+
+
+def use_cache_dir(root: Path, key: str, prebuilt: Path | None = None) -> Path:
+    """Point Inductor's on-disk caches at ``root/key`` before anything compiles, seeded from ``prebuilt/key``
+    (the image's, compiled at build time) when the volume has none yet: Inductor writes into its cache (locks,
+    new entries), so a read-only copy cannot serve as one. Returns the folder."""
+    folder = root / key
+    seed = prebuilt / key if prebuilt is not None else None
+    if not folder.is_dir() and seed is not None and seed.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".seed-") as scratch:
+            staging = Path(scratch) / key
+            shutil.copytree(seed, staging, symlinks=True)
+            # Another replica on the same volume may have won the race; its copy is as good.
+            with contextlib.suppress(OSError):
+                os.rename(staging, folder)
+        log.info("seeded the compile cache %s from %s", folder, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
+
+
+@dataclass
+class _Context:
+    """What the attention op needs at run time; set by the thread that runs a step."""
+
+    cache: DynamicCache
+    mask: torch.Tensor | None  # the 4-D mask the eager step would use (None: attend to everything)
+    rows: int  # real rows; the rest of the bucket is padding
+    modules: Sequence[nn.Module]  # the attention modules, by layer index
+
+
+_local = threading.local()
+
+
+def _current() -> _Context:
+    context: _Context | None = getattr(_local, "context", None)
+    if context is None:
+        raise RuntimeError("kubellm::decode_attention ran outside a compiled decode step")
+    return context
+
+
+def _decode_attention_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> torch.Tensor:
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    context = _current()
+    n = context.rows
+    module = context.modules[layer_idx]
+    keys, values = context.cache.update(key[:n], value[:n], layer_idx)
+    out, _ = sdpa_attention_forward(
+        module, query[:n], keys, values, context.mask, dropout=0.0, scaling=getattr(module, "scaling", None)
+    )
+    padding = query.shape[0] - n
+    if padding:
+        out = torch.cat([out, out.new_zeros((padding, *out.shape[1:]))])
+    return out.contiguous()
+
+
+def _decode_attention_fake(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> torch.Tensor:
+    return query.new_empty((query.shape[0], query.shape[2], query.shape[1], query.shape[3]))
+
+
+_registered = False
+_register_lock = threading.Lock()
+
+
+def register_attention() -> None:
+    """Register the op and the ``kubellm`` attention implementation (eager: transformers' SDPA, unchanged;
+    while Dynamo traces: the op). Idempotent."""
+    global _registered
+    with _register_lock:
+        if _registered:
+            return
+        import torch
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        # The schema is spelled out: this module's annotations are strings (postponed), which infer_schema refuses.
+        op = torch.library.custom_op(
+            "kubellm::decode_attention",
+            mutates_args=(),
+            schema="(Tensor query, Tensor key, Tensor value, int layer_idx) -> Tensor",
+        )(_decode_attention_impl)
+        op.register_fake(_decode_attention_fake)
+
+        def attention(
+            module: nn.Module,
+            query: torch.Tensor,
+            key: torch.Tensor,
+            value: torch.Tensor,
+            attention_mask: torch.Tensor | None,
+            dropout: float = 0.0,
+            scaling: float | None = None,
+            **kwargs: Any,
+        ) -> tuple[torch.Tensor, None]:
+            # Not is_compiling(): that is a process-wide flag, true for the worker's eager steps as well while
+            # the compile thread traces; Dynamo answers is_dynamo_compiling() itself, per trace.
+            if torch.compiler.is_dynamo_compiling():
+                layer: Any = module.layer_idx
+                return torch.ops.kubellm.decode_attention(query, key, value, int(layer)), None
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+
+        AttentionInterface.register(ATTENTION_NAME, attention)
+        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+        _registered = True
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The attention modules by layer index (every module with a ``layer_idx`` and a ``q_proj``)."""
+    found: dict[int, nn.Module] = {}
+    for module in model.modules():
+        if hasattr(module, "layer_idx") and hasattr(module, "q_proj"):
+            index: Any = module.layer_idx
+            found[int(index)] = module
+    return [found[i] for i in sorted(found)]
+
+
+class CompiledDecoder:
+    """The compiled decode step of one model: ``build`` compiles every bucket (slow, any thread), ``forward``
+    runs one step (the engine's worker thread)."""
+
+    def __init__(self, model: nn.Module, buckets: Sequence[int], pad_token_id: int) -> None:
+        import torch
+
+        register_attention()
+        self._model = model
+        self.buckets = tuple(buckets)
+        self._pad = pad_token_id
+        self._modules = attention_modules(model)
+        if not self._modules:
+            raise RuntimeError("the model has no attention modules the compiled step knows (layer_idx, q_proj)")
+        config: Any = model.config
+        if config._attn_implementation != ATTENTION_NAME:
+            model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
+        # One graph per bucket; Dynamo's default limit (8) would stop at a max batch over 128.
+        limit = max(int(torch._dynamo.config.recompile_limit), len(self.buckets) + 2)
+        torch._dynamo.config.recompile_limit = limit
+
+        def step(input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+            output = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+            logits: torch.Tensor = output.logits[:, -1, :]
+            return logits
+
+        self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
+            step, dynamic=False, options=_INDUCTOR_OPTIONS
+        )
+        self._hidden = int(config.hidden_size)
+        self._config = config
+        self._dtype: torch.dtype = next(model.parameters()).dtype
+
+    def build(self, on_bucket: Callable[[int, float], None] | None = None) -> None:
+        """Compile (or load from Inductor's cache) the graph of every bucket, by running it once on a throwaway
+        cache."""
+        import torch
+
+        from kubellm_inference.engine import _growing_cache
+
+        device = next(self._model.parameters()).device
+        with torch.inference_mode():
+            for size in self.buckets:
+                started = time.monotonic()
+                ids = torch.full((size, 1), self._pad, dtype=torch.long, device=device)
+                positions = torch.zeros((size, 1), dtype=torch.long, device=device)
+                _local.context = _Context(_growing_cache(), None, size, self._modules)
+                try:
+                    self._compiled(ids, positions)
+                finally:
+                    _local.context = None
+                if on_bucket is not None:
+                    on_bucket(size, time.monotonic() - started)
+
+    def forward(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """One decode step of ``input_ids`` [rows, 1]; the same arguments as the eager step, logits [rows, vocab]."""
+        import torch
+        from transformers.masking_utils import create_causal_mask
+
+        rows = input_ids.shape[0]
+        size = bucket_for(rows, self.buckets)
+        # The eager model builds this mask from the same inputs before its layers run; so does this step.
+        shape_only = torch.empty((rows, 1, self._hidden), dtype=self._dtype, device=input_ids.device)
+        causal = create_causal_mask(
+            config=self._config,
+            inputs_embeds=shape_only,
+            attention_mask=mask,
+            cache=cache,
+            position_ids=positions,
+        )
+        if size > rows:
+            input_ids = torch.cat([input_ids, input_ids.new_full((size - rows, 1), self._pad)])
+            positions = torch.cat([positions, positions.new_zeros((size - rows, 1))])
+        _local.context = _Context(cache, causal if isinstance(causal, torch.Tensor) else None, rows, self._modules)
+        try:
+            logits = self._compiled(input_ids, positions)
+        finally:
+            _local.context = None
+        return logits[:rows]
+
+
+# ---- compiling in a child process ------------------------------------------------------------------------------
+#
+# Dynamo traces in Python, holding the GIL for most of a compile: in the serving process every small op of the
+# eager step then waits for the GIL (measured: an eager decode on SmolLM2 made no visible progress for 14 minutes
+# while bucket 1 compiled in a thread beside it). So the cold compile runs in a child process, which fills the
+# cache folder; the server then loads the graphs from that warm cache (Dynamo's trace again, Inductor's work from
+# the cache), a much shorter window.
+
+WARM_MARKER_PREFIX = "warm-"
+# The longest a cold compile may take before it is abandoned (and the eager step keeps serving).
+CHILD_TIMEOUT_S = 3600.0
+
+
+def warm_marker(folder: Path, buckets: Sequence[int]) -> Path:
+    """Written by a child that compiled every one of ``buckets`` into ``folder``."""
+    return folder / (WARM_MARKER_PREFIX + "-".join(map(str, buckets)))
+
+
+def compile_in_child(
+    folder: Path,
+    source: str,
+    dtype: torch.dtype,
+    quantization: Quantization,
+    buckets: Sequence[int],
+    on_bucket: Callable[[int, float], None],
+    should_stop: Callable[[], bool],
+    timeout_s: float = CHILD_TIMEOUT_S,
+) -> None:
+    """Run ``python -m kubellm_inference.compiled`` to compile every bucket into ``folder``; raises RuntimeError
+    with the child's last lines when it fails, runs out of time or the server stops."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "kubellm_inference.compiled", "--model", source]
+    command += ["--dtype", str(dtype).removeprefix("torch."), "--quantization", quantization.value]
+    command += ["--buckets", ",".join(map(str, buckets)), "--cache-folder", str(folder)]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(folder)}
+    deadline = time.monotonic() + timeout_s
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as child:
+        assert child.stdout is not None
+
+        def watchdog() -> None:
+            while child.poll() is None:
+                if should_stop() or time.monotonic() > deadline:
+                    child.kill()
+                    return
+                time.sleep(0.5)
+
+        threading.Thread(target=watchdog, name="kubellm-compile-watchdog", daemon=True).start()
+        for line in child.stdout:
+            lines = [*lines[-19:], line.rstrip()]
+            if line.startswith("bucket "):
+                _, size, seconds = line.split()
+                on_bucket(int(size), float(seconds))
+        code = child.wait()
+    if code != 0:
+        why = "it ran out of time" if time.monotonic() > deadline else f"exit code {code}"
+        raise RuntimeError(f"the compile process failed ({why}): " + " | ".join(lines[-5:]))
+
+
+def child_main(argv: Sequence[str]) -> int:
+    """The child process: load the model as the server did, compile every bucket into the cache folder."""
+    import argparse
+
+    from kubellm.contract import Device, DType, ServerSettings
+    from kubellm_inference.loading import load_model
+
+    parser = argparse.ArgumentParser(prog="python -m kubellm_inference.compiled")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dtype", required=True, choices=[d.value for d in DType])
+    parser.add_argument("--quantization", required=True, choices=[q.value for q in Quantization])
+    parser.add_argument("--buckets", required=True)
+    parser.add_argument("--cache-folder", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.cache_folder)
+    settings = ServerSettings(
+        model=args.model, dtype=DType(args.dtype), quantization=Quantization(args.quantization), device=Device.cpu
+    )
+    buckets = tuple(int(b) for b in args.buckets.split(","))
+    loaded = load_model(settings)
+    build_into(args.cache_folder, loaded.model, buckets, loaded.pad_token_id)
+    return 0
+
+
+def build_into(folder: Path, model: nn.Module, buckets: Sequence[int], pad_token_id: int) -> None:
+    """Compile every bucket with Inductor's cache in ``folder`` and mark it warm (prints one line per bucket)."""
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
+    decoder = CompiledDecoder(model, buckets, pad_token_id)
+    decoder.build(lambda size, seconds: print(f"bucket {size} {seconds:.1f}", flush=True))
+    warm_marker(folder, buckets).write_text(f"compiled by torch {_torch_version()}\n")
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+if __name__ == "__main__":
+    import sys
+
+    # Through the package's module, not this __main__ copy: the op, its context and the engine share one module.
+    from kubellm_inference.compiled import child_main as main
+
+    sys.exit(main(sys.argv[1:]))

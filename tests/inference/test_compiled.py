@@ -1,0 +1,127 @@
+"""The compiled decode step (issue 22): buckets, the auto decision, and on the tiny model a server that is Ready
+on the eager step, switches to the compiled one when it is built, and answers greedy requests exactly as the
+eager step did (float32: the same tokens, not a tolerance)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+from inference_support import RunningServer, serve, wait_until
+from torch._dynamo.utils import counters
+
+from kubellm.contract import CompileMode, DType, Quantization, ServerSettings
+from kubellm_inference.compiled import batch_buckets, bucket_for, cache_key, decide
+
+# Compiling the tiny model's three buckets (a child process, then the load from its cache): 4-10 min on the
+# loaded 2-core dev VM.
+COMPILE_TIMEOUT_S = 900.0
+PROMPTS = ["The quick brown fox", "Hello", "A much longer prompt that pads the others on the left, twice over"]
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "buckets"),
+    [(1, (1,)), (2, (1, 2)), (6, (1, 2, 4, 6)), (8, (1, 2, 4, 8)), (9, (1, 2, 4, 8, 9))],
+)
+def test_batch_buckets(max_batch_size: int, buckets: tuple[int, ...]) -> None:
+    assert batch_buckets(max_batch_size) == buckets
+    assert [bucket_for(n, buckets) for n in range(1, max_batch_size + 1)][-1] == max_batch_size
+    with pytest.raises(ValueError, match="exceed the largest bucket"):
+        bucket_for(max_batch_size + 1, buckets)
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "dtype", "wanted", "reason"),
+    [
+        (CompileMode.off, "cpu", torch.bfloat16, False, "compile: off"),
+        (CompileMode.auto, "cpu", torch.bfloat16, True, "on for CPU bfloat16"),
+        (CompileMode.auto, "cpu", torch.float32, True, "on for CPU float32"),
+        (CompileMode.auto, "cpu", torch.float16, False, "bfloat16 and float32 only"),
+        (CompileMode.auto, "cuda", torch.bfloat16, False, "off on cuda"),
+    ],
+)
+def test_auto_compiles_cpu_bfloat16_and_float32_only(
+    setting: CompileMode, device: str, dtype: torch.dtype, wanted: bool, reason: str
+) -> None:
+    decided, why = decide(setting, torch.device(device), dtype, Quantization.none)
+    assert decided is wanted and reason in why
+
+
+def test_auto_is_off_without_the_cpp_toolchain_inductor_needs() -> None:
+    # The inference image has no C++ compiler: even a warm Inductor cache needs one, so auto serves eager there.
+    decided, why = decide(CompileMode.auto, torch.device("cpu"), torch.bfloat16, Quantization.none, "no C++ compiler")
+    assert not decided and "no C++ compiler" in why
+
+
+def test_cache_key_separates_models_dtypes_and_quantizations() -> None:
+    keys = {
+        cache_key("/models/a", torch.bfloat16, Quantization.none),
+        cache_key("/models/b", torch.bfloat16, Quantization.none),
+        cache_key("/models/a", torch.float32, Quantization.none),
+        cache_key("/models/a", torch.bfloat16, Quantization.int8),
+    }
+    assert len(keys) == 4
+    assert cache_key("/models/a", torch.bfloat16, Quantization.none).startswith("a-")
+
+
+def test_compile_off_serves_eager_and_says_so(server: RunningServer) -> None:
+    with server.client() as client:
+        compile_info = client.get("/loadz").json()["compile"]
+        card = client.get("/v1/models").json()["data"][0]
+    assert compile_info["setting"] == "off" and compile_info["state"] == "off" and compile_info["step"] == "eager"
+    assert card["compile"] == "off" and card["step"] == "eager"
+    assert server.metric("kubellm_decode_step", step="eager") == 1
+
+
+def _greedy(client: httpx.Client, prompts: list[str]) -> list[str]:
+    """Each prompt's greedy completion, all sent at once so that they share batches of changing size."""
+
+    def one(prompt: str) -> str:
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+        response = client.post("/v1/completions", json=body)
+        assert response.status_code == 200, response.text
+        text: str = response.json()["choices"][0]["text"]
+        return text
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        return list(pool.map(one, prompts))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(COMPILE_TIMEOUT_S + 120)
+def test_ready_on_eager_then_compiled_with_the_same_greedy_output(tiny_settings: ServerSettings) -> None:
+    settings = tiny_settings.model_copy(
+        # The eager step shares the CPUs with the compile: on a busy machine a request takes minutes meanwhile.
+        update={"compile": CompileMode.auto, "max_batch_size": 4, "dtype": DType.float32, "request_timeout_s": 600}
+    )
+    with serve(settings) as server, server.client(timeout=120) as client:
+        # Ready before anything is compiled: the eager step serves while the compile runs in the background.
+        loadz = client.get("/loadz").json()
+        assert loadz["phase"] == "ready" and loadz["compile"]["step"] == "eager", loadz
+        assert loadz["compile"]["state"] in ("pending", "compiling"), loadz
+        assert loadz["compile"]["buckets"] == [1, 2, 4]
+        alone = [_greedy(client, [prompt])[0] for prompt in PROMPTS]
+        together = _greedy(client, PROMPTS)
+        assert together == alone
+
+        def compiled() -> bool:
+            state = client.get("/loadz").json()["compile"]
+            assert state["state"] != "failed", state
+            return state["step"] == "compiled"
+
+        wait_until(compiled, COMPILE_TIMEOUT_S, "the compiled decode step to be built")
+        loadz = client.get("/loadz").json()["compile"]
+        assert loadz["state"] == "ready" and loadz["buckets_done"] == 3 and loadz["seconds"] > 0, loadz
+        assert client.get("/v1/models").json()["data"][0]["step"] == "compiled"
+        assert server.metric("kubellm_decode_step", step="compiled") == 1
+        assert server.metric("kubellm_decode_step", step="eager") == 0
+        assert server.metric("kubellm_compile_buckets_done") == 3
+
+        graphs = dict(counters["stats"])
+        # Bucket 1, then 3 rows in bucket 4 (one padding row) whose cache grows and shrinks as rows finish.
+        assert [_greedy(client, [prompt])[0] for prompt in PROMPTS] == alone
+        assert _greedy(client, PROMPTS) == alone
+        # Served by the graphs built in the background: nothing was traced or compiled on the serving path.
+        assert dict(counters["stats"]) == graphs
