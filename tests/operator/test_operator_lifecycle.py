@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import pathlib
 import signal
@@ -156,18 +157,23 @@ async def test_a_standby_takes_over_when_the_leader_dies_mid_convergence(kube: K
     # tries every retry period.
     assert took_over <= LEASE_DURATION_S + 2 * RETRY_PERIOD_S + 1
     assert len(before) < 50, "the leader was killed before it converged every LLMService"
-    # Every child was written once, by whichever operator got to it; nothing was written twice across the takeover.
-    writes = collections.Counter(
-        (r.method, r.path)
-        for r in kube.emulator.requests(WRITE_METHODS, since=marker)
-        if "/deployments/" in r.path or "/services/" in r.path
-    )
+    # Every child was written once, by whichever operator got to it (created when absent: a POST to the collection
+    # naming it); nothing was written twice across the takeover.
+    writes: collections.Counter[tuple[str, str]] = collections.Counter()
+    for r in kube.emulator.requests(WRITE_METHODS, since=marker):
+        if r.path.endswith(("/deployments", "/services")) and r.method == "POST":
+            writes[(r.method, f"{r.path}/{json.loads(r.body)['metadata']['name']}")] += 1
+        elif "/deployments/" in r.path or "/services/" in r.path:
+            writes[(r.method, r.path)] += 1
     for name in names:
         for child in (
             f"/apis/apps/v1/namespaces/default/deployments/{name}",
             f"/api/v1/namespaces/default/services/{name}",
         ):
-            assert writes[("PATCH", child)] == 1, (name, child, writes[("PATCH", child)])
+            assert writes[("POST", child)] == 1, (name, child, writes[("POST", child)])
+    assert sum(writes.values()) == 2 * len(names), (
+        f"children written more than once: {writes - collections.Counter({k: 1 for k in writes})}"
+    )
     after = kube.emulator.requests(WRITE_METHODS, since=kill_marker)
     rewritten = {r.path for r in after if any(f"/{n}" in r.path for n in before) and "/leases/" not in r.path}
     assert not rewritten, f"LLMServices converged before the takeover were written again: {sorted(rewritten)}"
