@@ -93,6 +93,11 @@ def test_operator_image_reconciles_the_tiny_example(engine: Engine, emulator_api
         f"KUBECONFIG={CONTAINER_KUBECONFIG}",
         *engine.read_only_flags(),
     ]
+    # deploy/ creates the operator's namespace, where its leader-election Lease lives (a Lease in a missing
+    # namespace is a 404, and the operator stays a standby).
+    namespace = yaml.safe_load((ROOT / "deploy" / "namespace.yaml").read_text())
+    status, created = api("POST", f"{url}/api/v1/namespaces", namespace)
+    assert status == 201, created
     engine.run("run", "--detach", "--name", name, *run.run_args(extra))
     try:
         tiny = yaml.safe_load(EXAMPLE.read_text())
