@@ -775,7 +775,11 @@ class Operator:
         raw_replicas = (obj.get("spec") or {}).get("replicas", 1)
         seen = Observed(
             generation=generation,
-            desired=llms.spec.replicas if llms is not None else raw_replicas if isinstance(raw_replicas, int) else 0,
+            desired=llms.spec.fixed_replicas()
+            if llms is not None
+            else raw_replicas
+            if isinstance(raw_replicas, int)
+            else 0,
             deployment=deployment,
             pods=pods,
             storage=storage,
