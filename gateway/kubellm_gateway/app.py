@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kubellm_gateway.catalog import Catalog
 from kubellm_gateway.config import GatewaySettings
 from kubellm_gateway.held import HeldPublisher
+from kubellm_gateway.kube import Kube, load_configuration
 from kubellm_gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 from kubellm_gateway.routing import (
     Attempt,
@@ -386,18 +387,19 @@ def _models(gateway: Gateway) -> dict[str, Any]:
 
 
 def create_app(
-    settings: GatewaySettings,
-    catalog: Catalog,
-    publisher: HeldPublisher,
-    metrics: GatewayMetrics | None = None,
+    settings: GatewaySettings, *, kube: Kube | None = None, metrics: GatewayMetrics | None = None
 ) -> FastAPI:
-    """The gateway app; its lifespan starts the watches and the held-requests publisher, and stops them."""
+    """The gateway app; its lifespan connects to the API, starts the watches and the held-requests publisher, and
+    stops them. ``kube`` defaults to the settings' credentials (in-cluster, else the kubeconfig)."""
     metrics = metrics or GatewayMetrics()
     timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        api = kube or Kube(load_configuration(settings.kubeconfig), timeout_s=settings.api_timeout_s)
+        catalog = Catalog(api, settings.namespaces, watch_timeout_s=settings.watch_timeout_s)
+        publisher = HeldPublisher(api, settings.identity)
         client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
         app.state.gateway = Gateway(settings, catalog, publisher, metrics, client, {})
         catalog.start()
@@ -408,6 +410,7 @@ def create_app(
             await publisher.stop()
             await catalog.stop()
             await client.aclose()
+            await api.close()
 
     app = FastAPI(title="kubellm gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 

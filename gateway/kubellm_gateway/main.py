@@ -10,23 +10,16 @@ import sys
 import uvicorn
 
 from kubellm_gateway.app import create_app
-from kubellm_gateway.catalog import Catalog
 from kubellm_gateway.config import GatewaySettings, SettingsError, load_settings
-from kubellm_gateway.held import HeldPublisher
-from kubellm_gateway.kube import Kube, load_configuration
 
 logger = logging.getLogger("kubellm.gateway")
 
 
 async def serve(settings: GatewaySettings, sock: socket.socket) -> None:
-    kube = Kube(load_configuration(settings.kubeconfig), timeout_s=settings.api_timeout_s)
-    catalog = Catalog(kube, settings.namespaces, watch_timeout_s=settings.watch_timeout_s)
-    app = create_app(settings, catalog, HeldPublisher(kube, settings.identity))
-    config = uvicorn.Config(app, log_level=settings.log_level.lower(), lifespan="on", timeout_graceful_shutdown=30)
-    try:
-        await uvicorn.Server(config).serve(sockets=[sock])
-    finally:
-        await kube.close()
+    config = uvicorn.Config(
+        create_app(settings), log_level=settings.log_level.lower(), lifespan="on", timeout_graceful_shutdown=30
+    )
+    await uvicorn.Server(config).serve(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> int:
