@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-# The inference tests' server runner (uvicorn in a thread, bounded start and stop), shared rather than copied.
+# The inference tests' server runner (uvicorn in a thread, bounded start and stop) and the operator tests' RBAC
+# derivation from recorded requests, shared rather than copied.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from inference_support import RunningServer, serve
 
