@@ -132,8 +132,12 @@ def decide(
             signal_missing,
         )
     if want == current:
-        if pods.starting and pods.ready < current:
-            message = f"{seen} needs {current}; {pods.starting} of them still starting (not asked for again)"
+        if current == 0:
+            return Decision(
+                0, SCALED_TO_ZERO, "no demand: at zero replicas (a request to the gateway wakes it)", demand
+            )
+        if pods.ready < current:
+            message = f"{seen} needs {current}; {current - pods.ready} of them not Ready yet (not asked for again)"
             return Decision(current, SCALE_UP_PENDING, message, demand)
         return Decision(current, WITHIN_TARGET, f"{seen} needs {current} replicas", demand)
     delay = settings.scale_down_delay_seconds
@@ -141,11 +145,9 @@ def decide(
     covered = delay == 0 or (bool(window) and window[0].at <= now - delay)
     peak = max([want, *(needed(s.demand, settings) for s in window if s.at >= now - delay)])
     if not covered or peak >= current:
-        since = next((s.at for s in reversed(window) if needed(s.demand, settings) >= current), None)
-        below_for = now - since if since is not None else (now - window[0].at if window else 0.0)
+        # No running count of seconds in the message: it would change the status (a write) on every pass.
         message = (
-            f"{seen} needs {want}; keeping {current} until it has stayed below for {delay}s "
-            f"(scaleDownDelaySeconds; below for {max(below_for, 0.0):.0f}s)"
+            f"{seen} needs {want}; keeping {current} until it has stayed below for {delay}s (scaleDownDelaySeconds)"
         )
         return Decision(current, SCALE_DOWN_DELAYED, message, demand)
     reason = SCALED_TO_ZERO if peak == 0 else SCALED_DOWN
@@ -216,3 +218,74 @@ def parse_demand(text: str) -> float | None:
     if len(found) != 2:
         return None
     return found["kubellm_batch_size"] + found["kubellm_queue_depth"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One pass's autoscaling: observation in, replicas + status + condition out (pure; the pass does the reads)
+# ---------------------------------------------------------------------------------------------------------
+
+SCALING_ACTIVE = "ScalingActive"  # the condition type (as the HorizontalPodAutoscaler names it)
+DEMAND_KNOWN = "DemandKnown"
+PERIOD_S = 2.0  # how often an autoscaled LLMService with pods (or held requests) is looked at again
+
+
+@dataclass(frozen=True)
+class Observation:
+    settings: AutoscalingSpec
+    asked: int | None  # the live Deployment's spec.replicas; None before the Deployment exists
+    pods: Sequence[Mapping[str, Any]]
+    demand_by_pod: Mapping[str, float | None]  # Ready pod -> in flight + queued; None: its metrics were unreadable
+    annotations: Mapping[str, Any]  # the LLMService's (the gateways' held requests)
+    history: Sequence[Sample]
+    previous: Mapping[str, Any] | None  # the previous status.autoscaling (wire shape)
+    now: float  # seconds since the epoch
+    now_text: str  # the same, RFC 3339, for lastScaleTime
+
+
+@dataclass(frozen=True)
+class Plan:
+    desired: int
+    decision: Decision
+    held: int
+    status: dict[str, Any]  # status.autoscaling, wire shape
+    condition: tuple[str, str, str]  # ScalingActive: (status, reason, message)
+    sample: Sample | None  # what to add to the history (None when the demand was not fully known)
+
+
+def plan(seen: Observation) -> Plan:
+    held = held_requests(seen.annotations, seen.now)
+    missing = sorted(name for name, value in seen.demand_by_pod.items() if value is None)
+    known = sum(value for value in seen.demand_by_pod.values() if value is not None)
+    demand = round(known + held, 3)
+    why_missing = (
+        f"no demand from {len(missing)} Ready pod(s) ({', '.join(missing[:3])}): their /metrics did not answer "
+        "kubellm_queue_depth and kubellm_batch_size"
+        if missing
+        else None
+    )
+    asked = seen.asked if seen.asked is not None else seen.settings.min_replicas
+    decision = decide(
+        seen.history,
+        pods_by_state(asked, seen.pods),
+        seen.settings,
+        seen.now,
+        demand=demand,
+        signal_missing=why_missing,
+    )
+    previous = seen.previous or {}
+    changed = previous.get("desiredReplicas") != decision.desired
+    last_scale = seen.now_text if changed and seen.asked is not None else previous.get("lastScaleTime")
+    status = {
+        "desiredReplicas": decision.desired,
+        "demand": demand,
+        "held": held,
+        "lastScaleTime": last_scale,
+        "reason": decision.reason,
+        "message": decision.message,
+    }
+    if why_missing is not None:
+        condition = ("False", SIGNAL_MISSING, why_missing)
+    else:
+        condition = ("True", DEMAND_KNOWN, f"demand {demand:g}: in flight and queued on the pods, {held} held")
+    sample = Sample(seen.now, demand) if why_missing is None else None
+    return Plan(decision.desired, decision, held, {k: v for k, v in status.items() if v is not None}, condition, sample)

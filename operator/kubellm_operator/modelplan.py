@@ -175,6 +175,31 @@ def fetch_loadz(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return answer if isinstance(answer, dict) else None
 
 
+DEMAND_TIMEOUT_S = 1.0
+DEMAND_MAX_BYTES = 1 << 20  # the server's exposition is a few KiB; a pod answering more is cut off
+
+
+def fetch_demand(pod: Mapping[str, Any]) -> float | None:
+    """In flight + queued on the pod, from its ``GET /metrics`` (``kubellm_batch_size`` + ``kubellm_queue_depth``),
+    or None when it does not answer them within a second."""
+    import urllib.request
+
+    from kubellm.contract import METRICS_PATH
+    from kubellm_operator.autoscale import parse_demand
+
+    address = loadz_address(pod)
+    if address is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{address}{METRICS_PATH}", timeout=DEMAND_TIMEOUT_S) as response:
+            body = response.read(DEMAND_MAX_BYTES + 1)
+    except (OSError, ValueError):
+        return None
+    if len(body) > DEMAND_MAX_BYTES:
+        return None
+    return parse_demand(body.decode(errors="replace"))
+
+
 def pods_loading(pods: Sequence[Mapping[str, Any]]) -> bool:
     """Whether any pod runs without being ready yet: its load may be moving, though no pod event says so."""
     return any(_loading(pod) for pod in pods)

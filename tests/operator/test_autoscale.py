@@ -26,9 +26,10 @@ def flat(demand: float, since: float, step: float = 5.0) -> tuple[Sample, ...]:
         ("never above maxReplicas", (), Pods(1, 1, 0), 1000, 3, autoscale.SCALED_UP),
         # The pending-pod guard: 2 asked, 1 Ready, 1 starting, demand unchanged: not 4 (AIBrix 2670).
         ("guard: a scale-up not repeated", flat(16, 30), Pods(2, 1, 1), 16, 2, autoscale.SCALE_UP_PENDING),
-        ("guard: pods not even created", flat(16, 30), Pods(2, 0, 0), 16, 2, autoscale.WITHIN_TARGET),
+        ("guard: pods not even created", flat(16, 30), Pods(2, 0, 0), 16, 2, autoscale.SCALE_UP_PENDING),
         ("more demand than the pending capacity", flat(16, 30), Pods(2, 1, 1), 24, 3, autoscale.SCALED_UP),
         ("steady", flat(8, 120), Pods(1, 1, 0), 8, 1, autoscale.WITHIN_TARGET),
+        ("idle at zero", flat(0, 120), Pods(0, 0, 0), 0, 0, autoscale.SCALED_TO_ZERO),
         # Down: only after the demand stayed below for scaleDownDelaySeconds.
         (
             "below for less than the delay",
