@@ -180,6 +180,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "type": "integer",
         "jsonPath": ".status.autoscaling.desiredReplicas",
         "description": "replicas the autoscaler asks for (spec.autoscaling)",
+        # -o wide only: empty for LLMServices without autoscaling, which most are.
+        "priority": 1,
     },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
