@@ -54,6 +54,9 @@ NESTED: dict[tuple[str, str], Delegate] = {
     ("bench", "operator"): Delegate(
         "kubellm_sandbox.bench_operator", "sandbox", "benchmark the operator against the API emulator"
     ),
+    ("bench", "elastic"): Delegate(
+        "kubellm_sandbox.bench_elastic", "sandbox", "benchmark the gateway and the autoscaler on the sandbox"
+    ),
 }
 
 

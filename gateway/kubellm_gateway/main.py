@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubellm gateway: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO (each watch, each relayed answer): the gateway's own lines say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
