@@ -21,6 +21,7 @@ from pydantic.json_schema import JsonDict, JsonValue
 
 from kubellm.contract import DType, Quantization, env_name
 from kubellm.quantity import QUANTITY_PATTERN, format_bytes, parse_quantity
+from kubellm_operator.egress import BASE_URL_PATTERN, base_url_problem
 
 GROUP = "kubellm.dev"
 VERSION = "v1alpha1"
@@ -39,6 +40,13 @@ def _check_quantity(value: Any) -> str:
         raise ValueError(f"must be a quantity such as 30Gi or 2, not {type(value).__name__}")
     parse_quantity(value)
     return str(value)
+
+
+def _check_base_url(value: Any) -> Any:
+    problem = base_url_problem(value) if isinstance(value, str) else None
+    if problem is not None:
+        raise ValueError(problem)
+    return value
 
 
 def _check_nonnegative_quantity(value: Any) -> str:
@@ -122,12 +130,13 @@ class SecretKeyRef(_Model):
 class HubSpec(_Model):
     """Where hub ids are resolved and downloaded from."""
 
-    endpoint: str | None = Field(
+    endpoint: Annotated[str, BeforeValidator(_check_base_url)] | None = Field(
         None,
         max_length=1024,
-        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
-        description="Hub URL (a mirror or an air-gapped proxy such as http://hub.internal:8090). "
-        "Default: the operator's hubEndpoint setting, else https://huggingface.co.",
+        json_schema_extra={"pattern": BASE_URL_PATTERN},
+        description="Hub base URL, http(s)://host[:port] with no path, query or fragment (a mirror or an "
+        "air-gapped proxy such as http://hub.internal:8090); it must be one the operator allows "
+        "(allowedHubEndpoints). Default: the operator's hubEndpoint setting, else https://huggingface.co.",
     )
 
 

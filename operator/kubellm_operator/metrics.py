@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from kubellm_operator.api import Phase
 
 HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 
 # Reconcile outcomes.
@@ -87,6 +88,15 @@ class OperatorMetrics:
             labels,
             registry=self.registry,
         )
+        self.ready = Gauge(
+            "kubellm_operator_ready",
+            "1 while this operator watches and reconciles; 0 while it waits (for the CRD to be served, or as a "
+            "standby for the leader Lease).",
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "kubellm_operator_leader", "1 while this operator holds the leader Lease.", registry=self.registry
+        )
         self._lock = threading.Lock()
         self._phase_of: dict[tuple[str, str], str] = {}
         self._refresh_phases()
@@ -127,10 +137,22 @@ class OperatorMetrics:
         return generate_latest(self.registry)
 
 
-def health_app(metrics: OperatorMetrics, stuck: Callable[[], str | None] = lambda: None) -> web.Application:
+def health_app(
+    metrics: OperatorMetrics,
+    stuck: Callable[[], str | None] = lambda: None,
+    waiting: Callable[[], str | None] = lambda: None,
+) -> web.Application:
     """/healthz: 200 while the operator's event loop runs and ``stuck()`` finds nothing (its watches and its work
-    queue make progress), else 503 with the reason, so the kubelet restarts a stuck operator. /metrics: the registry.
+    queue make progress), else 503 with the reason, so the kubelet restarts a stuck operator. /readyz: 200 while it
+    reconciles, 503 with ``waiting()``'s reason while it waits (the CRD not served yet, a standby): alive, not
+    working. /metrics: the registry.
     """
+
+    async def readyz(_: web.Request) -> web.Response:
+        why = waiting()
+        if why is not None:
+            return web.json_response({"status": "waiting", "reason": why}, status=503)
+        return web.json_response({"status": "ready"})
 
     async def healthz(_: web.Request) -> web.Response:
         why = stuck()
@@ -145,15 +167,20 @@ def health_app(metrics: OperatorMetrics, stuck: Callable[[], str | None] = lambd
 
     app = web.Application()
     app.router.add_get(HEALTHZ_PATH, healthz)
+    app.router.add_get(READYZ_PATH, readyz)
     app.router.add_get(METRICS_PATH, serve_metrics)
     return app
 
 
 async def start_health_server(
-    metrics: OperatorMetrics, host: str, port: int, stuck: Callable[[], str | None] = lambda: None
+    metrics: OperatorMetrics,
+    host: str,
+    port: int,
+    stuck: Callable[[], str | None] = lambda: None,
+    waiting: Callable[[], str | None] = lambda: None,
 ) -> web.AppRunner:
     """Start the endpoint on the running loop; the caller calls ``cleanup()`` on the runner to stop it."""
-    runner = web.AppRunner(health_app(metrics, stuck), access_log=None)
+    runner = web.AppRunner(health_app(metrics, stuck, waiting), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -50,9 +50,9 @@ from kubellm_operator.modelplan import (
     HOLD_RETRY_S,
     LOADING_REFRESH_S,
     ModelPlan,
-    fetch_demand,
-    fetch_loadz,
+    demand_fetcher,
     loading_status,
+    loadz_fetcher,
     plan_model,
     pods_loading,
     secret_token_reader,
@@ -571,9 +571,9 @@ class Operator:
         self._summaries_forbidden = False
         self._running: dict[int, float] = {}  # thread id -> monotonic start of the pass it runs
         self.last_watch_event = time.monotonic()
-        self.models = ModelResolver()
-        self.fetch_loadz = fetch_loadz
-        self.fetch_demand = fetch_demand
+        self.models = ModelResolver(policy=settings.hub_policy, allowed_endpoints=settings.hub_endpoints)
+        self.fetch_loadz = loadz_fetcher(settings.pod_policy)
+        self.fetch_demand = demand_fetcher(settings.pod_policy)
         self._scaling_history: dict[Key, tuple[autoscale.Sample, ...]] = {}
         # What each LLMService's last pass based its storage verdict on, and what of it reached the status:
         # a node change re-evaluates these in memory and queues only the LLMServices whose view changed.

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from kubellm_sandbox.pods import CONTAINER_ID_SCHEME, PORTS_ANNOTATION
+from kubellm_sandbox.pods import CONTAINER_ID_SCHEME
 from kubellm_sandbox.processes import kill_recorded_group, process_start_time, recorded_pid, stop_leftover_processes
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout, admin_token, configure_logging, serve, write_pid_file
@@ -208,6 +208,13 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
+def _pod_addresses(pod: dict[str, Any]) -> str:
+    """podIP:port of each container port (where the pod's processes listen), or "-"."""
+    ip = (pod.get("status") or {}).get("podIP")
+    ports = [p["containerPort"] for c in pod["spec"].get("containers") or [] for p in c.get("ports") or []]
+    return ",".join(f"{ip}:{port}" for port in ports) if ip and ports else "-"
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -261,7 +268,7 @@ def status(layout: Layout) -> int:
         print(_table(rows))
     if pods:
         print()
-        rows = [["POD", "PHASE", "READY", "RESTARTS", "STATE", "PID", "LOCAL PORTS"]]
+        rows = [["POD", "PHASE", "READY", "RESTARTS", "STATE", "PID", "ADDRESS"]]
         for pod in pods:
             containers = (pod.get("status") or {}).get("containerStatuses") or []
             states = [next(iter(c.get("state") or {"waiting": {}})) for c in containers]
@@ -282,7 +289,7 @@ def status(layout: Layout) -> int:
                     str(sum(int(c.get("restartCount") or 0) for c in containers)),
                     ",".join(reasons) or "-",
                     ",".join(pids) or "-",
-                    ((pod["metadata"].get("annotations") or {}).get(PORTS_ANNOTATION) or "-"),
+                    _pod_addresses(pod),
                 ]
             )
         print(_table(rows))

@@ -26,6 +26,8 @@ from typing import Any
 import yaml
 
 from kubellm_emulator import Emulator
+from kubellm_hub.sandbox import DEMO_PORT
+from kubellm_operator.config import DEFAULT_HUB_REDIRECT_HOSTS
 from kubellm_operator.crd import crd
 from kubellm_sandbox import host
 from kubellm_sandbox.pods import RunnerSettings, kubellm_executable
@@ -111,6 +113,12 @@ def operator_environment() -> dict[str, str]:
     env = dict(os.environ)
     # The operator reads the kubelet summary (this disk's free bytes) more often than in a cluster: it is cheap here.
     env.setdefault("KUBELLM_OPERATOR_SUMMARY_REFRESH_S", "15")
+    # This machine is the cluster: the pods' addresses are loopback ones (127.0.0.x), and so is the demo hub
+    # (examples/hub-tiny.yaml, kubellm_hub.sandbox.DEMO_PORT, its CDN on another port). An operator setting, as an
+    # administrator would allow a single-node cluster's or an in-cluster mirror's addresses.
+    env.setdefault("KUBELLM_OPERATOR_EGRESS_ALLOW_LOOPBACK", "true")
+    env.setdefault("KUBELLM_OPERATOR_ALLOWED_HUB_ENDPOINTS", f"https://huggingface.co,http://127.0.0.1:{DEMO_PORT}")
+    env.setdefault("KUBELLM_OPERATOR_HUB_REDIRECT_HOSTS", ",".join([*DEFAULT_HUB_REDIRECT_HOSTS, "127.0.0.1"]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -216,6 +224,8 @@ def install_operator_identity(emulator: Emulator, layout: Layout) -> None:
     files = [DEPLOY / name for name in OPERATOR_IDENTITY]
     if not all(path.is_file() for path in files):
         logger.warning("no deploy/ manifests at %s: the operator runs as the cluster admin", DEPLOY)
+        # Where the operator's leader Lease lives (deploy/namespace.yaml creates it otherwise).
+        emulator.apply_manifest({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kubellm-system"}})
         emulator.write_kubeconfig(layout.operator_kubeconfig, context="kubellm-sandbox")
         return
     for path in files:
