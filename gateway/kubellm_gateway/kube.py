@@ -8,14 +8,17 @@ account, else a kubeconfig); every request has a timeout, every watch event a by
 from __future__ import annotations
 
 import json
-import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 import kubernetes.client
-import kubernetes.config
+
+# The operator's credential loading (in-cluster service account, else a kubeconfig), shared.
+from kubellm_operator.cluster import load_configuration
+
+__all__ = ["Kube", "KubeError", "load_configuration"]
 
 MAX_LIST_BYTES = 256 << 20  # a list of every pod of a namespace can be large; not unbounded
 MAX_EVENT_BYTES = 8 << 20  # one watch event: one object
@@ -27,19 +30,6 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
-
-
-def load_configuration(kubeconfig: str | None) -> kubernetes.client.Configuration:
-    """In-cluster service account, else the given kubeconfig, else $KUBECONFIG or ~/.kube/config."""
-    config = kubernetes.client.Configuration()
-    if kubeconfig is None:
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=config)
-            return config
-        except kubernetes.config.ConfigException:
-            kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=config)
-    return config
 
 
 class Kube:
