@@ -867,6 +867,15 @@ class Operator:
         with self._known_lock:
             self._scaling_history[key] = autoscale.trim(history, now, settings.scale_down_delay_seconds)
         decision = planned.decision
+        if asked is not None and asked != decision.desired:
+            logger.info(
+                "LLMService %s/%s: replicas %s -> %d (%s: %s)",
+                *key,
+                asked,
+                decision.desired,
+                decision.reason,
+                decision.message,
+            )
         self.metrics.set_autoscaling(*key, (decision.desired, decision.demand, decision.signal_missing is not None))
         return planned
 

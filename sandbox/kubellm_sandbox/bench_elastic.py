@@ -65,6 +65,8 @@ class Answer:
     ttft_s: float | None  # to the first content chunk (not a progress comment)
     total_s: float
     chunks: int  # content chunks: about one token each
+    error: str | None = None  # an error event in the stream (after a 200), as the server or the gateway sent it
+    ended: float = 0.0  # time.time() at the end
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -88,14 +90,19 @@ async def stream_chat(client: httpx.AsyncClient, url: str, model: str, max_token
     try:
         async with asyncio.timeout(timeout_s), client.stream("POST", url, json=body) as response:
             async for line in response.aiter_lines():
-                if line.startswith("data: {") and '"content":"' in line.replace(" ", "") and '"content":""' not in line:
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    error = str(event["error"].get("message") if isinstance(event["error"], dict) else event["error"])
+                    return Answer(500, ttft, time.monotonic() - began, chunks, error[:300], time.time())
+                delta = ((event.get("choices") or [{}])[0].get("delta") or {}).get("content")
+                if delta:
                     chunks += 1
                     ttft = ttft if ttft is not None else time.monotonic() - began
-                elif line.startswith("data: {") and '"error"' in line:
-                    return Answer(500, ttft, time.monotonic() - began, chunks)
-            return Answer(response.status_code, ttft, time.monotonic() - began, chunks)
-    except (httpx.HTTPError, TimeoutError):
-        return Answer(0, ttft, time.monotonic() - began, chunks)
+            return Answer(response.status_code, ttft, time.monotonic() - began, chunks, None, time.time())
+    except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+        return Answer(0, ttft, time.monotonic() - began, chunks, f"{type(exc).__name__}: {exc}"[:300], time.time())
 
 
 def _epoch(text: str | None) -> float | None:
@@ -110,6 +117,7 @@ class Bench:
         self.gateway_url = gateway_url
         self.delay = scale_down_delay_s
         self.timeout_s = timeout_s
+        self.last_answer = time.time()
 
     def replicas(self, name: str) -> int:
         try:
@@ -145,17 +153,34 @@ class Bench:
 
     async def cold_start(self, client: httpx.AsyncClient) -> dict[str, Any]:
         await self.until("elastic at zero", lambda: self.replicas(ELASTIC) == 0, 60)
-        answer = await stream_chat(
+        sent = time.time()
+        request = asyncio.create_task(
+            stream_chat(client, f"{self.gateway_url}/v1/chat/completions", f"default/{ELASTIC}", 8, self.timeout_s)
+        )
+        # The wake-up: from the request to the Deployment asking for a pod (the held annotation, a pass, a write).
+        wake = await self.until("the wake-up", lambda: self.replicas(ELASTIC) >= 1, self.timeout_s)
+        answer = await request
+        startup = await asyncio.to_thread(self.pod_startup_s, ELASTIC)
+        created = await asyncio.to_thread(self.pod_created, ELASTIC)
+        overhead = answer.ttft_s - startup if answer.ttft_s is not None and startup is not None else None
+        # A warm request on the same pod: the generation's own time to first token, part of the overhead above.
+        warm = await stream_chat(
             client, f"{self.gateway_url}/v1/chat/completions", f"default/{ELASTIC}", 8, self.timeout_s
         )
-        startup = await asyncio.to_thread(self.pod_startup_s, ELASTIC)
-        overhead = answer.ttft_s - startup if answer.ttft_s is not None and startup is not None else None
         return {
             "status": answer.status,
             "ttft_from_zero_s": answer.ttft_s,
             "pod_startup_s": startup,
             "cold_start_overhead_s": overhead,
+            "wake_s": round(wake, 2),
+            "pod_created_after_s": round(created - sent, 1) if created is not None else None,
+            "warm_ttft_s": warm.ttft_s,
         }
+
+    def pod_created(self, name: str) -> float | None:
+        pods = self.api.request("GET", f"/api/v1/namespaces/default/pods?labelSelector=kubellm.dev/llmservice={name}")
+        times = [_epoch(p["metadata"].get("creationTimestamp")) for p in pods["items"]]
+        return min((t for t in times if t is not None), default=None)
 
     async def burst(self, client: httpx.AsyncClient, count: int, target: int) -> dict[str, Any]:
         peak = 0
@@ -179,6 +204,7 @@ class Bench:
         done.set()
         await sampler
         statuses = [a.status for a in answers]
+        self.last_answer = max(a.ended for a in answers)
         return {
             "requests": count,
             "needed_replicas": math.ceil(count / target),
@@ -186,14 +212,16 @@ class Bench:
             "lost_requests": sum(1 for s in statuses if s != 200),
             "http_5xx": sum(1 for s in statuses if s >= 500),
             "statuses": sorted(set(statuses)),
+            "errors": sorted({a.error for a in answers if a.error}),
         }
 
     async def idle(self) -> dict[str, Any]:
+        """From the burst's last answer to zero replicas (sampled every 0.2 s)."""
         try:
-            waited = await self.until("elastic back to zero", lambda: self.replicas(ELASTIC) == 0, self.delay + 120)
+            await self.until("elastic back to zero", lambda: self.replicas(ELASTIC) == 0, self.delay + 120)
         except TimeoutError:
             return {"to_zero_s": None, "scale_down_delay_s": self.delay}
-        return {"to_zero_s": round(waited, 1), "scale_down_delay_s": self.delay}
+        return {"to_zero_s": round(time.time() - self.last_answer, 1), "scale_down_delay_s": self.delay}
 
     async def overhead(
         self, client: httpx.AsyncClient, direct_url: str, rounds: int, concurrency: tuple[int, ...]
