@@ -164,6 +164,7 @@ async def _serve(
             max_held=settings.max_held,
             waited_s=0.0,
             hold_cap_s=settings.hold_cap_s,
+            in_flight=gateway.in_flight,
         )
         if decision.verdict == Verdict.refuse:
             assert decision.error is not None
@@ -225,6 +226,7 @@ async def _hold(
                 max_held=settings.max_held,
                 waited_s=waited,
                 hold_cap_s=settings.hold_cap_s,
+                in_flight=gateway.in_flight,
             )
             if decision.verdict == Verdict.route:
                 return current
@@ -236,7 +238,8 @@ async def _hold(
                 await on_wait(current, waited)
             elif await request.is_disconnected():
                 return RoutingError(499, "the client left while held", "client_closed")
-            await gateway.catalog.wait_change(min(settings.progress_interval_s, 1.0))
+            # A pod turning Ready wakes this at once; capacity freed on a busy pod is seen within a quarter second.
+            await gateway.catalog.wait_change(min(settings.progress_interval_s, 0.25))
     finally:
         gateway.publisher.change(model, -1)
         gateway.metrics.held.labels(model=model).dec()

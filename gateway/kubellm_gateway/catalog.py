@@ -85,7 +85,10 @@ def backend_of(obj: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> Bac
     found = tuple(sorted((p for p in (_pod(o) for o in pods) if p is not None), key=lambda p: p.name))
     # Starting: not Ready and not leaving, with an address yet or not (a pod just created has none).
     starting = any(not _is_ready(o) and not (o.get("metadata") or {}).get("deletionTimestamp") for o in pods)
-    loading = ((obj.get("status") or {}).get("loading") or {}).get("message")
+    status = obj.get("status") or {}
+    loading = (status.get("loading") or {}).get("message")
+    desired = (status.get("autoscaling") or {}).get("desiredReplicas")
+    ready = sum(1 for p in found if p.ready)
     return Backend(
         namespace=namespace,
         name=name,
@@ -96,6 +99,8 @@ def backend_of(obj: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> Bac
         startup_budget_s=spec.probes.startup.budget_seconds,
         refusal=_refusal(obj),
         progress=str(loading)[:300] if loading else None,
+        per_pod=spec.autoscaling.target_requests_per_replica if spec.autoscaling is not None else None,
+        growing=isinstance(desired, int) and desired > ready,
     )
 
 

@@ -36,6 +36,8 @@ class Backend:
     startup_budget_s: int = 1800  # spec.probes.startup.budgetSeconds: how long a pod may take to load
     refusal: str | None = None  # Degraded, or no node fits the storage: no point in holding
     progress: str | None = None  # status.loading.message, for held clients
+    per_pod: int | None = None  # spec.autoscaling.targetRequestsPerReplica: what one pod is meant to carry
+    growing: bool = False  # the autoscaler asks for more pods than are Ready (status.autoscaling.desiredReplicas)
 
     @property
     def id(self) -> str:
@@ -150,12 +152,34 @@ def hold_timeout_s(backend: Backend, cap_s: float) -> float:
     return float(min(backend.startup_budget_s + HOLD_MARGIN_S, cap_s))
 
 
-def admit(backend: Backend, *, held: int, max_held: int, waited_s: float, hold_cap_s: float) -> Admission:
+def saturated(backend: Backend, in_flight: Mapping[str, int]) -> bool:
+    """Whether every Ready pod already carries its target while more pods are on their way: a request sent now
+    would wait in a busy pod's queue, where the new pods can never take it over."""
+    if backend.per_pod is None or not (backend.growing or backend.starting):
+        return False
+    return all(in_flight.get(p.address, 0) >= backend.per_pod for p in backend.ready_pods())
+
+
+def admit(
+    backend: Backend,
+    *,
+    held: int,
+    max_held: int,
+    waited_s: float,
+    hold_cap_s: float,
+    in_flight: Mapping[str, int] | None = None,
+) -> Admission:
     """Route, hold or refuse a request for ``backend``; ``held`` counts the requests already held for it (this one
-    excluded when it is already held) and ``waited_s`` how long this one has waited."""
-    if backend.ready_pods():
-        return Admission(Verdict.route)
+    excluded when it is already held), ``waited_s`` how long this one has waited, ``in_flight`` the requests this
+    gateway has on each pod."""
     who = backend.id
+    if backend.ready_pods():
+        # Held until the pods asked for are Ready (their load shows in the held demand, so the autoscaler counts
+        # them), but never refused for it: past the hold time, or over the bound, a busy pod's queue takes it.
+        busy = saturated(backend, in_flight or {})
+        if not busy or held >= max_held or waited_s >= hold_timeout_s(backend, hold_cap_s):
+            return Admission(Verdict.route)
+        return Admission(Verdict.hold, detail=f"every Ready replica of {who} is busy; more are starting")
     if backend.refusal is not None:
         return Admission(
             Verdict.refuse, RoutingError(503, f"{who} cannot serve now: {backend.refusal}", "unavailable", 30)

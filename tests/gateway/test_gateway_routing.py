@@ -128,6 +128,30 @@ def test_admit(backend: Backend, held: int, waited: float, verdict: Verdict, cod
         assert decision.error.status == 503 and decision.error.retry_after is not None
 
 
+BUSY_POD = {"10.0.0.1:5000": 8}
+
+
+@pytest.mark.parametrize(
+    ("backend", "in_flight", "held", "waited", "verdict"),
+    [
+        # Every Ready pod at its target while the autoscaler's pods start: held (its demand is published).
+        (_backend(pods=READY, per_pod=8, growing=True), BUSY_POD, 0, 0.0, Verdict.hold),
+        (_backend(pods=(*READY, *STARTING), per_pod=8, starting=True), BUSY_POD, 0, 0.0, Verdict.hold),
+        (_backend(pods=READY, per_pod=8, growing=True), {"10.0.0.1:5000": 7}, 0, 0.0, Verdict.route),  # room left
+        (_backend(pods=READY, per_pod=8), BUSY_POD, 0, 0.0, Verdict.route),  # nothing on its way: the pod queues it
+        (_backend(pods=READY, growing=True), BUSY_POD, 0, 0.0, Verdict.route),  # no autoscaling target
+        # Never refused for being busy: over the bound or past the hold time, the busy pod's queue takes it.
+        (_backend(pods=READY, per_pod=8, growing=True), BUSY_POD, 4, 0.0, Verdict.route),
+        (_backend(pods=READY, per_pod=8, growing=True), BUSY_POD, 0, 630.0, Verdict.route),
+    ],
+)
+def test_admit_holds_while_ready_pods_are_saturated(
+    backend: Backend, in_flight: dict[str, int], held: int, waited: float, verdict: Verdict
+) -> None:
+    decision = admit(backend, held=held, max_held=4, waited_s=waited, hold_cap_s=3600, in_flight=in_flight)
+    assert decision.verdict == verdict and decision.error is None
+
+
 def test_refusal_carries_the_reason() -> None:
     decision = admit(
         _backend(can_wake=True, refusal="no node fits its storage: needs 30Gi"),
@@ -175,6 +199,7 @@ def test_backends_from_objects() -> None:
     nofit["status"] = {
         "conditions": [{"type": "StorageReady", "status": "False", "reason": "InsufficientStorage", "message": "m"}],
         "loading": {"message": "Downloading 1/2Gi (50%)"},
+        "autoscaling": {"desiredReplicas": 0},
     }
     found = backends_from(
         [
@@ -202,5 +227,6 @@ def test_backends_from_objects() -> None:
     assert found["ns/broken"].refusal == "Degraded (X): why"
     assert found["ns/big"].can_wake and found["ns/big"].refusal == "no node fits its storage: m"
     assert found["ns/big"].progress == "Downloading 1/2Gi (50%)"
+    assert found["ns/big"].per_pod == 8 and not found["ns/big"].growing and found["ns/a"].per_pod is None
     assert found["ns/named"].served_model == "alias"
     assert found["ns/bad"].refusal is not None and "invalid" in found["ns/bad"].refusal
