@@ -112,7 +112,8 @@ def _epoch(text: str | None) -> float | None:
 
 
 class Bench:
-    def __init__(self, api: Api, gateway_url: str, scale_down_delay_s: int, timeout_s: float) -> None:
+    def __init__(self, api: Api, gateway_url: str, scale_down_delay_s: int, timeout_s: float, tokens: int) -> None:
+        self.tokens = tokens
         self.api = api
         self.gateway_url = gateway_url
         self.delay = scale_down_delay_s
@@ -195,7 +196,9 @@ class Bench:
         sampler = asyncio.create_task(sample())
         answers = await asyncio.gather(
             *(
-                stream_chat(client, f"{self.gateway_url}/v1/chat/completions", f"default/{ELASTIC}", 32, self.timeout_s)
+                stream_chat(
+                    client, f"{self.gateway_url}/v1/chat/completions", f"default/{ELASTIC}", self.tokens, self.timeout_s
+                )
                 for _ in range(count)
             )
         )
@@ -269,7 +272,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if not state.get("gateway_url"):
             raise cli.SandboxError("the sandbox runs no gateway")
         api = Api(state["api_url"], admin_token(layout))
-        bench = Bench(api, state["gateway_url"], args.scale_down_delay_s, args.timeout_s)
+        bench = Bench(api, state["gateway_url"], args.scale_down_delay_s, args.timeout_s, args.tokens)
         autoscaling = {
             "minReplicas": 0,
             "maxReplicas": args.max_replicas,
@@ -277,19 +280,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "scaleDownDelaySeconds": args.scale_down_delay_s,
         }
         api.apply(_llmservice(ELASTIC, args.elastic_port, autoscaling=autoscaling))
-        result: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "settings": autoscaling}
+        result: dict[str, Any] = {
+            "machine": {"cpus": os.cpu_count(), "load_average_1m_at_start": os.getloadavg()[0]},
+            "settings": autoscaling | {"tokens_per_request": args.tokens, "rounds": args.rounds},
+        }
+
+        def save() -> None:
+            # After every phase: a run cut short still leaves what it measured.
+            if args.json_path:
+                pathlib.Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
+
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
         async with httpx.AsyncClient(timeout=httpx.Timeout(args.timeout_s), limits=limits, trust_env=False) as client:
             print("bench elastic: (a) a request from zero", file=sys.stderr, flush=True)
             result["cold_start"] = await bench.cold_start(client)
+            save()
+            # (c)'s LLMService loads meanwhile (the model load is most of a run here).
+            api.apply(_llmservice(FIXED, args.fixed_port, replicas=1))
             print(f"  {result['cold_start']}\nbench elastic: (b) a burst of {args.burst}", file=sys.stderr, flush=True)
             result["burst"] = await bench.burst(client, args.burst, args.target)
+            save()
             print(f"  {result['burst']}\nbench elastic: (d) idle to zero", file=sys.stderr, flush=True)
             result["idle"] = await bench.idle()
+            save()
             print(f"  {result['idle']}\nbench elastic: (c) the gateway's cost", file=sys.stderr, flush=True)
-            api.apply(_llmservice(FIXED, args.fixed_port, replicas=1))
             direct = f"http://127.0.0.1:{args.fixed_port}/v1/chat/completions"
             result["gateway_cost"] = await bench.overhead(client, direct, args.rounds, (1, 8))
+            save()
         return result
     finally:
         with contextlib.suppress(Exception):
@@ -304,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=int, default=8, help="targetRequestsPerReplica")
     parser.add_argument("--burst", type=int, default=16, help="concurrent requests in (b)")
     parser.add_argument("--scale-down-delay-s", type=int, default=20, help="scaleDownDelaySeconds")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per concurrency in (c)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per concurrency in (c)")
+    parser.add_argument("--tokens", type=int, default=16, help="tokens generated per request (b, c)")
     parser.add_argument("--elastic-port", type=int, default=5301)
     parser.add_argument("--fixed-port", type=int, default=5302)
     parser.add_argument("--timeout-s", type=float, default=600.0, help="bound of every request and wait")
