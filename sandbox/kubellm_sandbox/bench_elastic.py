@@ -292,6 +292,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
         async with httpx.AsyncClient(timeout=httpx.Timeout(args.timeout_s), limits=limits, trust_env=False) as client:
+            if args.cost_only:
+                api.apply(_llmservice(FIXED, args.fixed_port, replicas=1))
+                direct = f"http://127.0.0.1:{args.fixed_port}/v1/chat/completions"
+                result["gateway_cost"] = await bench.overhead(client, direct, args.rounds, (1, 8))
+                save()
+                return result
             print("bench elastic: (a) a request from zero", file=sys.stderr, flush=True)
             result["cold_start"] = await bench.cold_start(client)
             save()
@@ -326,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-down-delay-s", type=int, default=20, help="scaleDownDelaySeconds")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per concurrency in (c)")
     parser.add_argument("--skip-cost", action="store_true", help="phases (a), (b) and (d) only")
+    parser.add_argument("--cost-only", action="store_true", help="phase (c) only")
     parser.add_argument("--tokens", type=int, default=16, help="tokens generated per request (b, c)")
     parser.add_argument("--elastic-port", type=int, default=5301)
     parser.add_argument("--fixed-port", type=int, default=5302)
