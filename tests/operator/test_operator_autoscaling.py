@@ -112,10 +112,12 @@ async def test_missing_signal_is_a_condition_and_never_scales_down(kube: Kube) -
             {"status": {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
             subresource="status",
         )
-        await hold(kube, None)
         await kube.wait(
             lambda: kube.condition("tiny", "ScalingActive").get("reason") == "SignalMissing", "the missing signal"
         )
+        # The demand falls to nothing known (the held requests answered); the pod's is still not known.
+        await hold(kube, None)
+        await kube.wait(lambda: autoscaling(kube).get("held") == 0, "the held requests gone from the status")
         condition = kube.condition("tiny", "ScalingActive")
         assert condition["status"] == "False" and "tiny-x" in condition["message"]
         await asyncio.sleep(2.5)
