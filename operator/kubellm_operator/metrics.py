@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -69,6 +69,25 @@ class OperatorMetrics:
             ["phase"],
             registry=self.registry,
         )
+        labels = ["namespace", "name"]
+        self.desired_replicas = Gauge(
+            "kubellm_autoscaling_desired_replicas",
+            "Replicas the autoscaler asks for (spec.autoscaling).",
+            labels,
+            registry=self.registry,
+        )
+        self.demand = Gauge(
+            "kubellm_autoscaling_demand",
+            "Requests in flight and queued on the pods plus those the gateways hold.",
+            labels,
+            registry=self.registry,
+        )
+        self.signal_missing = Gauge(
+            "kubellm_autoscaling_signal_missing",
+            "1 while some Ready pod's demand cannot be read (the autoscaler then never scales down), else 0.",
+            labels,
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "kubellm_operator_ready",
             "1 while this operator watches and reconciles; 0 while it waits (for the CRD to be served, or as a "
@@ -97,6 +116,18 @@ class OperatorMetrics:
             else:
                 self._phase_of[(namespace, name)] = phase
             self._refresh_phases()
+
+    def set_autoscaling(self, namespace: str, name: str, figures: tuple[int, float, bool] | None) -> None:
+        """(desired, demand, signal missing) of an autoscaled LLMService; None removes its series."""
+        for gauge in (self.desired_replicas, self.demand, self.signal_missing):
+            if figures is None:
+                with suppress(KeyError):
+                    gauge.remove(namespace, name)
+        if figures is not None:
+            desired, demand, missing = figures
+            self.desired_replicas.labels(namespace=namespace, name=name).set(desired)
+            self.demand.labels(namespace=namespace, name=name).set(demand)
+            self.signal_missing.labels(namespace=namespace, name=name).set(1 if missing else 0)
 
     def _refresh_phases(self) -> None:
         for phase in Phase:
