@@ -28,6 +28,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+# The inference server's envelope (OpenAI's shape): the gateway's own answers read like the pods'.
+from kubellm.envelope import error_body
 from kubellm_gateway.catalog import Catalog
 from kubellm_gateway.config import GatewaySettings
 from kubellm_gateway.held import HeldPublisher
@@ -45,10 +47,6 @@ from kubellm_gateway.routing import (
     progress_comment,
     resolve,
 )
-
-# The inference server's envelope (OpenAI's shape): the gateway's own answers read like the pods'. The module needs
-# FastAPI only, which the gateway has.
-from kubellm.envelope import error_body
 
 logger = logging.getLogger("kubellm.gateway")
 

@@ -18,7 +18,6 @@ from kubellm.envelope import error_body
 log = logging.getLogger(__name__)
 
 
-
 class APIError(Exception):
     """An answer other than success; raised anywhere in a request, rendered by the handler below."""
 

@@ -228,7 +228,8 @@ def parse_demand(text: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# One pass's autoscaling: observation in, replicas + status + condition out (pure; the pass does the reads)
+# One pass's autoscaling: observation in, replicas + status + condition out (pure; plan.py calls it with what the
+# background fetchers hold, the operator keeps the history)
 # ---------------------------------------------------------------------------------------------------------
 
 SCALING_ACTIVE = "ScalingActive"  # the condition type (as the HorizontalPodAutoscaler names it)
@@ -259,6 +260,8 @@ class Plan:
     status: dict[str, Any]  # status.autoscaling, wire shape
     condition: tuple[str, str, str]  # ScalingActive: (status, reason, message)
     sample: Sample | None  # what to add to the history (None when the demand was not fully known)
+    asked: int | None = None  # the Deployment's replicas the decision started from (Observation.asked)
+    history: tuple[Sample, ...] = ()  # the history to keep for the next decision (the sample added, trimmed)
 
 
 def plan(seen: Observation) -> Plan:
@@ -299,4 +302,15 @@ def plan(seen: Observation) -> Plan:
     else:
         condition = ("True", DEMAND_KNOWN, f"demand {demand:g}: in flight and queued on the pods, {held} held")
     sample = Sample(seen.now, demand) if why_missing is None else None
-    return Plan(decision.desired, decision, held, {k: v for k, v in status.items() if v is not None}, condition, sample)
+    return Plan(
+        decision.desired,
+        decision,
+        held,
+        {k: v for k, v in status.items() if v is not None},
+        condition,
+        sample,
+        seen.asked,
+        trim(
+            (*seen.history, *([sample] if sample is not None else [])), seen.now, seen.settings.scale_down_delay_seconds
+        ),
+    )

@@ -46,7 +46,10 @@ IMAGES = {
         ["kubellm.cli", "kubellm_operator.main", "kopf", "kubellm_gateway.main", "fastapi", "uvicorn", "httpx"],
         ["kubellm_inference", "torch", "transformers"],
     ),
-    "inference": (["kubellm.cli", "kubellm_inference.server", "torch"], ["kubellm_operator", "kubellm_gateway", "kopf"]),
+    "inference": (
+        ["kubellm.cli", "kubellm_inference.server", "torch"],
+        ["kubellm_operator", "kubellm_gateway", "kopf"],
+    ),
 }
 
 
