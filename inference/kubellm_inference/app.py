@@ -36,6 +36,7 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
     server_metrics = ServerMetrics()
     progress = LoadProgress()
     server_metrics.registry.register(ProgressCollector(progress))
+    server_metrics.queue_capacity.set(settings.queue_size)
     engine = GenerationEngine(
         loader or (lambda: load_model(settings, progress)),
         queue_size=settings.queue_size,

@@ -589,7 +589,7 @@ class Operator:
                 self._posted.pop(key, None)
                 self._storage_basis.pop(key, None)
         if not exists:
-            self.metrics.set_phase(*key, None)
+            self.metrics.set_status(*key, None)
             self.retry.reset(key)
 
     def watched(self) -> None:
@@ -702,7 +702,7 @@ class Operator:
         obj = self.cluster.get_llmservice(namespace, name)
         if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
             # Deleted: ownerReferences make the children garbage.
-            self.metrics.set_phase(namespace, name, None)
+            self.metrics.set_status(namespace, name, None)
             with self._known_lock:
                 self._storage_basis.pop(key, None)
             return Result(UNCHANGED)
@@ -797,7 +797,7 @@ class Operator:
             self.cluster.patch_llmservice_status(namespace, name, patch)
             writes.append("status")
             self.metrics.writes.labels(target="status").inc()
-        self.metrics.set_phase(namespace, name, status.get("phase"))
+        self.metrics.set_status(namespace, name, status)
         recheck = LOADING_REFRESH_S if invalid is None and model_hold is None and pods_loading(pods) else None
         self._announce(obj, previous, status, storage, invalid, announce, tuple(refusals))
         result_refusals = tuple(refusals)

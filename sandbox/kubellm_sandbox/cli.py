@@ -86,7 +86,8 @@ def _print_ready(state: dict[str, Any], layout: Layout) -> None:
     _say(
         f"kubellm sandbox is up: API {state['api_url']} (pid {state['pid']}), node {state['node']}\n"
         f"  operator, local runner and logs: {layout.logs.resolve()}\n"
-        "  stop it with: kubellm sandbox down"
+        + (f"  operator metrics: http://{state['operator_metrics']}/metrics\n" if "operator_metrics" in state else "")
+        + "  stop it with: kubellm sandbox down"
         + (f" --data-dir {layout.root}" if layout.root != DEFAULT_DATA_DIR else "")
     )
     print(export_line(layout), flush=True)

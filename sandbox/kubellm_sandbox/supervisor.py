@@ -28,7 +28,7 @@ from kubellm_emulator import Emulator
 from kubellm_operator.crd import crd
 from kubellm_sandbox import host
 from kubellm_sandbox.pods import RunnerSettings, kubellm_executable
-from kubellm_sandbox.processes import die_with_parent, process_start_time, stop_leftover_processes
+from kubellm_sandbox.processes import die_with_parent, free_port, process_start_time, stop_leftover_processes
 from kubellm_sandbox.runner import LocalRunner
 
 logger = logging.getLogger("kubellm.sandbox")
@@ -87,9 +87,19 @@ def write_pid_file(path: pathlib.Path, pid: int) -> None:
     path.write_text(f"{pid} {process_start_time(pid) or ''}\n")
 
 
-def operator_command(kubeconfig: pathlib.Path) -> list[str]:
-    # No health endpoint: its default port (8080) is often taken on a laptop, and nothing probes it locally.
-    return [kubellm_executable(), "operator", "--kubeconfig", str(kubeconfig), "--health-port", "0"]
+def operator_command(kubeconfig: pathlib.Path, metrics_port: int) -> list[str]:
+    # Not the default port (8080 is often taken on a laptop): a free one on 127.0.0.1, named in sandbox.json, where
+    # a local Prometheus scrapes /metrics (tests/monitoring).
+    return [
+        kubellm_executable(),
+        "operator",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--health-host",
+        "127.0.0.1",
+        "--health-port",
+        str(metrics_port),
+    ]
 
 
 def operator_environment() -> dict[str, str]:
@@ -105,6 +115,7 @@ class OperatorProcess:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
+        self.metrics_port = free_port()  # kept across restarts, so a scrape config stays valid
         self.process: asyncio.subprocess.Process | None = None
         self._stop = asyncio.Event()
         self.restarts = 0
@@ -115,7 +126,7 @@ class OperatorProcess:
             began = time.monotonic()
             with self.layout.operator_log.open("ab") as log:
                 self.process = await asyncio.create_subprocess_exec(
-                    *operator_command(self.layout.operator_kubeconfig),
+                    *operator_command(self.layout.operator_kubeconfig, self.metrics_port),
                     env=operator_environment(),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
@@ -227,6 +238,8 @@ async def serve(
             "data_dir": str(layout.root.resolve()),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if operator is not None:
+            state["operator_metrics"] = f"127.0.0.1:{operator.metrics_port}"
         layout.state_file.write_text(json.dumps(state, indent=2) + "\n")
         logger.info("sandbox API %s; node %s; kubeconfig %s", emulator.api_url, node, layout.kubeconfig)
         if on_ready is not None:
