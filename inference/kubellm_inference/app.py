@@ -44,6 +44,7 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
         stuck_step_timeout_s=settings.stuck_step_timeout_s,
         debug_step_delay_s=settings.debug_step_delay_s,
         metrics=server_metrics,
+        progress=progress,
     )
     state = ServerState(settings=settings, metrics=server_metrics, engine=engine, progress=progress)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kubellm_inference.loading import LoadedModel
+from kubellm_inference.progress import LoadProgress, Phase
 
 if TYPE_CHECKING:
     import torch
@@ -163,8 +164,10 @@ class GenerationEngine:
         stuck_step_timeout_s: float,
         metrics: ServerMetrics,
         debug_step_delay_s: float = 0.0,
+        progress: LoadProgress | None = None,
     ) -> None:
         self._loader = loader
+        self._progress = progress
         self._queue_size = queue_size
         self._max_batch_size = max_batch_size
         self._stuck_step_timeout_s = stuck_step_timeout_s
@@ -290,8 +293,14 @@ class GenerationEngine:
             log.exception("loading the model failed")
             self._failure = f"{type(error).__name__}: {error}"
             self._state = EngineState.failed
+            if self._progress is not None:
+                self._progress.set_phase(Phase.failed, self._failure)
             return
         self._state = EngineState.ready
+        # The load's last phase: warm-up done, so /loadz and kubellm_load_phase say ready (issue 23 found them
+        # reporting "warming up" for as long as a pod served).
+        if self._progress is not None:
+            self._progress.set_phase(Phase.ready)
         if not self._draining:
             self._metrics.ready.set(1)
         log.info("generation worker ready (max batch %d, queue %d)", self._max_batch_size, self._queue_size)

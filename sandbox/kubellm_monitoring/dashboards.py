@@ -119,7 +119,9 @@ SERVING_PANELS = (
     Panel(
         "Load phase of each pod",
         (Query(f"max by (pod, phase) (kubellm_load_phase{{{SERVING}}}) == 1", "{{pod}}: {{phase}}"),),
-        description="1 while a pod is in that phase: resolving, downloading, converting, loading, warming up, ready.",
+        kind="state-timeline",
+        description="Where each pod's model load is: starting, resolving, downloading, converting, loading, warming up, "
+        "ready (or failed).",
     ),
     Panel(
         "Download progress of loading pods",

@@ -88,21 +88,41 @@ def pod_targets(
     return targets
 
 
-def scrape_config(
-    monitor: Mapping[str, Any],
+def _jobs(monitor: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    name = f"{monitor['metadata'].get('namespace')}/{monitor['metadata']['name']}"
+    for index, endpoint in enumerate(monitor["spec"].get("podMetricsEndpoints") or []):
+        yield f"podMonitor/{name}/{index}", endpoint
+
+
+def targets_file(directory: pathlib.Path, job: str) -> pathlib.Path:
+    return directory / (_sanitize(job) + ".json")
+
+
+def write_targets(
+    monitors: Sequence[Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]],
     address_of: Any,
-    *,
-    interval: str = "1s",
-) -> list[dict[str, Any]]:
+    directory: pathlib.Path,
+) -> None:
+    """The pods each PodMonitor endpoint picks, as file_sd target files (Prometheus re-reads them on change, as
+    Kubernetes service discovery follows pods that come and go)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for monitor in monitors:
+        for job, endpoint in _jobs(monitor):
+            path = targets_file(directory, job)
+            staged = path.with_suffix(".tmp")
+            staged.write_text(json.dumps(pod_targets(monitor, endpoint, pods, address_of)))
+            staged.replace(path)  # never a half-written file for Prometheus to read
+
+
+def scrape_config(monitor: Mapping[str, Any], directory: pathlib.Path, *, interval: str = "1s") -> list[dict[str, Any]]:
     """One scrape job per endpoint of the PodMonitor, as the Prometheus operator writes it (its standard target
-    labels namespace, container, pod, job and endpoint, then the endpoint's own relabelings); the scrape interval is
-    the test's, not the PodMonitor's."""
+    labels namespace, container, pod, job and endpoint, then the endpoint's own relabelings), its targets from
+    :func:`write_targets`' files; the scrape interval is the caller's, not the PodMonitor's."""
     name = f"{monitor['metadata'].get('namespace')}/{monitor['metadata']['name']}"
-    spec = monitor["spec"]
+    job_label = monitor["spec"].get("jobLabel")
     jobs = []
-    for index, endpoint in enumerate(spec.get("podMetricsEndpoints") or []):
-        job_label = spec.get("jobLabel")
+    for job, endpoint in _jobs(monitor):
         relabel: list[dict[str, Any]] = [
             {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
             {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
@@ -115,24 +135,21 @@ def scrape_config(
                     "source_labels": [f"__meta_kubernetes_pod_label_{_sanitize(job_label)}"],
                     "target_label": "job",
                     "regex": "(.+)",
-                    "replacement": "${1}",
                 }
             )
         relabel.append({"target_label": "endpoint", "replacement": str(endpoint.get("port"))})
-        for rule in endpoint.get("relabelings") or []:
-            relabel.append({_camel_to_snake(key): value for key, value in rule.items()})
+        relabel += [{_camel_to_snake(k): v for k, v in rule.items()} for rule in endpoint.get("relabelings") or []]
         jobs.append(
             {
-                "job_name": f"podMonitor/{name}/{index}",
+                "job_name": job,
                 "honor_labels": bool(endpoint.get("honorLabels", False)),
                 "metrics_path": endpoint.get("path", "/metrics"),
                 "scrape_interval": interval,
                 "scrape_timeout": interval,
-                "static_configs": pod_targets(monitor, endpoint, pods, address_of),
+                "file_sd_configs": [{"files": [str(targets_file(directory, job))], "refresh_interval": "1s"}],
                 "relabel_configs": relabel,
                 "metric_relabel_configs": [
-                    {_camel_to_snake(key): value for key, value in rule.items()}
-                    for rule in endpoint.get("metricRelabelings") or []
+                    {_camel_to_snake(k): v for k, v in rule.items()} for rule in endpoint.get("metricRelabelings") or []
                 ],
             }
         )

@@ -167,8 +167,8 @@ def reads(expr: str) -> Reads:
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "30s", "$__range": "5m"}
 
 
-def substitute(expr: str) -> str:
+def substitute(expr: str, *, rate_interval: str | None = None) -> str:
     """A dashboard expression as Prometheus gets it from Grafana, with every template variable meaning "all"."""
     for name, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(name, value)
+        expr = expr.replace(name, rate_interval if rate_interval and name == "$__rate_interval" else value)
     return re.sub(r"\$\{?[a-zA-Z_]\w*\}?", ".*", expr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import pathlib
 import threading
 import time
@@ -21,7 +22,7 @@ import kubernetes
 import yaml
 
 from kubellm_monitoring.contract import PODMONITORS, ROOT, rule_groups
-from kubellm_monitoring.prometheus import LocalPrometheus, scrape_config
+from kubellm_monitoring.prometheus import LocalPrometheus, scrape_config, write_targets
 from kubellm_sandbox import cli
 from kubellm_sandbox.pods import PORTS_ANNOTATION
 from kubellm_sandbox.processes import free_port
@@ -78,6 +79,7 @@ class SandboxRun:
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.service_port = free_port()
+        self.monitors = list(yaml.safe_load_all(PODMONITORS.read_text()))
 
     # Reading and waiting ----------------------------------------------------------------------------------------
 
@@ -204,8 +206,11 @@ class SandboxRun:
         except urllib.error.HTTPError as error:
             return int(error.code)
 
-    def traffic(self, requests: int, *, concurrency: int = 1, max_new_tokens: int = 8) -> list[int]:
-        """``requests`` questions spread over the ready pods, ``concurrency`` at a time; their statuses."""
+    def traffic(
+        self, requests: int, *, concurrency: int = 1, max_new_tokens: int = 8, seconds: float | None = None
+    ) -> list[int]:
+        """``requests`` questions (or as many as fit in ``seconds``) spread over the ready pods, ``concurrency`` at
+        a time; their statuses."""
         addresses = self.serving_addresses()
         if not addresses:
             raise WorkloadError(f"no ready pod of {SERVING} to send requests to\n{self.dump()}")
@@ -214,9 +219,12 @@ class SandboxRun:
         statuses: list[int] = []
         lock = threading.Lock()
         counter = iter(range(requests))
+        deadline = time.monotonic() + seconds if seconds is not None else math.inf
 
         def worker() -> None:
             for index in counter:
+                if time.monotonic() > deadline:
+                    return
                 address = addresses[index % len(addresses)]
                 path, body = (
                     ("/ask", {"text": f"Question {index}?", "max_new_tokens": max_new_tokens})
@@ -255,22 +263,43 @@ class SandboxRun:
             "status": {"podIP": self.state["operator_metrics"].rsplit(":", 1)[0]},
         }
 
-    def scrape_configs(self) -> list[dict[str, Any]]:
+    @property
+    def targets_dir(self) -> pathlib.Path:
+        return self.layout.root / "prometheus-targets"
+
+    def refresh_targets(self) -> None:
+        """Rewrite the scrape targets from the pods the sandbox runs now (and the operator)."""
         operator = self.operator_pod()
         local = self.state["operator_metrics"]
 
         def address(pod: Mapping[str, Any], container: Mapping[str, Any], port: Mapping[str, Any]) -> str:
             return local if pod is operator else pod_address(pod, container, port)
 
-        pods = [operator, *self.pods()]
-        return [
-            job
-            for monitor in yaml.safe_load_all(PODMONITORS.read_text())
-            for job in scrape_config(monitor, pods, address)
-        ]
+        write_targets(self.monitors, [operator, *self.pods()], address, self.targets_dir)
 
     def prometheus(self) -> LocalPrometheus:
-        return LocalPrometheus(self.scrape_configs(), rule_groups())
+        """A Prometheus scraping the sandbox every second as the PodMonitors say, evaluating the alert rules."""
+        self.refresh_targets()
+        jobs = [job for monitor in self.monitors for job in scrape_config(monitor, self.targets_dir)]
+        return LocalPrometheus(jobs, rule_groups())
+
+    @contextlib.contextmanager
+    def following_pods(self, every_s: float = 1.0) -> Iterator[None]:
+        """Keep the scrape targets in step with the pods (a scale, a restart) while the block runs."""
+        stop = threading.Event()
+
+        def follow() -> None:
+            while not stop.wait(every_s):
+                with contextlib.suppress(kubernetes.client.ApiException, OSError):
+                    self.refresh_targets()
+
+        thread = threading.Thread(target=follow, name="follow-pods", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=10)
 
 
 @contextlib.contextmanager

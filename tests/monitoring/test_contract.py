@@ -147,6 +147,8 @@ def test_what_the_workload_shows(scraped: Scraped) -> None:
         r["metric"]["name"] for r in query('kubellm_llmservice_condition{type="StorageReady", status="False"}')
     } == {"unplaced"}
     assert [r["value"][1] for r in query(f'kubellm_llmservice_replicas{{name="{SERVING}"}}')] == ["2"]
+    ready = query(f'kubellm_load_phase{{llmservice="{SERVING}", phase="ready"}} == 1')
+    assert len(ready) == 2, ready  # both pods past their load (they said "warming up" for good before issue 23)
     requests = query('sum by (status) (kubellm_requests_total{route=~"/ask|/v1/completions"})')
     counted = {r["metric"]["status"]: int(float(r["value"][1])) for r in requests}
     assert counted == {str(s): scraped.statuses.count(s) for s in set(scraped.statuses)}

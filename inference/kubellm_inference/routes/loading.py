@@ -13,13 +13,9 @@ router = APIRouter()
 
 @router.get(LOADZ_PATH)
 async def loadz(state: State) -> dict[str, object]:
+    # The engine writes the last two phases into the progress: ready once warmed up, failed when the load failed
+    # (the metrics read the same progress).
     snapshot = state.progress.snapshot()
-    # The engine owns the last two phases: ready once warmed up, failed when the load failed.
-    if state.engine.ready:
-        snapshot["phase"] = Phase.ready.value
-    elif state.engine.failure is not None:
-        snapshot["phase"] = Phase.failed.value
-        snapshot["detail"] = state.engine.failure
     snapshot["line"] = (
         state.progress.line() if snapshot["phase"] not in (Phase.ready, Phase.failed) else snapshot["phase"]
     )
