@@ -26,6 +26,8 @@ PODMONITORS = COMPONENT / "podmonitors.yaml"
 
 # Labels every scraped series has, whatever the code emits (Prometheus adds them).
 SCRAPE_LABELS = frozenset({"__name__", "job", "instance"})
+# A label value the lookup does not know (a declared label of a metric with no sample yet): any value matches.
+ANY_VALUE = "\x00any"
 # Metrics Prometheus itself writes for each target.
 SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"})
 
@@ -95,8 +97,12 @@ def check_one(expression: Expression, series_of: Lookup) -> list[str]:
                     f"{expression.where}: {selector.metric} has no label {matcher.label!r} "
                     f"(its labels: {', '.join(sorted(labels - SCRAPE_LABELS))})"
                 )
-            elif matcher.op == "=" and matcher.value and not any(s.get(matcher.label) == matcher.value for s in found):
-                seen = sorted({s.get(matcher.label, "") for s in found})
+            elif (
+                matcher.op == "="
+                and matcher.value
+                and not any(s.get(matcher.label) in (matcher.value, ANY_VALUE) for s in found)
+            ):
+                seen = sorted({s.get(matcher.label, "") for s in found} - {ANY_VALUE})
                 problems.append(
                     f'{expression.where}: no {selector.metric} series has {matcher.label}="{matcher.value}" '
                     f"(seen: {', '.join(seen)})"
@@ -117,20 +123,25 @@ def metrics_read(exprs: Sequence[Expression]) -> set[str]:
 
 
 def registry_lookup(registry: Any, target_labels: frozenset[str]) -> Lookup:
-    """A lookup from what a prometheus_client registry declares (every sample name its metrics can expose, with
-    their label names) plus the target labels the scrape adds: for a component that cannot be scraped here."""
-    declared: dict[str, set[str]] = {}
+    """A lookup from a prometheus_client registry, for a component that cannot be scraped here: the samples it
+    exposes now (with their label values), the target labels a scrape adds, and for metrics without a sample yet,
+    every sample name they can expose with their declared label names (values unknown)."""
+    known: dict[str, list[dict[str, str]]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            known.setdefault(sample.name, []).append(dict(sample.labels))
     # prometheus_client keeps, per collector, the sample names it exposes (x_total, x_bucket, ...) and, on its
     # metric objects, their label names: no public API lists the labels of a metric that has no sample yet.
     names_of: Mapping[Any, set[str]] = getattr(registry, "_collector_to_names", {})
     for collector, names in list(names_of.items()):
         labels = set(getattr(collector, "_labelnames", ()))
         for name in names:
-            declared[name] = labels | ({"le"} if name.endswith("_bucket") else set())
+            if name not in known:
+                declared = labels | ({"le"} if name.endswith("_bucket") else set())
+                known[name] = [dict.fromkeys(declared, ANY_VALUE)]
 
     def lookup(metric: str) -> list[dict[str, str]]:
-        if metric not in declared:
-            return []
-        return [{label: "" for label in declared[metric] | target_labels | {"__name__"}}]
+        extra = {**dict.fromkeys(target_labels, ANY_VALUE), "__name__": metric}
+        return [{**extra, **labels} for labels in known.get(metric, [])]
 
     return lookup
