@@ -121,7 +121,15 @@ class OperatorMetrics:
         """Export the status a pass computed for the LLMService (``None``: it is gone, and so are its series)."""
         key = (namespace, name)
         with self._lock:
-            for type_, state, reason in self._conditions_of.pop(key, ()):
+            current: tuple[tuple[str, str, str], ...] = ()
+            if status is not None:
+                current = tuple(
+                    (str(c.get("type")), str(c.get("status")), str(c.get("reason")))
+                    for c in status.get("conditions") or ()
+                )
+            # Only the series that changed go: a scrape between a removal and its re-add would end the series and
+            # restart the `for:` of every alert on it.
+            for type_, state, reason in set(self._conditions_of.pop(key, ())) - set(current):
                 self._conditions.remove(namespace, name, type_, state, reason)
             if status is None:
                 if self._phase_of.pop(key, None) is not None:
@@ -129,10 +137,6 @@ class OperatorMetrics:
                     self._ready_replicas.remove(namespace, name)
             else:
                 self._phase_of[key] = str(status.get("phase"))
-                current = tuple(
-                    (str(c.get("type")), str(c.get("status")), str(c.get("reason")))
-                    for c in status.get("conditions") or ()
-                )
                 for type_, state, reason in current:
                     self._conditions.labels(namespace, name, type_, state, reason).set(1)
                 self._conditions_of[key] = current

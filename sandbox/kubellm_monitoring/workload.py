@@ -34,6 +34,7 @@ SERVING, REFUSED, UNPLACED = "tiny", "refused", "unplaced"
 TAKEN_NODE_PORT = 30555
 OPERATOR_DEPLOYMENT = ROOT / "deploy" / "operator.yaml"
 REQUEST_TIMEOUT_S = 60.0
+RETRY_AFTER_S = 1.0
 
 
 class WorkloadError(RuntimeError):
@@ -237,6 +238,8 @@ class SandboxRun:
                 status = self.request(address, path, body)
                 with lock:
                     statuses.append(status)
+                if status == 429:
+                    time.sleep(RETRY_AFTER_S)  # a client that honours the server's Retry-After: 1
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
         for thread in threads:
