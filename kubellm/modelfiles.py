@@ -52,6 +52,7 @@ class HubFailure(StrEnum):
     DownloadStalled = "DownloadStalled"
     DownloadCorrupt = "DownloadCorrupt"
     DownloadFailed = "DownloadFailed"
+    HubEndpointNotAllowed = "HubEndpointNotAllowed"  # the operator's egress policy refuses the endpoint
 
     @property
     def prefix(self) -> str:
@@ -68,6 +69,7 @@ _PREFIXES = {
     HubFailure.DownloadStalled: "download stalled",
     HubFailure.DownloadCorrupt: "download corrupt",
     HubFailure.DownloadFailed: "download failed",
+    HubFailure.HubEndpointNotAllowed: "hub endpoint not allowed",
 }
 
 # What transformers itself says when it cannot reach the hub (a pod whose server predates pinned downloads).

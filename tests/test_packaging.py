@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FOLDERS = [ROOT, ROOT / "operator", ROOT / "inference", ROOT / "sandbox"]
+CODE_FOLDERS = [ROOT, ROOT / "operator", ROOT / "inference", ROOT / "gateway", ROOT / "sandbox"]
 
 
 def source_modules() -> set[str]:

@@ -137,6 +137,13 @@ class Cluster:
         )
         return _loads(response)
 
+    def served_resources(self, group: str, version: str) -> list[str]:
+        """The resource names discovery lists for ``group/version`` (raises ApiException 404 when none)."""
+        listing = _loads(
+            self.custom.get_api_resources(group, version, _preload_content=False, _request_timeout=self.timeout)
+        )
+        return [str(r.get("name")) for r in listing.get("resources") or [] if isinstance(r, dict)]
+
     # Writes -----------------------------------------------------------------------------------------------
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:

@@ -8,19 +8,32 @@ operator connects anywhere, so a typo fails at start with the field named, not i
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes, parse_quantity
+from kubellm_operator.egress import EgressPolicy, base_url_problem, endpoint_key
 from kubellm_operator.render import DEFAULT_GPU_INFERENCE_IMAGE, DEFAULT_INFERENCE_IMAGE
+from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT
 from kubellm_operator.storage import parse_headroom
 
 ENV_PREFIX = "KUBELLM_OPERATOR_"
 FIELD_MANAGER = "kubellm"
 ALL_NAMESPACES = "*"
+# Where the Hugging Face Hub sends file downloads (a safetensors header read by a mirror-less resolution).
+DEFAULT_HUB_REDIRECT_HOSTS = (
+    "cdn-lfs.huggingface.co",
+    "cdn-lfs.hf.co",
+    "cdn-lfs-us-1.huggingface.co",
+    "cdn-lfs-us-1.hf.co",
+    "cdn-lfs-eu-1.hf.co",
+    "cas-bridge.xethub.hf.co",
+)
 
 
 class LogFormat(StrEnum):
@@ -68,6 +81,28 @@ class OperatorSettings(BaseSettings):
         description="Hub for LLMServices that name none in spec.model.hub.endpoint (a mirror or proxy); "
         "default https://huggingface.co.",
     )
+    allowed_hub_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hub endpoints an LLMService may name in spec.model.hub.endpoint, comma-separated base URLs; "
+        "empty: https://huggingface.co and --hub-endpoint. Another endpoint: Degraded/HubEndpointNotAllowed, no "
+        "request made.",
+    )
+    hub_redirect_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_HUB_REDIRECT_HOSTS),
+        description="Hosts a hub may redirect the operator to besides its own origin (the Hub's file CDNs), "
+        "comma-separated.",
+    )
+    egress_allow_loopback: bool = Field(
+        False,
+        description="Outbound calls (hub, the pods' /loadz) may reach loopback addresses (127.0.0.0/8, ::1): a hub "
+        "on the operator's own host, pods on a single-machine cluster. Link-local and metadata addresses are "
+        "refused always.",
+    )
+    egress_allow_private: bool = Field(
+        False,
+        description="Hub requests may reach private and cluster-internal ranges (10/8, 172.16/12, 192.168/16, "
+        "100.64/10, fc00::/7): an in-cluster mirror. The pods' /loadz may always (pod IPs are there).",
+    )
     download_bandwidth: str = Field(
         "50Mi", description="Assumed download bandwidth per second (a quantity), for derived startup budgets."
     )
@@ -80,6 +115,29 @@ class OperatorSettings(BaseSettings):
     )
     peering_name: str = Field("kubellm", min_length=1, description="Kopf peering object when not standalone.")
     priority: int = Field(0, description="Kopf peering priority of this replica (highest one works).")
+    leader_election: bool = Field(
+        True,
+        description="Run as one of several replicas: only the holder of the leader Lease watches and writes; the "
+        "others stand by (alive, /readyz 503) and take over when it stops renewing.",
+    )
+    leader_election_namespace: str = Field(
+        "kubellm-system", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Namespace of the leader Lease."
+    )
+    leader_election_name: str = Field(
+        "kubellm-operator", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Name of the leader Lease."
+    )
+    leader_identity: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="This replica's holderIdentity; default: $POD_NAME (deploy/ sets it from the pod's name), "
+        "else the host name.",
+    )
+    lease_duration_s: float = Field(15.0, gt=0, le=300, description="Leader Lease duration (client-go's default).")
+    renew_deadline_s: float = Field(
+        10.0, gt=0, le=300, description="The leader stops when it could not renew for this long (< lease duration)."
+    )
+    retry_period_s: float = Field(2.0, gt=0, le=60, description="How often the Lease is renewed or tried.")
     workers: int = Field(4, ge=1, le=64, description="Threads that run reconciles.")
     api_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Timeout of every API request (watches: the server ends them sooner)."
@@ -109,6 +167,24 @@ class OperatorSettings(BaseSettings):
             return [] if ALL_NAMESPACES in names else names
         return value
 
+    @field_validator("allowed_hub_endpoints", "hub_redirect_hosts", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return [str(v).strip() for v in value if str(v).strip()]
+        return value
+
+    @field_validator("allowed_hub_endpoints")
+    @classmethod
+    def _bare_endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            problem = base_url_problem(endpoint)
+            if problem is not None:
+                raise ValueError(f"{endpoint!r} {problem}")
+        return value
+
     @field_validator("storage_headroom")
     @classmethod
     def _valid_headroom(cls, value: str) -> str:
@@ -126,6 +202,41 @@ class OperatorSettings(BaseSettings):
         if parse_quantity(value) <= 0:
             raise ValueError(f"{value!r} must be a positive quantity of bytes per second, such as 50Mi")
         return value
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> OperatorSettings:
+        if not self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError(
+                "leader election needs --retry-period-s < --renew-deadline-s < --lease-duration-s (a leader must "
+                "stop before a standby may take its Lease)"
+            )
+        return self
+
+    @property
+    def identity(self) -> str:
+        return self.leader_identity or os.environ.get("POD_NAME") or socket.gethostname()
+
+    @property
+    def hub_endpoints(self) -> frozenset[str]:
+        """The hub endpoints LLMServices may use (compared with :func:`endpoint_key`)."""
+        listed = self.allowed_hub_endpoints or [
+            DEFAULT_HUB_ENDPOINT,
+            *([self.hub_endpoint] if self.hub_endpoint else []),
+        ]
+        return frozenset(endpoint_key(e) for e in listed)
+
+    @property
+    def hub_policy(self) -> EgressPolicy:
+        return EgressPolicy(
+            allow_loopback=self.egress_allow_loopback,
+            allow_private=self.egress_allow_private,
+            redirect_hosts=frozenset(h.lower() for h in self.hub_redirect_hosts),
+        )
+
+    @property
+    def pod_policy(self) -> EgressPolicy:
+        # A pod IP is assigned by the cluster, from its pod range, which is private by definition; no redirects.
+        return EgressPolicy(allow_loopback=self.egress_allow_loopback, allow_private=True)
 
     @property
     def bandwidth_bytes(self) -> int:

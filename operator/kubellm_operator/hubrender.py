@@ -7,8 +7,11 @@ import os
 
 from kubellm.quantity import parse_quantity
 from kubellm_operator.api import LLMService, SecretKeyRef
+from kubellm_operator.egress import EgressPolicy
 from kubellm_operator.modelplan import plan_model
 from kubellm_operator.resolve import ModelResolver
+
+CDN_HOSTS = frozenset({"127.0.0.1", "localhost", "cdn-lfs.huggingface.co", "cdn-lfs.hf.co", "cas-bridge.xethub.hf.co"})
 
 
 def resolve_for_render(
@@ -26,7 +29,9 @@ def resolve_for_render(
         return os.environ.get("HF_TOKEN")
 
     default = hub_endpoint or os.environ.get("HF_ENDPOINT")
-    plan = plan_model(llms, ModelResolver(), default_endpoint=default, bandwidth=bytes_per_second, read_token=token)
+    # Run by its user, on the user's behalf: any address the user's machine reaches, as a browser would.
+    resolver = ModelResolver(policy=EgressPolicy(allow_loopback=True, allow_private=True, redirect_hosts=CDN_HOSTS))
+    plan = plan_model(llms, resolver, default_endpoint=default, bandwidth=bytes_per_second, read_token=token)
     name = llms.metadata.name
     lines: list[str] = []
     if plan.status is not None and plan.status.commit:

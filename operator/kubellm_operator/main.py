@@ -1,4 +1,5 @@
-"""`kubellm operator`: run the Kopf operator with its work queue, kubelet-summary refresher and health endpoint.
+"""`kubellm operator`: run the Kopf operator with its work queue, kubelet-summary refresher and health endpoint,
+once the LLMService resource is served and this replica leads.
 
 :func:`run` is the whole operator as a coroutine (``stop_flag``/``ready_flag`` as in ``kopf.operator``), for
 embedding; :func:`main` is the command: settings from flags and environment, logging, then :func:`run` until
@@ -8,6 +9,7 @@ SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import threading
@@ -17,11 +19,14 @@ from contextlib import contextmanager, suppress
 import kopf
 import kubernetes.config
 
+from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.cluster import Cluster, load_configuration
 from kubellm_operator.config import LogFormat, OperatorSettings, SettingsError, load_settings
 from kubellm_operator.handlers import register
+from kubellm_operator.leader import LeaderElector
 from kubellm_operator.metrics import OperatorMetrics, start_health_server
 from kubellm_operator.reconcile import Operator
+from kubellm_operator.startup import Readiness, resource_served, wait_until_served
 
 STORAGE_SWEEP_S = 0.5  # the least time between two storage re-evaluations (see background())
 
@@ -84,6 +89,17 @@ def background(op: Operator) -> Iterator[None]:
             thread.join(timeout=10)
 
 
+class LeadershipLost(RuntimeError):
+    """The leader could not renew its Lease in time and stopped; the process exits so that it restarts as a
+    standby (controller-runtime's managers do the same)."""
+
+
+async def _relay(source: asyncio.Event | None, target: asyncio.Event) -> None:
+    if source is not None:
+        await source.wait()
+        target.set()
+
+
 async def run(
     settings: OperatorSettings,
     *,
@@ -91,19 +107,66 @@ async def run(
     ready_flag: asyncio.Event | None = None,
     metrics: OperatorMetrics | None = None,
 ) -> None:
-    """The operator until ``stop_flag`` is set (or a signal arrives, when run in the main thread)."""
+    """The operator until ``stop_flag`` is set (or a signal arrives, when run in the main thread).
+
+    Before it watches anything it waits for the LLMService resource to be served and, with leader election, for
+    the leader Lease (:mod:`kubellm_operator.startup`, :mod:`kubellm_operator.leader`); it raises
+    :class:`LeadershipLost` when it stops because it lost the Lease.
+    """
     config = load_configuration(settings.kubeconfig)
     cluster = Cluster(config, timeout=settings.api_timeout_s)
     op = Operator(settings, cluster, metrics or OperatorMetrics())
     op.metrics.watch_queue(op.queue.pending, op.queue.overdue)
     registry = kopf.OperatorRegistry()
     register(registry, op, config)
+    readiness = Readiness(op.metrics)
+    elector: LeaderElector | None = None
+
+    def stuck() -> str | None:
+        # Only the working operator's queue and watches can be stuck; a waiting one is alive as long as it answers.
+        return op.health() if readiness.reason() is None else None
+
     health = (
-        await start_health_server(op.metrics, settings.health_host, settings.health_port, op.health)
+        await start_health_server(op.metrics, settings.health_host, settings.health_port, stuck, readiness.reason)
         if settings.health_port
         else None
     )
+    halt = asyncio.Event()  # the caller's stop, or the Lease lost
+    relay = asyncio.create_task(_relay(stop_flag, halt))
+    keeper: asyncio.Task[None] | None = None
+    lost = False
     try:
+        served = functools.partial(
+            resource_served, functools.partial(cluster.served_resources, GROUP, VERSION), f"{GROUP}/{VERSION}", PLURAL
+        )
+        if not await wait_until_served(served, readiness, halt):
+            return
+        if settings.leader_election:
+            elector = LeaderElector(
+                cluster.client,
+                namespace=settings.leader_election_namespace,
+                name=settings.leader_election_name,
+                identity=settings.identity,
+                lease_duration=settings.lease_duration_s,
+                renew_deadline=settings.renew_deadline_s,
+                retry_period=settings.retry_period_s,
+                request_timeout=settings.api_timeout_s,
+            )
+            readiness.waiting(f"standby: waiting for {elector.where} (as {elector.identity})")
+            if not await elector.acquire(halt):
+                return
+            op.metrics.leader.set(1)
+
+            async def keep(elector: LeaderElector) -> None:
+                nonlocal lost
+                await elector.keep(halt)
+                if not elector.leading:
+                    lost = True
+                    op.metrics.leader.set(0)
+                    halt.set()
+
+            keeper = asyncio.create_task(keep(elector))
+        readiness.ready()
         with background(op):
             await kopf.operator(
                 registry=registry,
@@ -113,13 +176,25 @@ async def run(
                 # Naming a peering makes Kopf wait for its CRD: only when peering is wanted.
                 peering_name=None if settings.standalone else settings.peering_name,
                 priority=settings.priority,
-                stop_flag=stop_flag,
+                stop_flag=halt,
                 ready_flag=ready_flag,
             )
     finally:
+        halt.set()
+        relay.cancel()
+        if keeper is not None:
+            await asyncio.gather(keeper, return_exceptions=True)
+        if elector is not None and elector.leading and not lost:
+            # Stopped cleanly (a rollout, a scale-down): hand over now rather than after the lease duration.
+            await asyncio.to_thread(elector.release)
+            op.metrics.leader.set(0)
         if health is not None:
             await health.cleanup()
         cluster.close()
+    if lost:
+        raise LeadershipLost(
+            f"lost the leader Lease {settings.leader_election_namespace}/{settings.leader_election_name}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     except (kubernetes.config.ConfigException, OSError) as exc:
         print(f"kubellm operator: no cluster credentials: {exc}", file=sys.stderr)
         return 2
-    with suppress(KeyboardInterrupt):
-        asyncio.run(run(settings))
+    try:
+        with suppress(KeyboardInterrupt):
+            asyncio.run(run(settings))
+    except LeadershipLost as exc:
+        print(f"kubellm operator: {exc}; exiting to restart as a standby", file=sys.stderr)
+        return 1
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from kubellm_operator.api import Phase
 
 HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 
 # Reconcile outcomes.
@@ -104,6 +105,34 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        labels = ["namespace", "name"]
+        self.desired_replicas = Gauge(
+            "kubellm_autoscaling_desired_replicas",
+            "Replicas the autoscaler asks for (spec.autoscaling).",
+            labels,
+            registry=self.registry,
+        )
+        self.demand = Gauge(
+            "kubellm_autoscaling_demand",
+            "Requests in flight and queued on the pods plus those the gateways hold.",
+            labels,
+            registry=self.registry,
+        )
+        self.signal_missing = Gauge(
+            "kubellm_autoscaling_signal_missing",
+            "1 while some Ready pod's demand cannot be read (the autoscaler then never scales down), else 0.",
+            labels,
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "kubellm_operator_ready",
+            "1 while this operator watches and reconciles; 0 while it waits (for the CRD to be served, or as a "
+            "standby for the leader Lease).",
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "kubellm_operator_leader", "1 while this operator holds the leader Lease.", registry=self.registry
+        )
         self._lock = threading.Lock()
         self._phase_of: dict[tuple[str, str], str] = {}
         self._conditions_of: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {}
@@ -146,6 +175,18 @@ class OperatorMetrics:
                 self._ready_replicas.labels(namespace, name).set(int(status.get("readyReplicas") or 0))
             self._refresh_phases()
 
+    def set_autoscaling(self, namespace: str, name: str, figures: tuple[int, float, bool] | None) -> None:
+        """(desired, demand, signal missing) of an autoscaled LLMService; None removes its series."""
+        for gauge in (self.desired_replicas, self.demand, self.signal_missing):
+            if figures is None:
+                with suppress(KeyError):
+                    gauge.remove(namespace, name)
+        if figures is not None:
+            desired, demand, missing = figures
+            self.desired_replicas.labels(namespace=namespace, name=name).set(desired)
+            self.demand.labels(namespace=namespace, name=name).set(demand)
+            self.signal_missing.labels(namespace=namespace, name=name).set(1 if missing else 0)
+
     def _refresh_phases(self) -> None:
         for phase in Phase:
             self._phases.labels(phase=phase.value).set(sum(1 for p in self._phase_of.values() if p == phase.value))
@@ -159,10 +200,22 @@ class OperatorMetrics:
         return generate_latest(self.registry)
 
 
-def health_app(metrics: OperatorMetrics, stuck: Callable[[], str | None] = lambda: None) -> web.Application:
+def health_app(
+    metrics: OperatorMetrics,
+    stuck: Callable[[], str | None] = lambda: None,
+    waiting: Callable[[], str | None] = lambda: None,
+) -> web.Application:
     """/healthz: 200 while the operator's event loop runs and ``stuck()`` finds nothing (its watches and its work
-    queue make progress), else 503 with the reason, so the kubelet restarts a stuck operator. /metrics: the registry.
+    queue make progress), else 503 with the reason, so the kubelet restarts a stuck operator. /readyz: 200 while it
+    reconciles, 503 with ``waiting()``'s reason while it waits (the CRD not served yet, a standby): alive, not
+    working. /metrics: the registry.
     """
+
+    async def readyz(_: web.Request) -> web.Response:
+        why = waiting()
+        if why is not None:
+            return web.json_response({"status": "waiting", "reason": why}, status=503)
+        return web.json_response({"status": "ready"})
 
     async def healthz(_: web.Request) -> web.Response:
         why = stuck()
@@ -177,15 +230,20 @@ def health_app(metrics: OperatorMetrics, stuck: Callable[[], str | None] = lambd
 
     app = web.Application()
     app.router.add_get(HEALTHZ_PATH, healthz)
+    app.router.add_get(READYZ_PATH, readyz)
     app.router.add_get(METRICS_PATH, serve_metrics)
     return app
 
 
 async def start_health_server(
-    metrics: OperatorMetrics, host: str, port: int, stuck: Callable[[], str | None] = lambda: None
+    metrics: OperatorMetrics,
+    host: str,
+    port: int,
+    stuck: Callable[[], str | None] = lambda: None,
+    waiting: Callable[[], str | None] = lambda: None,
 ) -> web.AppRunner:
     """Start the endpoint on the running loop; the caller calls ``cleanup()`` on the runner to stop it."""
-    runner = web.AppRunner(health_app(metrics, stuck), access_log=None)
+    runner = web.AppRunner(health_app(metrics, stuck, waiting), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

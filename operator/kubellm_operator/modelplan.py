@@ -15,6 +15,7 @@ from typing import Any
 from kubellm.modelfiles import HubFailure, failure_reason
 from kubellm.quantity import format_bytes
 from kubellm_operator.api import LLMService, LoadingStatus, ModelStatus, SecretKeyRef
+from kubellm_operator.egress import EgressError, EgressPolicy, fetch
 from kubellm_operator.resolve import DEFAULT_HUB_ENDPOINT, ModelResolver, is_hub_id
 from kubellm_operator.sizing import Derived, effective_llmservice
 
@@ -26,6 +27,7 @@ HOLDING_FAILURES = frozenset(
         HubFailure.GatedModel,
         HubFailure.HubUnauthorized,
         HubFailure.NoWeights,
+        HubFailure.HubEndpointNotAllowed,
     }
 )
 HOLD_RETRY_S = 60.0  # a Secret created or a repo made public later is noticed on this retry
@@ -58,6 +60,16 @@ def plan_model(
         return ModelPlan(llms)
     endpoint = (model.hub.endpoint if model.hub and model.hub.endpoint else None) or default_endpoint
     endpoint = (endpoint or DEFAULT_HUB_ENDPOINT).rstrip("/")
+    if not resolver.allows(endpoint):
+        # Neither the token nor the hub is touched: the endpoint is the tenant's choice, the list the operator's.
+        message = (
+            f"{HubFailure.HubEndpointNotAllowed.prefix}: {endpoint} is not one of the hub endpoints this operator "
+            f"allows ({', '.join(sorted(resolver.allowed_endpoints or ()))}): set spec.model.hub.endpoint to one of "
+            "them, or ask the operator's administrator to add it to --allowed-hub-endpoints"
+        )
+        status = ModelStatus(name=model.name, endpoint=endpoint, revision=model.revision, error=message)
+        effective, derived = effective_llmservice(llms, None, default_endpoint=default_endpoint, bandwidth=bandwidth)
+        return ModelPlan(effective, derived, status, (HubFailure.HubEndpointNotAllowed, message))
     token: str | None = None
     token_problem: str | None = None
     if model.hub_token_secret_ref is not None:
@@ -133,34 +145,31 @@ def hub_failure_problem(where: str, container: Mapping[str, Any]) -> tuple[HubFa
     return None
 
 
-# The sandbox runs pods as local processes and publishes where each container port listens (kubellm_sandbox.pods).
-SANDBOX_PORTS_ANNOTATION = "sandbox.kubellm.dev/local-ports"
-LOADZ_TIMEOUT_S = 1.0
+LOADZ_DEADLINE_S = 1.0
+MAX_LOADZ_BYTES = 64 * 1024  # a /loadz answer is a few hundred bytes; a pod cannot make the operator hold more
 LOADING_REFRESH_S = 3.0  # while pods load, the LLMService is re-read this often so its progress moves
 
 
 def loadz_address(pod: Mapping[str, Any]) -> str | None:
-    """host:port of the inference container's HTTP port: the pod IP, or the sandbox's local mapping."""
+    """host:port of the inference container's HTTP port: the pod IP and the rendered container port, as for any
+    client in the cluster."""
     from kubellm.contract import DEFAULT_PORT
     from kubellm_operator.render import CONTAINER_NAME
 
     containers = (pod.get("spec") or {}).get("containers") or []
     container = next((c for c in containers if c.get("name") == CONTAINER_NAME), None)
     ports = (container or {}).get("ports") or []
-    port = int(ports[0].get("containerPort") or DEFAULT_PORT) if ports else DEFAULT_PORT
-    mapped = ((pod.get("metadata") or {}).get("annotations") or {}).get(SANDBOX_PORTS_ANNOTATION) or ""
-    for item in mapped.split(","):
-        key, _, address = item.partition("=")
-        if key == f"{CONTAINER_NAME}/{port}" and address:
-            return address
+    port = ports[0].get("containerPort") if ports else DEFAULT_PORT
     ip = (pod.get("status") or {}).get("podIP")
-    return f"{ip}:{port}" if ip else None
+    if not isinstance(ip, str) or not ip or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def fetch_loadz(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The pod's ``GET /loadz`` answer, or None when it does not answer (yet) within a second."""
+def fetch_loadz(pod: Mapping[str, Any], policy: EgressPolicy | None = None) -> Mapping[str, Any] | None:
+    """The pod's ``GET /loadz`` answer, or None when it does not answer (yet) within its deadline and byte cap,
+    or the egress policy refuses the pod's address (:mod:`kubellm_operator.egress`)."""
     import json
-    import urllib.request
 
     from kubellm.contract import LOADZ_PATH
 
@@ -168,11 +177,51 @@ def fetch_loadz(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     if address is None:
         return None
     try:
-        with urllib.request.urlopen(f"http://{address}{LOADZ_PATH}", timeout=LOADZ_TIMEOUT_S) as response:
-            answer = json.load(response)
-    except (OSError, ValueError):
+        body = fetch(
+            f"http://{address}{LOADZ_PATH}",
+            deadline_s=LOADZ_DEADLINE_S,
+            max_bytes=MAX_LOADZ_BYTES,
+            policy=policy or EgressPolicy(allow_private=True),
+        )
+        answer = json.loads(body)
+    except (EgressError, ValueError):
         return None
     return answer if isinstance(answer, dict) else None
+
+
+DEMAND_DEADLINE_S = 1.0
+DEMAND_MAX_BYTES = 1 << 20  # the server's exposition is a few KiB; a pod answering more is cut off
+
+
+def fetch_demand(pod: Mapping[str, Any], policy: EgressPolicy | None = None) -> float | None:
+    """In flight + queued on the pod, from its ``GET /metrics`` (``kubellm_batch_size`` + ``kubellm_queue_depth``),
+    or None when it does not answer them within its deadline and byte cap (or the egress policy refuses it)."""
+    from kubellm.contract import METRICS_PATH
+    from kubellm_operator.autoscale import parse_demand
+
+    address = loadz_address(pod)
+    if address is None:
+        return None
+    try:
+        body = fetch(
+            f"http://{address}{METRICS_PATH}",
+            deadline_s=DEMAND_DEADLINE_S,
+            max_bytes=DEMAND_MAX_BYTES,
+            policy=policy or EgressPolicy(allow_private=True),
+        )
+    except EgressError:
+        return None
+    return parse_demand(body.decode(errors="replace"))
+
+
+def demand_fetcher(policy: EgressPolicy) -> Callable[[Mapping[str, Any]], float | None]:
+    """:func:`fetch_demand` under the operator's policy for pods (``OperatorSettings.pod_policy``)."""
+    return lambda pod: fetch_demand(pod, policy)
+
+
+def loadz_fetcher(policy: EgressPolicy) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None]:
+    """:func:`fetch_loadz` under the operator's policy for pods (``OperatorSettings.pod_policy``)."""
+    return lambda pod: fetch_loadz(pod, policy)
 
 
 def pods_loading(pods: Sequence[Mapping[str, Any]]) -> bool:

@@ -41,8 +41,8 @@ from pydantic import ValidationError
 
 from kubellm.quantity import format_bytes, parse_quantity
 from kubellm.timefmt import now_rfc3339
-from kubellm_operator import render
-from kubellm_operator.api import LLMService, LLMServiceSpec
+from kubellm_operator import autoscale, render
+from kubellm_operator.api import AutoscalingSpec, LLMService, LLMServiceSpec
 from kubellm_operator.cluster import Cluster, api_message, api_reason, retry_after_seconds
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.metrics import CHANGED, ERROR, INVALID, REFUSED, UNCHANGED, WAITING, OperatorMetrics
@@ -50,8 +50,9 @@ from kubellm_operator.modelplan import (
     HOLD_RETRY_S,
     LOADING_REFRESH_S,
     ModelPlan,
-    fetch_loadz,
+    demand_fetcher,
     loading_status,
+    loadz_fetcher,
     plan_model,
     pods_loading,
     secret_token_reader,
@@ -570,8 +571,10 @@ class Operator:
         self._summaries_forbidden = False
         self._running: dict[int, float] = {}  # thread id -> monotonic start of the pass it runs
         self.last_watch_event = time.monotonic()
-        self.models = ModelResolver()
-        self.fetch_loadz = fetch_loadz
+        self.models = ModelResolver(policy=settings.hub_policy, allowed_endpoints=settings.hub_endpoints)
+        self.fetch_loadz = loadz_fetcher(settings.pod_policy)
+        self.fetch_demand = demand_fetcher(settings.pod_policy)
+        self._scaling_history: dict[Key, tuple[autoscale.Sample, ...]] = {}
         # What each LLMService's last pass based its storage verdict on, and what of it reached the status:
         # a node change re-evaluates these in memory and queues only the LLMServices whose view changed.
         self._storage_basis: dict[Key, tuple[LLMServiceSpec, tuple[Any, ...]]] = {}
@@ -588,8 +591,10 @@ class Operator:
                 self._known.discard(key)
                 self._posted.pop(key, None)
                 self._storage_basis.pop(key, None)
+                self._scaling_history.pop(key, None)
         if not exists:
             self.metrics.set_status(*key, None)
+            self.metrics.set_autoscaling(*key, None)
             self.retry.reset(key)
 
     def watched(self) -> None:
@@ -742,12 +747,15 @@ class Operator:
         plans: list[ChildPlan] = []
         print_: str | None = None
         model_hold = model_plan.hold if model_plan is not None else None
+        scaling: autoscale.Plan | None = None
+        if llms is not None and invalid is None and model_hold is None and llms.spec.autoscaling is not None:
+            scaling = self._plan_scaling(key, llms.spec.autoscaling, obj, live["Deployment"])
         if llms is not None and invalid is None and model_hold is None:
             children = render.render(
                 llms,
                 image_default=self.settings.inference_image,
                 gpu_image_default=self.settings.gpu_inference_image,
-                replicas=0 if held is not None else None,
+                replicas=0 if held is not None else scaling.desired if scaling is not None else None,
             )
             kopf.adopt(children, owner=obj)  # type: ignore[arg-type]
             stamped = [with_applied_hash(c) for c in children]
@@ -773,9 +781,15 @@ class Operator:
         # Status: from the observations and the refusals, written even when the children could not be.
         pods = self.view.pods(key)
         raw_replicas = (obj.get("spec") or {}).get("replicas", 1)
+        if scaling is not None:
+            desired = scaling.desired
+        elif llms is not None:
+            desired = llms.spec.fixed_replicas()
+        else:
+            desired = raw_replicas if isinstance(raw_replicas, int) else 0
         seen = Observed(
             generation=generation,
-            desired=llms.spec.replicas if llms is not None else raw_replicas if isinstance(raw_replicas, int) else 0,
+            desired=desired,
             deployment=deployment,
             pods=pods,
             storage=storage,
@@ -790,6 +804,8 @@ class Operator:
             model=model_plan.status if model_plan is not None else None,
             model_hold=(model_hold[0].value, model_hold[1]) if model_hold is not None else None,
             loading=loading_status(pods, self.fetch_loadz) if invalid is None and model_hold is None else None,
+            autoscaling=scaling.status if scaling is not None else None,
+            scaling=scaling.condition if scaling is not None else None,
         )
         status = compute_status(seen, previous, now_rfc3339())
         patch = status_patch(previous, status)
@@ -799,6 +815,9 @@ class Operator:
             self.metrics.writes.labels(target="status").inc()
         self.metrics.set_status(namespace, name, status)
         recheck = LOADING_REFRESH_S if invalid is None and model_hold is None and pods_loading(pods) else None
+        if scaling is not None and (pods or scaling.held or scaling.desired):
+            # Demand moves without an event: looked at again while there are pods (or held requests) to scale.
+            recheck = min(recheck or autoscale.PERIOD_S, autoscale.PERIOD_S)
         self._announce(obj, previous, status, storage, invalid, announce, tuple(refusals))
         result_refusals = tuple(refusals)
         if invalid is not None:
@@ -813,6 +832,52 @@ class Operator:
             return Result(WAITING, tuple(writes), held=held, status=status, fingerprint=print_, recheck_s=recheck)
         outcome = CHANGED if writes else UNCHANGED
         return Result(outcome, tuple(writes), status=status, fingerprint=print_, recheck_s=recheck)
+
+    def _plan_scaling(
+        self,
+        key: Key,
+        settings: AutoscalingSpec,
+        obj: Mapping[str, Any],
+        deployment: Mapping[str, Any] | None,
+    ) -> autoscale.Plan:
+        """The autoscaler's inputs read (the Ready pods' demand, the held requests, the history), its pure plan
+        computed, and the history and the metrics updated."""
+        pods = self.view.pods(key)
+        ready = [p for p in pods if autoscale.pods_by_state(0, [p]).ready]
+        demand = {str((p.get("metadata") or {}).get("name")): self.fetch_demand(p) for p in ready}
+        asked = ((deployment or {}).get("spec") or {}).get("replicas") if deployment is not None else None
+        now = time.time()
+        with self._known_lock:
+            history = self._scaling_history.get(key, ())
+        planned = autoscale.plan(
+            autoscale.Observation(
+                settings=settings,
+                asked=asked if isinstance(asked, int) else None,
+                pods=pods,
+                demand_by_pod=demand,
+                annotations=(obj.get("metadata") or {}).get("annotations") or {},
+                history=history,
+                previous=(obj.get("status") or {}).get("autoscaling"),
+                now=now,
+                now_text=now_rfc3339(),
+            )
+        )
+        if planned.sample is not None:
+            history = (*history, planned.sample)
+        with self._known_lock:
+            self._scaling_history[key] = autoscale.trim(history, now, settings.scale_down_delay_seconds)
+        decision = planned.decision
+        if asked is not None and asked != decision.desired:
+            logger.info(
+                "LLMService %s/%s: replicas %s -> %d (%s: %s)",
+                *key,
+                asked,
+                decision.desired,
+                decision.reason,
+                decision.message,
+            )
+        self.metrics.set_autoscaling(*key, (decision.desired, decision.demand, decision.signal_missing is not None))
+        return planned
 
     def _write(self, plan: ChildPlan, writes: list[str]) -> tuple[Mapping[str, Any] | None, Refusal | None]:
         """Carry out one child's plan; a refusal is returned, a transient error raised (the pass is retried)."""

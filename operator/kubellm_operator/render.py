@@ -247,7 +247,8 @@ def render_deployment(
     gpu_image_default: str = DEFAULT_GPU_INFERENCE_IMAGE,
     replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The Deployment; `replicas` overrides spec.replicas (the operator holds it at 0 when storage is enforced)."""
+    """The Deployment; `replicas` overrides spec.replicas (the operator holds it at 0 when storage is enforced, and
+    sets it from load with spec.autoscaling)."""
     spec = llms.spec
     name = llms.metadata.name
     image = image_for(llms, image_default=image_default, gpu_image_default=gpu_image_default)
@@ -279,7 +280,7 @@ def render_deployment(
         "kind": "Deployment",
         "metadata": _metadata(llms),
         "spec": {
-            "replicas": spec.replicas if replicas is None else replicas,
+            "replicas": spec.fixed_replicas() if replicas is None else replicas,
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": progress_deadline_seconds(llms),
             "selector": {"matchLabels": selector_labels(name)},

@@ -49,6 +49,7 @@ from kubellm_emulator.validation import (
 JsonObject = dict[str, Any]
 ObjectKey = tuple[str, str, str, str]  # (storage group, storage plural, namespace or "", name)
 
+CONDITIONAL_UPDATES = frozenset({("coordination.k8s.io", "leases")})
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CRD_GROUP = "apiextensions.k8s.io"
 PATCH_JSON = "application/json-patch+json"
@@ -451,12 +452,24 @@ class ObjectStore:
             wanted = metadata.get("resourceVersion")
             if wanted and wanted != current["metadata"]["resourceVersion"]:
                 raise errors.stale(rtype.plural, rtype.group, name)
-            if rtype.custom and not wanted and subresource is None:
+            # An update must name the resourceVersion it read where the kind's strategy refuses unconditional
+            # updates: custom resources, and Leases (leaseStrategy.AllowUnconditionalUpdate is false, so two
+            # candidates of a leader election can never both win a write).
+            conditional = rtype.custom or (rtype.group, rtype.plural) in CONDITIONAL_UPDATES
+            if conditional and not wanted and subresource is None:
                 raise errors.invalid(
                     rtype.kind,
                     rtype.group,
                     name,
-                    [FieldError("metadata.resourceVersion", "Invalid value", "must be specified for an update", 0)],
+                    [
+                        # rest.BeforeUpdate: field.Invalid(..., newVersion uint64, ...), which %#v prints as 0x0.
+                        FieldError(
+                            "metadata.resourceVersion",
+                            "Invalid value",
+                            "must be specified for an update",
+                            errors.GoLiteral("0x0"),
+                        )
+                    ],
                 )
             candidate = copy.deepcopy(body)
             candidate.setdefault("metadata", {})

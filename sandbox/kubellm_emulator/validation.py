@@ -1149,6 +1149,21 @@ def validate_event(obj: JsonObject, *, events_v1: bool) -> list[FieldError]:
     return problems
 
 
+def validate_lease(obj: JsonObject, old: JsonObject | None) -> list[FieldError]:
+    """ValidateLeaseSpec (pkg/apis/coordination/validation): a positive duration, no negative transition count."""
+    spec = obj.get("spec") or {}
+    problems: list[FieldError] = []
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (not isinstance(duration, int) or duration <= 0):
+        problems.append(FieldError("spec.leaseDurationSeconds", "Invalid value", "must be greater than 0", duration))
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
+        problems.append(
+            FieldError("spec.leaseTransitions", "Invalid value", "must be greater than or equal to 0", transitions)
+        )
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -1158,6 +1173,7 @@ VALIDATORS: dict[tuple[str, str], Validator] = {
     ("apps", "replicasets"): validate_replica_set,
     ("apps", "statefulsets"): validate_stateful_set,
     ("", "services"): validate_service,
+    ("coordination.k8s.io", "leases"): validate_lease,
     ("", "pods"): lambda obj, old: validate_pod_spec(obj.get("spec"), "spec"),
     ("", "events"): lambda obj, old: validate_event(obj, events_v1=False) if old is None else [],
     ("events.k8s.io", "events"): lambda obj, old: validate_event(obj, events_v1=True) if old is None else [],

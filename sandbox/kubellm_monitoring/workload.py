@@ -24,15 +24,15 @@ import yaml
 from kubellm_monitoring.contract import PODMONITORS, ROOT, rule_groups
 from kubellm_monitoring.prometheus import LocalPrometheus, scrape_config, write_targets
 from kubellm_sandbox import cli
-from kubellm_sandbox.pods import PORTS_ANNOTATION
 from kubellm_sandbox.processes import free_port
 from kubellm_sandbox.supervisor import Layout
 
 GROUP, VERSION, PLURAL = "kubellm.dev", "v1alpha1", "llmservices"
 NAMESPACE = "default"
-SERVING, REFUSED, UNPLACED = "tiny", "refused", "unplaced"
+SERVING, REFUSED, UNPLACED, ELASTIC = "tiny", "refused", "unplaced", "elastic"
 TAKEN_NODE_PORT = 30555
 OPERATOR_DEPLOYMENT = ROOT / "deploy" / "operator.yaml"
+GATEWAY_DEPLOYMENT = ROOT / "deploy" / "components" / "gateway" / "gateway.yaml"
 REQUEST_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 1.0
 
@@ -63,11 +63,9 @@ def llmservice(name: str, model: str, port: int, **spec: Any) -> dict[str, Any]:
 
 
 def pod_address(pod: Mapping[str, Any], container: Mapping[str, Any], port: Mapping[str, Any]) -> str:
-    """Where a pod's container port answers: the sandbox's local port for it, else podIP:containerPort."""
-    annotation = ((pod.get("metadata") or {}).get("annotations") or {}).get(PORTS_ANNOTATION, "")
-    mapped = dict(item.split("=", 1) for item in annotation.split(",") if "=" in item)
-    local = mapped.get(f"{container['name']}/{port['containerPort']}")
-    return local or f"{(pod.get('status') or {}).get('podIP')}:{port['containerPort']}"
+    """Where a pod's container port answers: podIP:containerPort, as in a cluster (the sandbox gives each pod its
+    own 127.0.0.x)."""
+    return f"{(pod.get('status') or {}).get('podIP')}:{port['containerPort']}"
 
 
 class SandboxRun:
@@ -169,6 +167,27 @@ class SandboxRun:
         )
         self.wait_ready(SERVING, 1)
 
+    def apply_elastic(self, model: str) -> None:
+        """An autoscaled LLMService at zero replicas (examples/autoscaled-tiny.yaml, with the tiny model): a request
+        through the gateway wakes it and is held until its pod answers."""
+        body = llmservice(ELASTIC, model, free_port())
+        del body["spec"]["replicas"]
+        body["spec"]["autoscaling"] = {
+            "minReplicas": 0,
+            "maxReplicas": 1,
+            "targetRequestsPerReplica": 8,
+            "scaleDownDelaySeconds": 600,
+        }
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+
+    def through_gateway(self, model: str, *, timeout: float = 240.0) -> int:
+        """One completion through the sandbox's gateway for ``model`` (NAMESPACE/NAME); its HTTP status."""
+        url = self.state.get("gateway_url")
+        if not url:
+            raise WorkloadError("this sandbox runs no gateway")
+        body = {"model": model, "prompt": "Hello", "max_tokens": 4}
+        return self.request(url.removeprefix("http://"), "/v1/completions", body, timeout=timeout)
+
     def wait_ready(self, name: str, replicas: int, timeout: float = 180) -> None:
         self.wait(
             lambda: (
@@ -195,13 +214,13 @@ class SandboxRun:
             for port in container.get("ports") or []
         ]
 
-    def request(self, address: str, path: str, body: Mapping[str, Any]) -> int:
+    def request(self, address: str, path: str, body: Mapping[str, Any], *, timeout: float = REQUEST_TIMEOUT_S) -> int:
         """POST one request; its HTTP status (4xx/5xx are answers too)."""
         request = urllib.request.Request(
             f"http://{address}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as answer:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
                 answer.read(1 << 20)
                 return int(answer.status)
         except urllib.error.HTTPError as error:
@@ -250,35 +269,40 @@ class SandboxRun:
 
     # What Prometheus scrapes ------------------------------------------------------------------------------------
 
-    def operator_pod(self) -> dict[str, Any]:
-        """The sandbox's operator as the pod deploy/operator.yaml makes of it (its labels and ports), at the local
-        address the sandbox gave its metrics endpoint."""
-        deployment = yaml.safe_load(OPERATOR_DEPLOYMENT.read_text())
-        template = deployment["spec"]["template"]
-        return {
-            "metadata": {
-                "name": "kubellm-operator-sandbox",
-                "namespace": deployment["metadata"]["namespace"],
-                "labels": template["metadata"]["labels"],
-                "annotations": {},
-            },
-            "spec": template["spec"],
-            "status": {"podIP": self.state["operator_metrics"].rsplit(":", 1)[0]},
-        }
-
     @property
     def targets_dir(self) -> pathlib.Path:
         return self.layout.root / "prometheus-targets"
 
+    def component_pod(self, manifest: pathlib.Path, name: str, address: str) -> dict[str, Any]:
+        """A component the sandbox runs as a local process (the operator, the gateway), as the pod its Deployment
+        in deploy/ makes of it (labels, containers, ports), answering at ``address``."""
+        deployment = next(d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Deployment")
+        template = deployment["spec"]["template"]
+        return {
+            "metadata": {
+                "name": name,
+                "namespace": deployment["metadata"]["namespace"],
+                "labels": template["metadata"]["labels"],
+            },
+            "spec": template["spec"],
+            "status": {"podIP": address.rsplit(":", 1)[0]},
+            "address": address,
+        }
+
+    def component_pods(self) -> list[dict[str, Any]]:
+        pods = [self.component_pod(OPERATOR_DEPLOYMENT, "kubellm-operator-sandbox", self.state["operator_metrics"])]
+        if self.state.get("gateway_url") and GATEWAY_DEPLOYMENT.is_file():
+            address = str(self.state["gateway_url"]).removeprefix("http://")
+            pods.append(self.component_pod(GATEWAY_DEPLOYMENT, "kubellm-gateway-sandbox", address))
+        return pods
+
     def refresh_targets(self) -> None:
-        """Rewrite the scrape targets from the pods the sandbox runs now (and the operator)."""
-        operator = self.operator_pod()
-        local = self.state["operator_metrics"]
+        """Rewrite the scrape targets from the pods the sandbox runs now (and its operator and gateway)."""
 
         def address(pod: Mapping[str, Any], container: Mapping[str, Any], port: Mapping[str, Any]) -> str:
-            return local if pod is operator else pod_address(pod, container, port)
+            return str(pod["address"]) if "address" in pod else pod_address(pod, container, port)
 
-        write_targets(self.monitors, [operator, *self.pods()], address, self.targets_dir)
+        write_targets(self.monitors, [*self.component_pods(), *self.pods()], address, self.targets_dir)
 
     def prometheus(self) -> LocalPrometheus:
         """A Prometheus scraping the sandbox every second as the PodMonitors say, evaluating the alert rules."""

@@ -539,6 +539,8 @@ class OperatorProcess:
             str(self.health_port),
             "--summary-refresh-s",
             str(self.summary_refresh_s),
+            # One operator: its Lease renewals (a PUT every 2 s, however many LLMServices) are not a reconcile's cost.
+            "--no-leader-election",
         ]
         with self.log.open("ab") as output:
             self.process = await asyncio.create_subprocess_exec(

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from kubellm_sandbox.pods import CONTAINER_ID_SCHEME, PORTS_ANNOTATION
+from kubellm_sandbox.pods import CONTAINER_ID_SCHEME
 from kubellm_sandbox.processes import kill_recorded_group, process_start_time, recorded_pid, stop_leftover_processes
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout, admin_token, configure_logging, serve, write_pid_file
@@ -68,12 +68,13 @@ def clean_stale(layout: Layout) -> bool:
     if layout.pid_file.exists() and recorded_pid(layout.pid_file) is None:
         _say(f"kubellm sandbox: cleaning up after a sandbox that is no longer running ({layout.pid_file})")
         found = True
-    if kill_recorded_group(layout.operator_pid_file):
-        _say("kubellm sandbox: stopped a leftover operator process")
-        found = True
+    for what, pid_file in (("operator", layout.operator_pid_file), ("gateway", layout.gateway_pid_file)):
+        if kill_recorded_group(pid_file):
+            _say(f"kubellm sandbox: stopped a leftover {what} process")
+            found = True
     if layout.root.exists() and stop_leftover_processes(layout.root, _say):
         found = True
-    for path in (layout.pid_file, layout.operator_pid_file, layout.state_file):
+    for path in (layout.pid_file, layout.operator_pid_file, layout.gateway_pid_file, layout.state_file):
         path.unlink(missing_ok=True)
     return found
 
@@ -85,8 +86,13 @@ def export_line(layout: Layout) -> str:
 def _print_ready(state: dict[str, Any], layout: Layout) -> None:
     _say(
         f"kubellm sandbox is up: API {state['api_url']} (pid {state['pid']}), node {state['node']}\n"
-        f"  operator, local runner and logs: {layout.logs.resolve()}\n"
-        + (f"  operator metrics: http://{state['operator_metrics']}/metrics\n" if "operator_metrics" in state else "")
+        + (
+            f"  gateway (one OpenAI endpoint, model NAMESPACE/NAME): {state['gateway_url']}/v1\n"
+            if state.get("gateway_url")
+            else ""
+        )
+        + f"  operator, gateway, local runner and logs: {layout.logs.resolve()}\n"
+        + (f"  operator metrics: http://{state['operator_metrics']}/metrics\n" if state.get("operator_metrics") else "")
         + "  stop it with: kubellm sandbox down"
         + (f" --data-dir {layout.root}" if layout.root != DEFAULT_DATA_DIR else "")
     )
@@ -203,6 +209,13 @@ def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
+def _pod_addresses(pod: dict[str, Any]) -> str:
+    """podIP:port of each container port (where the pod's processes listen), or "-"."""
+    ip = (pod.get("status") or {}).get("podIP")
+    ports = [p["containerPort"] for c in pod["spec"].get("containers") or [] for p in c.get("ports") or []]
+    return ",".join(f"{ip}:{port}" for port in ports) if ip and ports else "-"
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -222,6 +235,10 @@ def status(layout: Layout) -> int:
     operator = recorded_pid(layout.operator_pid_file)
     print(f"sandbox: running (pid {state['pid']}), API {state['api_url']}, node {state['node']}")
     print(f"operator: running (pid {operator})" if operator else f"operator: not running (see {layout.operator_log})")
+    gateway = recorded_pid(layout.gateway_pid_file)
+    if state.get("gateway_url"):
+        running = f"running (pid {gateway}) on {state['gateway_url']}"
+        print(f"gateway: {running}" if gateway else f"gateway: not running (see {layout.gateway_log})")
     print(f"local runner: in the sandbox process; pod logs under {layout.root / 'pods'}")
     print(export_line(layout))
     try:
@@ -252,7 +269,7 @@ def status(layout: Layout) -> int:
         print(_table(rows))
     if pods:
         print()
-        rows = [["POD", "PHASE", "READY", "RESTARTS", "STATE", "PID", "LOCAL PORTS"]]
+        rows = [["POD", "PHASE", "READY", "RESTARTS", "STATE", "PID", "ADDRESS"]]
         for pod in pods:
             containers = (pod.get("status") or {}).get("containerStatuses") or []
             states = [next(iter(c.get("state") or {"waiting": {}})) for c in containers]
@@ -273,7 +290,7 @@ def status(layout: Layout) -> int:
                     str(sum(int(c.get("restartCount") or 0) for c in containers)),
                     ",".join(reasons) or "-",
                     ",".join(pids) or "-",
-                    ((pod["metadata"].get("annotations") or {}).get(PORTS_ANNOTATION) or "-"),
+                    _pod_addresses(pod),
                 ]
             )
         print(_table(rows))

@@ -23,7 +23,6 @@ from typing import Any
 import yaml
 
 from kubellm_sandbox import cli, kind
-from kubellm_sandbox.pods import PORTS_ANNOTATION
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout, admin_token
 
@@ -146,29 +145,55 @@ def wait_ready(api: Api, namespace: str, name: str, timeout: float, layout: Layo
     )
 
 
-def ask(port: int, question: str) -> str:
+def ask(address: str, question: str) -> str:
+    """``POST /ask`` at ``host:port``."""
     body = json.dumps({"text": question}).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/ask", data=body, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(f"http://{address}/ask", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=300) as response:
         return str(json.load(response)["response"])
 
 
-def service_port(api: Api, namespace: str, name: str, port: int) -> tuple[int, str]:
-    """The local port to ask on: the Service's (forwarded by the sandbox), else a pod's when that port is taken."""
+GATEWAY_WAIT_S = 30.0
+
+
+def ask_gateway(gateway_url: str, model: str, question: str) -> str:
+    """The question through the sandbox's gateway (OpenAI chat completions, ``model`` NAMESPACE/NAME), once its
+    watches list the LLMService (bounded wait)."""
+    deadline = time.monotonic() + GATEWAY_WAIT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{gateway_url}/v1/models", timeout=5) as response:
+                if any(m.get("id") == model for m in json.load(response).get("data", [])):
+                    break
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise DemoError(f"the gateway at {gateway_url} did not list {model} within {GATEWAY_WAIT_S:.0f}s")
+        time.sleep(0.5)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}]}).encode()
+    request = urllib.request.Request(
+        f"{gateway_url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return str(json.load(response)["choices"][0]["message"]["content"])
+
+
+def service_address(api: Api, namespace: str, name: str, port: int) -> tuple[str, str]:
+    """host:port to ask on: the Service's (forwarded by the sandbox on 127.0.0.1), else a ready pod's own address
+    (podIP and the container port, as in a cluster) when the Service port is taken on this machine."""
     service = api.request("GET", f"/api/v1/namespaces/{namespace}/services/{name}")
     forwarding = (service["metadata"].get("annotations") or {}).get(FORWARDING_ANNOTATION, "")
     if not forwarding.startswith("unavailable"):
-        return port, f"the Service {name} on 127.0.0.1:{port}"
+        return f"127.0.0.1:{port}", f"the Service {name} on 127.0.0.1:{port}"
     pods = api.request("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=kubellm.dev/llmservice={name}")
     for pod in pods["items"]:
-        ports = (pod["metadata"].get("annotations") or {}).get(PORTS_ANNOTATION)
-        if ports:
-            local = int(ports.split(",")[0].rsplit(":", 1)[1])
-            print(f"  note: {forwarding.removeprefix('unavailable: ')}; asking the pod directly on 127.0.0.1:{local}")
-            return local, f"pod {pod['metadata']['name']} on 127.0.0.1:{local}"
-    raise DemoError(f"the Service port {port} is taken and no pod reports a local port")
+        ip = (pod.get("status") or {}).get("podIP")
+        ports = [p for c in pod["spec"].get("containers") or [] for p in c.get("ports") or []]
+        if ip and ports:
+            address = f"{ip}:{ports[0]['containerPort']}"
+            print(f"  note: {forwarding.removeprefix('unavailable: ')}; asking the pod directly on {address}")
+            return address, f"pod {pod['metadata']['name']} on {address}"
+    raise DemoError(f"the Service port {port} is taken and no pod has an address yet")
 
 
 def run_sandbox(args: argparse.Namespace) -> int:
@@ -210,18 +235,37 @@ def run_sandbox(args: argparse.Namespace) -> int:
         obj = api.request("GET", api.llmservice_path(namespace, name))
         print(f"NAME   READY   PHASE\n{name}   {obj['status'].get('ready')}   {obj['status'].get('phase')}")
 
-    local, where = service_port(api, namespace, name, port)
+    local, where = service_address(api, namespace, name, port)
     step(f"Asking {where}: POST /ask")
     print(f"  Q: {args.question}")
     began = time.monotonic()
     try:
         answer = ask(local, args.question)
     except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
-        raise DemoError(f"no answer from 127.0.0.1:{local}/ask: {error}") from error
+        raise DemoError(f"no answer from {local}/ask: {error}") from error
     print(f"  A: {answer.strip()}")
     print(f"  ({time.monotonic() - began:.1f}s)")
 
+    gateway_url = state.get("gateway_url")
+    if gateway_url:
+        model = f"{namespace}/{name}"
+        step(f"Asking through the gateway {gateway_url}: POST /v1/chat/completions, model {model}")
+        print(f"  Q: {args.question}")
+        began = time.monotonic()
+        try:
+            answer = ask_gateway(gateway_url, model, args.question)
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
+            raise DemoError(f"no answer through the gateway: {error} (see {layout.gateway_log})") from error
+        print(f"  A: {answer.strip()}")
+        print(f"  ({time.monotonic() - began:.1f}s)")
+
     data_dir_flag = "" if layout.root == cli.DEFAULT_DATA_DIR else f" --data-dir {layout.root}"
+    gateway_hint = (
+        f"\n  curl -sN {gateway_url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        '       -d \'{"model": "default/elastic", "stream": true, "messages": [{"role": "user", "content": "Hi!"}]}\''
+        if gateway_url
+        else ""
+    )
     if args.down_after:
         step("Stopping the sandbox (--down-after)")
         cli.down(layout)
@@ -232,10 +276,11 @@ Try next (the sandbox keeps running):
   export KUBECONFIG={kubeconfig}
   kubectl get llmservices,deployments,pods,services
   kubectl describe llmservice {name}
-  curl -s 127.0.0.1:{local}/ask -H 'Content-Type: application/json' -d '{{"text": "Why is the sky blue?"}}'
-  curl -s 127.0.0.1:{local}/v1/chat/completions -H 'Content-Type: application/json' \\
+  curl -s {local}/ask -H 'Content-Type: application/json' -d '{{"text": "Why is the sky blue?"}}'
+  curl -s {local}/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{{"model": "{(manifest.get("spec") or {}).get("model", {}).get("name", "")}", "messages": [{{"role": "user", "content": "Hi!"}}]}}'
   kubectl scale llmservice {name} --replicas 2      # a second local inference process
+  kubectl apply -f examples/autoscaled-tiny.yaml    # at zero until a request to the gateway wakes it{gateway_hint}
   kubellm sandbox status{data_dir_flag}
 
 Stop it: make sandbox-down   (or: kubellm sandbox down{data_dir_flag})"""
@@ -292,7 +337,7 @@ def run_kind(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + 30
         while True:
             try:
-                answer = ask(port, args.question)
+                answer = ask(f"127.0.0.1:{port}", args.question)
                 break
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:

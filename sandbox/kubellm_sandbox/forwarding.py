@@ -1,4 +1,4 @@
-"""Service forwarding for the sandbox: 127.0.0.1:<service port> to the ready pods' local ports, round-robin.
+"""Service forwarding for the sandbox: 127.0.0.1:<service port> to the ready pods' podIP:port, round-robin.
 
 This plays kube-proxy (and the seed's LoadBalancer) for a machine without a cluster: one TCP listener per Service
 port, each accepted connection piped to the next ready backend. A connection that arrives while no backend is
@@ -30,13 +30,13 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class PortForwarder:
-    """Listens on `host:port` and forwards every connection to one of `backends` (local ports), in turn."""
+    """Listens on `host:port` and forwards every connection to one of `backends` (pod IP, port), in turn."""
 
     def __init__(self, port: int, *, host: str = "127.0.0.1", name: str = "") -> None:
         self.host = host
         self.port = port
         self.name = name
-        self.backends: list[int] = []
+        self.backends: list[tuple[str, int]] = []
         self._turn = itertools.count()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -49,10 +49,10 @@ class PortForwarder:
         """Binds the port; raises OSError (e.g. EADDRINUSE) when it cannot."""
         self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
 
-    def set_backends(self, ports: list[int]) -> None:
-        self.backends = sorted(ports)
+    def set_backends(self, addresses: list[tuple[str, int]]) -> None:
+        self.backends = sorted(addresses)
 
-    def next_backend(self) -> int | None:
+    def next_backend(self) -> tuple[str, int] | None:
         if not self.backends:
             return None
         return self.backends[next(self._turn) % len(self.backends)]
@@ -67,7 +67,7 @@ class PortForwarder:
             self._connections.discard(task)
 
     async def _forward(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        tried: set[int] = set()
+        tried: set[tuple[str, int]] = set()
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         # A backend that refuses (it just stopped) is skipped for this connection; the next one is tried.
         while upstream is None:
@@ -78,7 +78,7 @@ class PortForwarder:
                 return
             tried.add(backend)
             try:
-                upstream = await asyncio.open_connection("127.0.0.1", backend)
+                upstream = await asyncio.open_connection(*backend)
             except OSError:
                 continue
         upstream_reader, upstream_writer = upstream

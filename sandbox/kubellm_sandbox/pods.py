@@ -1,9 +1,10 @@
 """A pod of the sandbox as local processes: what the kubelet does for one pod, minus containers and images.
 
-:class:`PodRunner` holds a scheduled pod's directory, its local ports (each container port maps to a free port on
-127.0.0.1) and its containers; :class:`ContainerRunner` runs one container's command as a local process in its own
-process group with the container's environment (secrets and config maps resolved from the API, volumes mapped to
-directories under the data dir, ``KUBELLM_PORT``/``KUBELLM_HOST`` set to the local port), runs its startup,
+:class:`PodRunner` holds a scheduled pod's directory, its own address (``status.podIP``, a loopback address of
+:class:`PodAddresses`, where its processes listen at the container ports as rendered) and its containers;
+:class:`ContainerRunner` runs one container's command as a local process in its own process group with the
+container's environment (secrets and config maps resolved from the API, volumes mapped to directories under the data
+dir, ``KUBELLM_HOST`` the pod's address, as a network namespace would give it), runs its startup,
 readiness and liveness probes as the kubelet does (:mod:`kubellm_sandbox.probes`), restarts it with the kubelet's
 back-off, and reports what containerStatuses and the pod's status say. The loop that creates, schedules and stops
 pods is :mod:`kubellm_sandbox.runner`; it is the :class:`PodHost` here.
@@ -18,9 +19,11 @@ import dataclasses
 import logging
 import os
 import pathlib
+import random
 import re
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -38,12 +41,14 @@ from kubellm_sandbox.probes import (
     parse_probe,
     run_probe,
 )
-from kubellm_sandbox.processes import die_with_parent, free_port, process_start_time
+from kubellm_sandbox.processes import die_with_parent, process_start_time
 
 logger = logging.getLogger("kubellm.sandbox.pods")
 JsonObject = dict[str, Any]
 
-PORTS_ANNOTATION = "sandbox.kubellm.dev/local-ports"  # on pods: container port -> 127.0.0.1 port
+# Each pod gets its own loopback address, as a cluster gives each pod its own IP, and its processes listen on it at
+# the container ports as rendered; 127.0.0.1 is the node's (the API, the Service forwarding).
+POD_ADDRESSES = tuple(f"127.0.0.{host}" for host in range(2, 255))
 CONTAINER_ID_SCHEME = "sandbox://"  # containerID = sandbox://<pid> of the container's process
 BACK_OFF_RESET_SECONDS = 600  # the kubelet forgets a container's back-off after it ran this long
 # The kubelet keeps at most 4096 bytes of a termination message file; with FallbackToLogsOnError it takes the
@@ -379,7 +384,7 @@ class ContainerRunner:
             return ProbeResult(False, str(error))
         return await run_probe(
             spec,
-            resolve_port=lambda port: self.pod.local_port(self.spec, port),
+            resolve_port=lambda port: self.pod.address(self.spec, port),
             env=env,
             resolve_command=resolve_command,
         )
@@ -418,10 +423,48 @@ def _probe_title(kind: ProbeKind) -> str:
     return {ProbeKind.startup: "Startup probe", ProbeKind.readiness: "Readiness probe"}.get(kind, "Liveness probe")
 
 
-class PodRunner:
-    """One pod scheduled on the sandbox's node: its directories, ports, environment and containers."""
+def pod_ports(spec: Mapping[str, Any]) -> list[int]:
+    """Every container port a pod declares: what its processes will listen on at the pod's address."""
+    return sorted({int(p["containerPort"]) for c in spec.get("containers") or [] for p in _container_ports(c)})
 
-    def __init__(self, runner: PodHost, pod: Mapping[str, Any]) -> None:
+
+class PodAddressError(RuntimeError):
+    """No pod address has the pod's container ports free."""
+
+
+def _bindable(ip: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+    return True
+
+
+class PodAddresses:
+    """The pod network: hands each pod an address of :data:`POD_ADDRESSES` where its container ports are free (other
+    sandboxes and programs on this machine may hold some), starting at a random one so that two sandboxes rarely
+    race for the same; the pod's processes bind it themselves (``KUBELLM_HOST``)."""
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+
+    def allocate(self, ports: Sequence[int]) -> str:
+        start = random.randrange(len(POD_ADDRESSES))
+        for ip in POD_ADDRESSES[start:] + POD_ADDRESSES[:start]:
+            if ip not in self._taken and all(_bindable(ip, port) for port in ports):
+                self._taken.add(ip)
+                return ip
+        raise PodAddressError(f"no address of 127.0.0.2-254 has ports {list(ports)} free")
+
+    def release(self, ip: str) -> None:
+        self._taken.discard(ip)
+
+
+class PodRunner:
+    """One pod scheduled on the sandbox's node: its address, directories, environment and containers."""
+
+    def __init__(self, runner: PodHost, pod: Mapping[str, Any], ip: str) -> None:
         metadata = pod["metadata"]
         self.runner = runner
         self.namespace = str(metadata.get("namespace") or "default")
@@ -433,10 +476,7 @@ class PodRunner:
         self.directory = runner.settings.data_dir / "pods" / self.namespace / self.name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.started_at = now_rfc3339()
-        self.ports: dict[str, int] = {}  # "<container>/<containerPort>" -> local port
-        for container in self.spec.get("containers") or []:
-            for port in _container_ports(container):
-                self.ports[f"{container.get('name')}/{port['containerPort']}"] = free_port()
+        self.ip = ip
         self.containers = [ContainerRunner(self, c) for c in self.spec.get("containers") or []]
         self.stopping = False
 
@@ -456,17 +496,14 @@ class PodRunner:
         self.stopping = True
         await asyncio.gather(*(c.stop(self.grace_seconds()) for c in self.containers))
 
-    def local_port(self, container: Mapping[str, Any], port: int | str | None) -> int | None:
-        """The local port a container port (number or name) maps to."""
+    def address(self, container: Mapping[str, Any], port: int | str | None) -> tuple[str, int] | None:
+        """(pod IP, port) of a container port given by number or name, as the kubelet and kube-proxy dial it."""
         for declared in _container_ports(container):
             if port in (declared.get("name"), declared.get("containerPort"), str(declared.get("containerPort"))):
-                return self.ports.get(f"{container.get('name')}/{declared['containerPort']}")
+                return self.ip, int(declared["containerPort"])
         if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
-            return int(port)  # an undeclared numeric port: the process listens on it itself
+            return self.ip, int(port)  # an undeclared numeric port: the process listens on it itself
         return None
-
-    def ports_annotation(self) -> str:
-        return ",".join(f"{key}=127.0.0.1:{port}" for key, port in sorted(self.ports.items()))
 
     def volume_paths(self, container: Mapping[str, Any]) -> list[tuple[str, pathlib.Path]]:
         """(mountPath, local directory) for each of the container's mounts, longest mount path first."""
@@ -537,10 +574,10 @@ class PodRunner:
         ports = _container_ports(container)
         if ports:
             first = next((p for p in ports if p.get("name") == "http"), ports[0])
-            local = self.local_port(container, first["containerPort"])
-            # The pod's container port maps to this local port; kubellm's server listens where it says.
-            env[env_name("port")] = str(local)
-            env[env_name("host")] = "127.0.0.1"
+            # What a pod's network namespace gives it: its own address. The process binds it at the rendered port
+            # (kubellm's server listens on KUBELLM_HOST; in a cluster it binds 0.0.0.0 inside the namespace).
+            env[env_name("port")] = str(first["containerPort"])
+            env[env_name("host")] = self.ip
         # No file can be mounted at the container's terminationMessagePath here: kubellm's server is told where
         # its stand-in is (other programs would write /dev/termination-log, which the sandbox does not read).
         env[env_name("termination_message_path")] = str(self.termination_message_path(container))
@@ -592,7 +629,7 @@ class PodRunner:
                 "metadata.uid": self.uid,
                 "spec.nodeName": self.runner.settings.node_name,
                 "spec.serviceAccountName": str(self.spec.get("serviceAccountName") or "default"),
-                "status.podIP": "127.0.0.1",
+                "status.podIP": self.ip,
                 "status.hostIP": "127.0.0.1",
             }
             return fields.get(path, "")
@@ -671,8 +708,8 @@ class PodRunner:
             "conditions": conditions,
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
             "startTime": self.started_at,
             "qosClass": _qos_class(self.spec),
             "containerStatuses": containers,

@@ -178,11 +178,11 @@ async def _exec(command: Sequence[str], env: Mapping[str, str], timeout: float) 
     return ProbeResult(False, f"command exited with {process.returncode}: {text}")
 
 
-async def _tcp(port: int, timeout: float) -> ProbeResult:
+async def _tcp(host: str, port: int, timeout: float) -> ProbeResult:
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout=timeout)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout)
     except (OSError, TimeoutError) as error:
-        return ProbeResult(False, f"dial tcp 127.0.0.1:{port}: {error or 'timeout'}")
+        return ProbeResult(False, f"dial tcp {host}:{port}: {error or 'timeout'}")
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -192,23 +192,25 @@ async def _tcp(port: int, timeout: float) -> ProbeResult:
 async def run_probe(
     spec: ProbeSpec,
     *,
-    resolve_port: Callable[[int | str | None], int | None],
+    resolve_port: Callable[[int | str | None], tuple[str, int] | None],
     env: Mapping[str, str],
     resolve_command: Callable[[Sequence[str]], list[str]] = list,
 ) -> ProbeResult:
-    """Runs the probe once. `resolve_port` maps the probe's port (number or container port name) to a local port."""
+    """Runs the probe once. `resolve_port` maps the probe's port (number or container port name) to the pod's
+    (IP, port), as the kubelet dials the pod IP."""
     if spec.exec_command is not None:
         return await _exec(resolve_command(spec.exec_command), env, spec.timeout_seconds)
-    port = resolve_port(spec.http_port if spec.http_path is not None else spec.tcp_port)
-    if port is None:
+    address = resolve_port(spec.http_port if spec.http_path is not None else spec.tcp_port)
+    if address is None:
         wanted = spec.http_port if spec.http_path is not None else spec.tcp_port
         return ProbeResult(False, f"the probe's port {wanted!r} names no port of the container")
+    host, port = address
     if spec.http_path is None:
-        return await _tcp(port, spec.timeout_seconds)
+        return await _tcp(host, port, spec.timeout_seconds)
     if spec.http_scheme != "HTTP":
         return ProbeResult(False, f"scheme {spec.http_scheme} is not served by local processes")
     path = spec.http_path if spec.http_path.startswith("/") else "/" + spec.http_path
-    return await _http_get(f"http://127.0.0.1:{port}{path}", dict(spec.http_headers), spec.timeout_seconds)
+    return await _http_get(f"http://{host}:{port}{path}", dict(spec.http_headers), spec.timeout_seconds)
 
 
 class Verdict(enum.Enum):

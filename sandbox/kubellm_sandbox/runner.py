@@ -43,7 +43,7 @@ from kubellm_emulator.server import call_in_loop
 from kubellm_emulator.store import PATCH_MERGE, ObjectStore, WriteOptions
 from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_sandbox.forwarding import PortForwarder
-from kubellm_sandbox.pods import PORTS_ANNOTATION, PodRunner, RunnerSettings
+from kubellm_sandbox.pods import PodAddressError, PodAddresses, PodRunner, RunnerSettings, pod_ports
 
 logger = logging.getLogger("kubellm.sandbox.runner")
 JsonObject = dict[str, Any]
@@ -117,6 +117,7 @@ class LocalRunner:
         self.store = store
         self.settings = settings
         self.pods: dict[str, PodRunner] = {}  # pod uid -> its runner
+        self.addresses = PodAddresses()
         self.forwarders: dict[int, PortForwarder] = {}  # local port -> forwarder
         self._forward_owner: dict[int, str] = {}  # local port -> "namespace/service/port"
         self._forward_failed: dict[str, tuple[float, str]] = {}  # service port key -> (next retry, message)
@@ -339,13 +340,12 @@ class LocalRunner:
                 continue
             runner = self.pods.get(uid)
             if runner is None:
-                runner = self.pods[uid] = PodRunner(self, pod)
-                self._merge_patch(
-                    pods_type,
-                    metadata.get("namespace"),
-                    metadata["name"],
-                    {"metadata": {"annotations": {PORTS_ANNOTATION: runner.ports_annotation()}}},
-                )
+                try:
+                    ip = self.addresses.allocate(pod_ports(pod.get("spec") or {}))
+                except PodAddressError as error:
+                    logger.warning("cannot start pod %s/%s: %s", metadata.get("namespace"), metadata["name"], error)
+                    continue
+                runner = self.pods[uid] = PodRunner(self, pod, ip)
                 runner.start()
             runner.pod = pod
             status = runner.status()
@@ -374,6 +374,7 @@ class LocalRunner:
                         )
                     self._release(pod)
                 shutil.rmtree(runner.directory, ignore_errors=True)
+                self.addresses.release(runner.ip)
                 self.wake()
 
         self._stopping_pods[runner.uid] = asyncio.create_task(stop_then_release(), name=f"stop {runner.key}")
@@ -440,7 +441,7 @@ class LocalRunner:
     async def reconcile_forwarding(self) -> None:
         services, _ = self.store.list_objects(self.rtype("", "v1", "services"), None)
         pods = [runner for runner in self.pods.values() if not runner.stopping]
-        wanted: dict[int, tuple[str, JsonObject, list[int]]] = {}
+        wanted: dict[int, tuple[str, JsonObject, list[tuple[str, int]]]] = {}
         for service in services:
             spec = service.get("spec") or {}
             selector = spec.get("selector") or {}
@@ -460,9 +461,9 @@ class LocalRunner:
                         continue
                     target = port.get("targetPort", port["port"])
                     for container in runner.spec.get("containers") or []:
-                        local = runner.local_port(container, target)
-                        if local is not None:
-                            backends.append(local)
+                        address = runner.address(container, target)
+                        if address is not None:
+                            backends.append(address)
                             break
                 local_port = int(port["port"])
                 if local_port in wanted and wanted[local_port][0] != key:

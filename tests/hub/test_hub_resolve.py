@@ -11,17 +11,20 @@ import pytest
 from kubellm.modelfiles import HubFailure, select_files
 from kubellm_hub.server import HubServer
 from kubellm_operator.api import LLMService
+from kubellm_operator.egress import EgressPolicy
 from kubellm_operator.render import render
 from kubellm_operator.resolve import ModelResolver, ResolvedModel, is_hub_id, resolve_model
 from kubellm_operator.sizing import effective_llmservice, memory_estimate, startup_budget
 from kubellm_sandbox.processes import free_port
 
+# The stand-in hub and its CDN listen on loopback: allowed here, as an operator setting allows it.
+HUB_POLICY = EgressPolicy(allow_loopback=True, redirect_hosts=frozenset({"127.0.0.1"}))
 MIB = 2**20
 GIB = 2**30
 
 
 def test_resolves_commit_files_bytes_parameters_dtype_and_config(hub: HubServer, tiny_repo_source: Path) -> None:
-    resolution = resolve_model("acme/tiny", None, endpoint=hub.endpoint, token=None)
+    resolution = resolve_model("acme/tiny", None, endpoint=hub.endpoint, token=None, policy=HUB_POLICY)
     model = resolution.model
     assert model is not None, resolution.message
     assert len(model.commit) == 40 and model.files == tuple(sorted(p.name for p in tiny_repo_source.iterdir()))
@@ -45,7 +48,7 @@ def test_hub_refusals_are_classified_not_raised(
     hub: HubServer, knobs: dict[str, object], name: str, revision: str | None, token: str | None, reason: HubFailure
 ) -> None:
     hub.set_knobs(**knobs)
-    resolution = resolve_model(name, revision, endpoint=hub.endpoint, token=token)
+    resolution = resolve_model(name, revision, endpoint=hub.endpoint, token=token, policy=HUB_POLICY)
     assert resolution.model is None and resolution.failure is reason
     assert resolution.message is not None and resolution.message.startswith(reason.prefix + ": ")
     assert name in resolution.message
@@ -53,17 +56,17 @@ def test_hub_refusals_are_classified_not_raised(
 
 def test_gated_model_resolves_with_the_token(hub: HubServer) -> None:
     hub.set_knobs(token="t", gated=["acme/locked"])
-    assert resolve_model("acme/locked", None, endpoint=hub.endpoint, token="t").model is not None
+    assert resolve_model("acme/locked", None, endpoint=hub.endpoint, token="t", policy=HUB_POLICY).model is not None
 
 
 def test_unreachable_hub_is_classified() -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
-    resolution = resolve_model("acme/tiny", None, endpoint=endpoint, token=None, timeout_s=5)
+    resolution = resolve_model("acme/tiny", None, endpoint=endpoint, token=None, timeout_s=5, policy=HUB_POLICY)
     assert resolution.failure is HubFailure.HubUnreachable and endpoint in (resolution.message or "")
 
 
 def test_resolver_caches_until_the_key_changes(hub: HubServer) -> None:
-    resolver = ModelResolver()
+    resolver = ModelResolver(policy=HUB_POLICY)
     first = resolver.resolve("acme/tiny", None, endpoint=hub.endpoint, token=None)
     assert resolver.resolve("acme/tiny", None, endpoint=hub.endpoint, token=None) is first
     assert resolver.resolutions == 1

@@ -32,7 +32,7 @@ from kubellm_monitoring.contract import (
     rule_expressions,
 )
 from kubellm_monitoring.prometheus import LocalPrometheus
-from kubellm_monitoring.workload import SERVING, SandboxRun, sandbox
+from kubellm_monitoring.workload import ELASTIC, SERVING, SandboxRun, sandbox
 from kubellm_operator.metrics import OperatorMetrics
 
 pytestmark = [
@@ -65,6 +65,7 @@ class Scraped:
     prometheus: LocalPrometheus
     start: float
     statuses: list[int]
+    gateway: list[int]
 
     def series_of(self, metric: str) -> list[dict[str, str]]:
         return self.prometheus.series(f'{{__name__="{metric}"}}', self.start, time.time())
@@ -84,28 +85,44 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     model = build_tiny_model(tmp_path_factory.mktemp("monitoring-model") / "tiny")
     with sandbox(tmp_path_factory.mktemp("monitoring") / "sandbox") as run:
         run.apply(str(model))
+        run.apply_elastic(str(model))
         run.scale(SERVING, 2)
         run.wait_ready(SERVING, 2)
         start = time.time()
-        with run.prometheus() as prometheus:
+        with run.prometheus() as prometheus, run.following_pods():
             run.wait(
-                lambda: all(t["health"] == "up" for t in prometheus.targets()) and len(prometheus.targets()) == 3,
+                lambda: all(t["health"] == "up" for t in prometheus.targets()) and len(prometheus.targets()) == 4,
                 timeout=30,
-                what=f"Prometheus to scrape the operator and both pods: {prometheus.targets()}",
+                what=f"Prometheus to scrape the operator, the gateway and both pods: {prometheus.targets()}",
             )
             statuses = run.traffic(6, concurrency=2)
             statuses += run.traffic(12, concurrency=8)  # more than the pods queue: some get 429
             statuses.append(run.request(run.serving_addresses()[0], "/ask", {"text": ""}))  # refused: 400
+            # Through the gateway: the autoscaled LLMService at zero wakes, the request is held until its pod
+            # answers; a model nobody serves is a routing error.
+            gateway = [run.through_gateway(f"default/{ELASTIC}"), run.through_gateway("default/nobody")]
+            run.wait(
+                lambda: len([t for t in prometheus.targets() if t["health"] == "up"]) == 5,
+                timeout=30,
+                what=f"Prometheus to scrape the woken pod too: {prometheus.targets()}",
+            )
             time.sleep(3)  # a few scrapes and rule evaluations after the last request
-            yield Scraped(run, prometheus, start, statuses)
+            yield Scraped(run, prometheus, start, statuses, gateway)
 
 
 def test_the_podmonitors_scrape_what_the_code_renders(scraped: Scraped) -> None:
     targets = scraped.prometheus.targets()
     jobs = sorted((t["labels"]["job"], t["labels"].get("llmservice", "")) for t in targets)
-    assert jobs == [("kubellm-inference", SERVING), ("kubellm-inference", SERVING), ("kubellm-operator", "")], targets
+    assert jobs == [
+        ("kubellm-gateway", ""),
+        ("kubellm-inference", ELASTIC),
+        ("kubellm-inference", SERVING),
+        ("kubellm-inference", SERVING),
+        ("kubellm-operator", ""),
+    ], targets
     assert all(t["health"] == "up" for t in targets), targets
     assert set(scraped.statuses) == {200, 400, 429} and scraped.statuses.count(400) == 1, scraped.statuses
+    assert scraped.gateway == [200, 404]
 
 
 def test_every_expression_reads_only_emitted_metrics_and_labels(scraped: Scraped) -> None:
@@ -151,9 +168,17 @@ def test_what_the_workload_shows(scraped: Scraped) -> None:
     assert [r["value"][1] for r in query(f'kubellm_llmservice_replicas{{name="{SERVING}"}}')] == ["2"]
     ready = query(f'kubellm_load_phase{{llmservice="{SERVING}", phase="ready"}} == 1')
     assert len(ready) == 2, ready  # both pods past their load (they said "warming up" for good before issue 23)
-    requests = query('sum by (status) (kubellm_requests_total{route=~"/ask|/v1/completions"})')
+    requests = query(
+        f'sum by (status) (kubellm_requests_total{{llmservice="{SERVING}", route=~"/ask|/v1/completions"}})'
+    )
     counted = {r["metric"]["status"]: int(float(r["value"][1])) for r in requests}
     assert counted == {str(s): scraped.statuses.count(s) for s in set(scraped.statuses)}
+    # The gateway held the request that woke the autoscaled LLMService, and counted the unknown model.
+    model = f"default/{ELASTIC}"
+    assert float(query(f'sum(kubellm_gateway_hold_seconds_count{{model="{model}"}})')[0]["value"][1]) == 1
+    assert float(query(f'sum(kubellm_gateway_requests_total{{model="{model}", code="200"}})')[0]["value"][1]) == 1
+    assert query('sum by (model) (kubellm_gateway_routing_errors_total{model="unknown"})')
+    assert [r["value"][1] for r in query(f'kubellm_autoscaling_desired_replicas{{name="{ELASTIC}"}}')] == ["1"]
 
 
 # A renamed metric fails the contract ---------------------------------------------------------------------------

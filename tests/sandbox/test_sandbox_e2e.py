@@ -29,11 +29,13 @@ import pytest
 
 from kubellm_inference.tinymodel import build_tiny_model
 from kubellm_sandbox import cli
-from kubellm_sandbox.pods import CONTAINER_ID_SCHEME, PORTS_ANNOTATION
+from kubellm_sandbox.pods import CONTAINER_ID_SCHEME
 from kubellm_sandbox.processes import free_port, recorded_pid
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout
 
+# What the sandbox once published on pods (container port -> a local port); no pod carries it now (issue 19).
+PORTS_ANNOTATION = "sandbox.kubellm.dev/local-ports"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 GROUP, VERSION, PLURAL = "kubellm.dev", "v1alpha1", "llmservices"
@@ -109,14 +111,17 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def local_port(pod: dict[str, Any]) -> int:
-    ports = pod["metadata"]["annotations"][PORTS_ANNOTATION]  # inference/<port>=127.0.0.1:<local>
-    return int(ports.rsplit(":", 1)[1])
+def pod_address(pod: dict[str, Any]) -> str:
+    """podIP:containerPort, as a client in a cluster reaches the pod."""
+    port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    return f"{pod['status']['podIP']}:{port}"
 
 
-def ask(port: int, text: str = "Hello?") -> dict[str, Any]:
+def ask(where: int | str, text: str = "Hello?") -> dict[str, Any]:
+    """POST /ask on a Service port of 127.0.0.1 (int) or at a pod's host:port (str)."""
+    address = f"127.0.0.1:{where}" if isinstance(where, int) else where
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/ask",
+        f"http://{address}/ask",
         data=json.dumps({"text": text, "max_new_tokens": 4}).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -214,10 +219,12 @@ def test_apply_ready_ask_scale_kill_delete(sandbox: Sandbox, tiny_model_folder: 
     )
     pods = sandbox.pods("tiny")
     assert len(pods) == 2
-    ports = {local_port(pod) for pod in pods}
-    assert len(ports) == 2
-    for port in ports:  # each pod serves on its own local port
-        assert isinstance(ask(port)["response"], str)
+    addresses = {pod_address(pod) for pod in pods}
+    assert len(addresses) == 2 and all(a.startswith("127.0.0.") and not a.startswith("127.0.0.1:") for a in addresses)
+    assert {a.rsplit(":", 1)[1] for a in addresses} == {str(good_port)}  # the rendered port, on each pod's own IP
+    assert not any(PORTS_ANNOTATION in (pod["metadata"].get("annotations") or {}) for pod in pods)
+    for address in addresses:  # each pod serves on its own address
+        assert isinstance(ask(address)["response"], str)
     for _ in range(4):  # and the Service forwards to them in turn
         assert isinstance(ask(good_port)["response"], str)
 

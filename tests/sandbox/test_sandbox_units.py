@@ -156,7 +156,7 @@ async def health_server() -> collections.abc.AsyncIterator[int]:
 async def test_http_probe_resolves_the_named_port(health_server: int) -> None:
     spec = parse_probe(ProbeKind.readiness, {"httpGet": {"path": "/readyz", "port": "http"}})
     assert spec is not None
-    ports = {"http": health_server}
+    ports = {"http": ("127.0.0.1", health_server)}
     result = await run_probe(spec, resolve_port=ports.get, env={})
     assert result.ok, result.message
     failing = parse_probe(ProbeKind.readiness, {"httpGet": {"path": "/down", "port": "http"}})
@@ -170,7 +170,7 @@ async def test_http_probe_resolves_the_named_port(health_server: int) -> None:
 async def test_http_probe_of_a_closed_port_fails() -> None:
     spec = parse_probe(ProbeKind.liveness, {"httpGet": {"path": "/livez", "port": 1}})
     assert spec is not None
-    result = await run_probe(spec, resolve_port=lambda port: 1, env={})
+    result = await run_probe(spec, resolve_port=lambda port: ("127.0.0.1", 1), env={})
     assert not result.ok and "connect" in result.message
 
 
@@ -384,19 +384,21 @@ def test_a_rendered_pod_runs_as_a_local_process_of_this_environment(tmp_path: pa
         }
     )
     template = render_deployment(llms, image_default="img")["spec"]["template"]["spec"]
-    pod = PodRunner(runner, pod_from_template(template["containers"][0], template["volumes"]))
+    pod = PodRunner(runner, pod_from_template(template["containers"][0], template["volumes"]), "127.0.0.9")
     command, env = pod.command_and_env(template["containers"][0])
     assert command == [kubellm_executable(), "serve"]
     assert pathlib.Path(command[0]).parent == pathlib.Path(sys.executable).parent
-    local = pod.local_port(template["containers"][0], "http")
-    assert local is not None and env["KUBELLM_PORT"] == str(local) and env["KUBELLM_HOST"] == "127.0.0.1"
+    # The pod's own address and the rendered port: the server binds 127.0.0.9:5000, as a pod IP in a cluster.
+    assert pod.address(template["containers"][0], "http") == ("127.0.0.9", 5000)
+    assert env["KUBELLM_PORT"] == "5000" and env["KUBELLM_HOST"] == "127.0.0.9"
     assert env["KUBELLM_API_KEY"] == "s3cret"
     assert env["KUBELLM_CACHE_DIR"] == str(tmp_path / "cache")  # shared by every pod: converted once
     assert env["HF_HOME"] == str(tmp_path / "cache" / "huggingface")
     assert env["HOME"] == str(pod.directory / "volumes" / "tmp")  # the pod's own /tmp emptyDir
-    assert env["GREETING"] == "port 5000"  # expanded from the rendered value, before the sandbox's remapping
-    assert pod.ports_annotation() == f"inference/5000=127.0.0.1:{local}"
+    assert env["GREETING"] == "port 5000"
     status = pod.status()
+    assert status["podIP"] == "127.0.0.9" and status["podIPs"] == [{"ip": "127.0.0.9"}]
+    assert status["hostIP"] == "127.0.0.1"
     assert status["phase"] == "Pending"
     assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
@@ -411,7 +413,7 @@ def test_a_missing_secret_is_a_container_config_error(tmp_path: pathlib.Path) ->
             {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}},
         ],
     }
-    pod = PodRunner(runner, pod_from_template(container, []))
+    pod = PodRunner(runner, pod_from_template(container, []), "127.0.0.9")
     with pytest.raises(ContainerConfigError, match='secret "absent" not found'):
         pod.command_and_env(container)
     optional = {
@@ -448,7 +450,7 @@ async def test_a_container_exit_reports_its_termination_message(
 ) -> None:
     runner = local_runner(tmp_path)
     container = {"name": "c", "command": ["sh", "-c", script], "terminationMessagePolicy": policy}
-    pod = PodRunner(runner, pod_from_template(container, []))
+    pod = PodRunner(runner, pod_from_template(container, []), "127.0.0.9")
     command, env = pod.command_and_env(container)
     assert env["KUBELLM_TERMINATION_MESSAGE_PATH"] == str(pod.directory / "c.termination-log")
     process = ContainerRunner(pod, container)
@@ -465,7 +467,7 @@ async def test_a_long_log_tail_is_cut_to_2048_bytes(tmp_path: pathlib.Path) -> N
     runner = local_runner(tmp_path)
     script = 'for n in $(seq 1 100); do printf "%0100d\\n" "$n"; done; exit 1'
     container = {"name": "c", "command": ["sh", "-c", script], "terminationMessagePolicy": "FallbackToLogsOnError"}
-    pod = PodRunner(runner, pod_from_template(container, []))
+    pod = PodRunner(runner, pod_from_template(container, []), "127.0.0.9")
     command, env = pod.command_and_env(container)
     _, _, message = await ContainerRunner(pod, container)._run_once(command, env, "2026-01-01T00:00:00Z")
     assert len(message.encode()) == 2048 and message.endswith(f"{100:0100d}\n")
