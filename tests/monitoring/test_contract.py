@@ -2,8 +2,9 @@
 deploy/components/monitoring's PodMonitors say, after a short workload; every dashboard and alert expression must
 read only metrics and labels that were scraped. A renamed metric fails it, naming the panel or rule (shown below).
 
-The gateway cannot be scraped until it exists in the tree (issue 20): its expressions, and the autoscaler's, are
-checked against the names the gateway's registry declares when the package imports, and reported otherwise.
+The sandbox runs the gateway too: it is scraped like the operator, and the workload sends it a request that wakes an
+autoscaled LLMService at zero. Its expressions and the autoscaler's are also checked against what the gateway's and
+the operator's registries declare.
 """
 
 from __future__ import annotations
