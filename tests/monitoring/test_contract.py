@@ -33,7 +33,7 @@ from kubellm_monitoring.contract import (
     registry_lookup,
     rule_expressions,
 )
-from kubellm_monitoring.prometheus import LocalPrometheus
+from kubellm_monitoring.prometheus import LocalPrometheus, PrometheusError
 from kubellm_monitoring.workload import ELASTIC, SERVING, SandboxRun, sandbox
 from kubellm_operator.metrics import OperatorMetrics
 
@@ -141,7 +141,7 @@ def test_every_expression_evaluates(scraped: Scraped) -> None:
     for expression in expressions():
         try:
             scraped.prometheus.query(expression.expr)
-        except Exception as error:  # Prometheus's own message, per expression
+        except PrometheusError as error:  # Prometheus's own message, per expression
             failures.append(f"{expression.where}: {error}")
     assert failures == [], "\n".join(failures)
 
