@@ -46,36 +46,25 @@ from kubellm_gateway.routing import (
     resolve,
 )
 
+# The inference server's envelope (OpenAI's shape): the gateway's own answers read like the pods'. The module needs
+# FastAPI only, which the gateway has.
+from kubellm_inference.errors import error_body
+
 logger = logging.getLogger("kubellm.gateway")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable_error",
-    504: "timeout_error",
-}
 # Headers passed to the pod, and back: nothing hop-by-hop, no lengths (the body is relayed as it comes).
 _TO_POD = ("authorization", "accept", "user-agent")
 _FROM_POD = ("content-type", "cache-control", "retry-after", "x-accel-buffering", "www-authenticate")
 
 
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    """The one error envelope (OpenAI's shape, as the inference server answers)."""
-    kind = _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
 def error_response(error: RoutingError) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return JSONResponse(error_body(error.status, error.message, error.code), error.status, headers=headers)
+    return JSONResponse(error_body(error.status, error.message, code=error.code), error.status, headers=headers)
 
 
 def sse_error(error: RoutingError) -> bytes:
-    return f"data: {json.dumps(error_body(error.status, error.message, error.code))}\n\ndata: [DONE]\n\n".encode()
+    return f"data: {json.dumps(error_body(error.status, error.message, code=error.code))}\n\ndata: [DONE]\n\n".encode()
 
 
 class BadRequest(Exception):

@@ -199,6 +199,13 @@ def pods_by_state(asked: int, pods: Iterable[Mapping[str, Any]]) -> Pods:
     return Pods(asked=asked, ready=ready, starting=starting)
 
 
+def is_running(pod: Mapping[str, Any]) -> bool:
+    """A pod whose server may hold requests: running, with an address, not on its way out."""
+    status = pod.get("status") or {}
+    leaving = (pod.get("metadata") or {}).get("deletionTimestamp")
+    return not leaving and status.get("phase") == "Running" and bool(status.get("podIP"))
+
+
 def parse_demand(text: str) -> float | None:
     """In flight + queued from a server's Prometheus exposition (``kubellm_batch_size`` + ``kubellm_queue_depth``),
     or None when either is absent or not a number."""
@@ -234,7 +241,9 @@ class Observation:
     settings: AutoscalingSpec
     asked: int | None  # the live Deployment's spec.replicas; None before the Deployment exists
     pods: Sequence[Mapping[str, Any]]
-    demand_by_pod: Mapping[str, float | None]  # Ready pod -> in flight + queued; None: its metrics were unreadable
+    # Running pod -> in flight + queued; None: its metrics were unreadable. Not only the Ready pods: a pod too busy
+    # to pass its readiness probe still carries its requests, and scaling it away would cut them off.
+    demand_by_pod: Mapping[str, float | None]
     annotations: Mapping[str, Any]  # the LLMService's (the gateways' held requests)
     history: Sequence[Sample]
     previous: Mapping[str, Any] | None  # the previous status.autoscaling (wire shape)
@@ -254,7 +263,9 @@ class Plan:
 
 def plan(seen: Observation) -> Plan:
     held = held_requests(seen.annotations, seen.now)
-    missing = sorted(name for name, value in seen.demand_by_pod.items() if value is None)
+    # Only a Ready pod that does not answer is a missing signal; one still loading answers nothing useful yet.
+    ready = {str((p.get("metadata") or {}).get("name")) for p in seen.pods if pods_by_state(0, [p]).ready}
+    missing = sorted(name for name, value in seen.demand_by_pod.items() if value is None and name in ready)
     known = sum(value for value in seen.demand_by_pod.values() if value is not None)
     demand = round(known + held, 3)
     why_missing = (

@@ -843,8 +843,8 @@ class Operator:
         """The autoscaler's inputs read (the Ready pods' demand, the held requests, the history), its pure plan
         computed, and the history and the metrics updated."""
         pods = self.view.pods(key)
-        ready = [p for p in pods if autoscale.pods_by_state(0, [p]).ready]
-        demand = {str((p.get("metadata") or {}).get("name")): self.fetch_demand(p) for p in ready}
+        running = [p for p in pods if autoscale.is_running(p)]
+        demand = {str((p.get("metadata") or {}).get("name")): self.fetch_demand(p) for p in running}
         asked = ((deployment or {}).get("spec") or {}).get("replicas") if deployment is not None else None
         now = time.time()
         with self._known_lock:

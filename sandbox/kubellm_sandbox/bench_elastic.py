@@ -295,14 +295,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print("bench elastic: (a) a request from zero", file=sys.stderr, flush=True)
             result["cold_start"] = await bench.cold_start(client)
             save()
-            # (c)'s LLMService loads meanwhile (the model load is most of a run here).
-            api.apply(_llmservice(FIXED, args.fixed_port, replicas=1))
+            if not args.skip_cost:
+                # (c)'s LLMService loads meanwhile (the model load is most of a run here).
+                api.apply(_llmservice(FIXED, args.fixed_port, replicas=1))
             print(f"  {result['cold_start']}\nbench elastic: (b) a burst of {args.burst}", file=sys.stderr, flush=True)
             result["burst"] = await bench.burst(client, args.burst, args.target)
             save()
             print(f"  {result['burst']}\nbench elastic: (d) idle to zero", file=sys.stderr, flush=True)
             result["idle"] = await bench.idle()
             save()
+            if args.skip_cost:
+                return result
             print(f"  {result['idle']}\nbench elastic: (c) the gateway's cost", file=sys.stderr, flush=True)
             direct = f"http://127.0.0.1:{args.fixed_port}/v1/chat/completions"
             result["gateway_cost"] = await bench.overhead(client, direct, args.rounds, (1, 8))
@@ -322,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=16, help="concurrent requests in (b)")
     parser.add_argument("--scale-down-delay-s", type=int, default=20, help="scaleDownDelaySeconds")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per concurrency in (c)")
+    parser.add_argument("--skip-cost", action="store_true", help="phases (a), (b) and (d) only")
     parser.add_argument("--tokens", type=int, default=16, help="tokens generated per request (b, c)")
     parser.add_argument("--elastic-port", type=int, default=5301)
     parser.add_argument("--fixed-port", type=int, default=5302)

@@ -126,3 +126,51 @@ def test_held_requests(annotations: dict[str, str], held: int) -> None:
 )
 def test_parse_demand(text: str, demand: float | None) -> None:
     assert parse_demand(text) == demand
+
+
+def _pod(name: str, ready: bool) -> dict[str, object]:
+    return {
+        "metadata": {"name": name},
+        "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
+
+
+def _observe(demand: dict[str, float | None], **fields: object) -> autoscale.Observation:
+    pods = [_pod("busy", False), _pod("idle", True)]
+    base: dict[str, object] = {
+        "settings": S,
+        "asked": 2,
+        "pods": pods,
+        "demand_by_pod": demand,
+        "annotations": {},
+        "history": flat(8, 120),
+        "previous": {"desiredReplicas": 2, "lastScaleTime": "2026-01-01T00:00:00Z"},
+        "now": NOW,
+        "now_text": "2026-12-06T00:00:00Z",
+    }
+    return autoscale.Observation(**(base | fields))  # type: ignore[arg-type]
+
+
+def test_plan_counts_a_busy_pod_that_is_not_ready() -> None:
+    # A pod too busy to pass its readiness probe still carries its 8 requests: they keep a replica (counting
+    # only the Ready pods said 0, and scaled to zero under them).
+    planned = autoscale.plan(_observe({"busy": 8.0, "idle": 0.0}))
+    assert planned.decision.demand == 8 and planned.desired == 1
+    assert planned.condition[0] == "True" and planned.sample == Sample(NOW, 8.0)
+
+
+def test_plan_missing_signal_only_from_ready_pods() -> None:
+    loading = autoscale.plan(_observe({"busy": None, "idle": 0.0}))  # a pod not Ready that does not answer
+    assert loading.condition[:2] == ("True", autoscale.DEMAND_KNOWN)
+    missing = autoscale.plan(_observe({"busy": 8.0, "idle": None}))
+    assert missing.condition[:2] == ("False", autoscale.SIGNAL_MISSING) and "idle" in missing.condition[2]
+    assert missing.sample is None and missing.desired == 2
+
+
+def test_plan_adds_held_requests_and_keeps_last_scale_time() -> None:
+    held = {autoscale.HELD_ANNOTATION_PREFIX + "gw": held_annotation(9, NOW)}
+    planned = autoscale.plan(_observe({"busy": 8.0, "idle": 0.0}, annotations=held))
+    assert planned.held == 9 and planned.decision.demand == 17 and planned.desired == 3
+    assert planned.status["lastScaleTime"] == "2026-12-06T00:00:00Z"
+    steady = autoscale.plan(_observe({"busy": 8.0, "idle": 8.0}))
+    assert steady.status["lastScaleTime"] == "2026-01-01T00:00:00Z"
