@@ -46,6 +46,9 @@ DELEGATES: dict[str, Delegate] = {
     "sandbox": Delegate("kubellm_sandbox.cli", "sandbox", "sandbox up|down|status: a local cluster stand-in"),
     "demo": Delegate("kubellm_sandbox.demo", "sandbox", "run kubellm's main job end to end on this machine"),
     "hub": Delegate("kubellm_hub.server", None, "serve model folders over the Hugging Face Hub API (tests, sandbox)"),
+    "monitoring": Delegate(
+        "kubellm_monitoring.cli", "sandbox", "monitoring dashboards|plots: Grafana dashboards, the README's pictures"
+    ),
 }
 
 # `kubellm COMMAND SUBCOMMAND ...` owned by another component than COMMAND itself: the operator's benchmark needs the

@@ -127,7 +127,7 @@ class Operator:
                 self._scaling_history.pop(key, None)
         if not exists:
             self.fetchers.forget(key)
-            self.metrics.set_phase(*key, None)
+            self.metrics.set_status(*key, None)
             self.metrics.set_autoscaling(*key, None)
             self.retry.reset(key)
 
@@ -285,7 +285,7 @@ class Operator:
         now = datetime.datetime.now(datetime.UTC)
         decided = plan(observation, previous, now)
         if decided.gone or obj is None:
-            self.metrics.set_phase(namespace, name, None)
+            self.metrics.set_status(namespace, name, None)
             with self._known_lock:
                 self._storage_basis.pop(key, None)
             return Result(UNCHANGED)

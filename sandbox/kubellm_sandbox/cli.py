@@ -92,7 +92,8 @@ def _print_ready(state: dict[str, Any], layout: Layout) -> None:
             else ""
         )
         + f"  operator, gateway, local runner and logs: {layout.logs.resolve()}\n"
-        "  stop it with: kubellm sandbox down"
+        + (f"  operator metrics: http://{state['operator_metrics']}/metrics\n" if state.get("operator_metrics") else "")
+        + "  stop it with: kubellm sandbox down"
         + (f" --data-dir {layout.root}" if layout.root != DEFAULT_DATA_DIR else "")
     )
     print(export_line(layout), flush=True)

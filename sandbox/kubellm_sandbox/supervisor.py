@@ -104,9 +104,19 @@ def write_pid_file(path: pathlib.Path, pid: int) -> None:
     path.write_text(f"{pid} {process_start_time(pid) or ''}\n")
 
 
-def operator_command(kubeconfig: pathlib.Path) -> list[str]:
-    # No health endpoint: its default port (8080) is often taken on a laptop, and nothing probes it locally.
-    return [kubellm_executable(), "operator", "--kubeconfig", str(kubeconfig), "--health-port", "0"]
+def operator_command(kubeconfig: pathlib.Path, metrics_port: int) -> list[str]:
+    # Not the default port (8080 is often taken on a laptop): a free one on 127.0.0.1, named in sandbox.json, where
+    # a local Prometheus scrapes /metrics (tests/monitoring).
+    return [
+        kubellm_executable(),
+        "operator",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--health-host",
+        "127.0.0.1",
+        "--health-port",
+        str(metrics_port),
+    ]
 
 
 def operator_environment() -> dict[str, str]:
@@ -196,10 +206,10 @@ class ChildProcess:
         self.pid_file.unlink(missing_ok=True)
 
 
-def operator_process(layout: Layout) -> ChildProcess:
+def operator_process(layout: Layout, metrics_port: int) -> ChildProcess:
     return ChildProcess(
         "operator",
-        operator_command(layout.operator_kubeconfig),
+        operator_command(layout.operator_kubeconfig, metrics_port),
         operator_environment(),
         layout.operator_log,
         layout.operator_pid_file,
@@ -299,18 +309,21 @@ async def serve(
             asyncio.create_task(refresh_node_stats(emulator, node, layout.root, stop), name="node-stats"),
         ]
         children: list[ChildProcess] = []
-        gateway_url = None
+        gateway_url = operator_metrics = None
         if with_operator:
             install_gateway_identity(emulator, layout)
             port = gateway_port or free_port()
-            children = [operator_process(layout), gateway_process(layout, port)]
+            metrics_port = free_port()  # kept across the operator's restarts, so a scrape config stays valid
+            children = [operator_process(layout, metrics_port), gateway_process(layout, port)]
             gateway_url = f"http://127.0.0.1:{port}"
+            operator_metrics = f"127.0.0.1:{metrics_port}"
         for child in children:
             tasks.append(asyncio.create_task(child.run(), name=child.name))
         state = {
             "pid": os.getpid(),
             "api_url": emulator.api_url,
             "gateway_url": gateway_url,
+            "operator_metrics": operator_metrics,
             "kubeconfig": str(layout.kubeconfig.resolve()),
             "node": node,
             "data_dir": str(layout.root.resolve()),
