@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import pathlib
 import signal
@@ -20,6 +21,7 @@ from operator_support import CRD, ROOT, Kube, llmservice, operator_running, oper
 from test_operator_emulator import converged
 
 from kubellm_emulator import WRITE_METHODS, Emulator
+from kubellm_emulator.server import RecordedRequest
 from kubellm_operator.leader import LEASE_DURATION_S, RETRY_PERIOD_S
 from kubellm_sandbox.processes import free_port
 
@@ -115,6 +117,19 @@ class OperatorProcess:
                 await self.process.wait()
 
 
+def written_child(request: RecordedRequest) -> tuple[str, str] | None:
+    """(collection, name) of the Deployment or Service a write request creates or changes, else None."""
+    parts = request.path.strip("/").split("/")
+    if "deployments" in parts or "services" in parts:
+        at = parts.index("deployments" if "deployments" in parts else "services")
+        if len(parts) > at + 1:
+            return parts[at], parts[at + 1]
+        if request.method == "POST":
+            name = (json.loads(request.body or b"{}").get("metadata") or {}).get("name")
+            return (parts[at], str(name)) if name else None
+    return None
+
+
 @asynccontextmanager
 async def operators(kube: Kube, tmp_path: pathlib.Path, *names: str) -> AsyncIterator[list[OperatorProcess]]:
     started = [OperatorProcess(kube, name, tmp_path / f"{name}.log") for name in names]
@@ -157,19 +172,15 @@ async def test_a_standby_takes_over_when_the_leader_dies_mid_convergence(kube: K
     assert took_over <= LEASE_DURATION_S + 2 * RETRY_PERIOD_S + 1
     assert len(before) < 50, "the leader was killed before it converged every LLMService"
     # Every child was written once, by whichever operator got to it; nothing was written twice across the takeover.
+    # A child is created by a POST to its collection (the name in the body) and changed by a PATCH of its path.
     writes = collections.Counter(
-        (r.method, r.path)
-        for r in kube.emulator.requests(WRITE_METHODS, since=marker)
-        if "/deployments/" in r.path or "/services/" in r.path
+        child for r in kube.emulator.requests(WRITE_METHODS, since=marker) if (child := written_child(r)) is not None
     )
     for name in names:
-        for child in (
-            f"/apis/apps/v1/namespaces/default/deployments/{name}",
-            f"/api/v1/namespaces/default/services/{name}",
-        ):
-            assert writes[("PATCH", child)] == 1, (name, child, writes[("PATCH", child)])
+        for kind in ("deployments", "services"):
+            assert writes[(kind, name)] == 1, (name, kind, writes[(kind, name)])
     after = kube.emulator.requests(WRITE_METHODS, since=kill_marker)
-    rewritten = {r.path for r in after if any(f"/{n}" in r.path for n in before) and "/leases/" not in r.path}
+    rewritten = {child for r in after if (child := written_child(r)) is not None and child[1] in before}
     assert not rewritten, f"LLMServices converged before the takeover were written again: {sorted(rewritten)}"
     # Stopped cleanly, the new leader released its Lease for the next one (holder emptied).
     assert (kube.get("Lease", "kubellm-operator", namespace="kubellm-system") or {})["spec"]["holderIdentity"] == ""
