@@ -40,7 +40,7 @@ def plots(out: pathlib.Path, model: str | None, phase_s: float) -> int:
     with tempfile.TemporaryDirectory(prefix="kubellm-plots-") as scratch:
         root = pathlib.Path(scratch)
         if model is None:
-            from kubellm_inference.tinymodel import build_tiny_model
+            from kubellm_tools.tinymodel import build_tiny_model
 
             model = str(build_tiny_model(root / "tiny"))
         with sandbox(root / "sandbox") as run:

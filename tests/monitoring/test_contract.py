@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from kubellm_inference.tinymodel import build_tiny_model
 from kubellm_monitoring.contract import (
     DASHBOARDS,
     RULES,
@@ -36,6 +35,7 @@ from kubellm_monitoring.contract import (
 from kubellm_monitoring.prometheus import LocalPrometheus, PrometheusError
 from kubellm_monitoring.workload import ELASTIC, SERVING, SandboxRun, sandbox
 from kubellm_operator.metrics import OperatorMetrics
+from kubellm_tools.tinymodel import build_tiny_model
 
 pytestmark = [
     pytest.mark.slow,
