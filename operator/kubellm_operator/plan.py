@@ -9,7 +9,7 @@ the table tests in ``tests/operator/test_operator_plan.py`` check.
 With ``spec.autoscaling`` the plan also decides the Deployment's replicas (``autoscale.plan``, pure): from the
 pods' demand the fetchers hold, the gateways' held-requests annotations and the demand history in the
 observation; its decision sets the replicas rendered, ``status.autoscaling`` and the ``ScalingActive`` condition,
-and is handed back in ``Plan.scaling`` (the operator adds its sample to the history and sets the metrics from it).
+and is handed back in ``Plan.scaling`` (the operator keeps the history it returns and sets the metrics from it).
 
 The effective spec is computed here, once per pass: the LLMService validated, the values derived from the hub
 model (``sizing.py``), the storage pre-flight against the Node facts, the rollout strategy in effect.
