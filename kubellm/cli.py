@@ -39,10 +39,16 @@ DELEGATES: dict[str, Delegate] = {
         "kubellm_tools.bench", "inference", "benchmark an inference server; `bench operator`: the operator"
     ),
     "operator": Delegate("kubellm_operator.main", "operator", "run the Kopf operator"),
+    "gateway": Delegate(
+        "kubellm_gateway.main", "gateway", "run the gateway: one OpenAI endpoint for every served LLMService"
+    ),
     "emulator": Delegate("kubellm_emulator.cli", "sandbox", "run the Kubernetes API emulator"),
     "sandbox": Delegate("kubellm_sandbox.cli", "sandbox", "sandbox up|down|status: a local cluster stand-in"),
     "demo": Delegate("kubellm_sandbox.demo", "sandbox", "run kubellm's main job end to end on this machine"),
     "hub": Delegate("kubellm_hub.server", None, "serve model folders over the Hugging Face Hub API (tests, sandbox)"),
+    "monitoring": Delegate(
+        "kubellm_monitoring.cli", "sandbox", "monitoring dashboards|plots: Grafana dashboards, the README's pictures"
+    ),
 }
 
 # `kubellm COMMAND SUBCOMMAND ...` owned by another component than COMMAND itself: the operator's benchmark needs the
@@ -50,6 +56,9 @@ DELEGATES: dict[str, Delegate] = {
 NESTED: dict[tuple[str, str], Delegate] = {
     ("bench", "operator"): Delegate(
         "kubellm_sandbox.bench_operator", "sandbox", "benchmark the operator against the API emulator"
+    ),
+    ("bench", "elastic"): Delegate(
+        "kubellm_sandbox.bench_elastic", "sandbox", "benchmark the gateway and the autoscaler on the sandbox"
     ),
 }
 

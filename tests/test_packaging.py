@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FOLDERS = [ROOT, ROOT / "operator", ROOT / "inference", ROOT / "sandbox", ROOT / "tools"]
+CODE_FOLDERS = [ROOT, ROOT / "operator", ROOT / "inference", ROOT / "gateway", ROOT / "sandbox", ROOT / "tools"]
 
 
 def source_modules(folders: list[Path] = CODE_FOLDERS) -> set[str]:
@@ -76,7 +76,10 @@ def test_each_image_wheel_holds_the_modules_of_the_folders_it_copies(dockerfile:
     for folder in folders:
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     expected = source_modules([source, *(source / folder for folder in folders if folder != "kubellm")])
-    assert {name.partition(".")[0] for name in expected} == {"kubellm", f"kubellm_{dockerfile.partition('.')[2]}"}
+    # The gateway ships in the operator image (`kubellm gateway`, deploy/components/gateway).
+    image = dockerfile.partition(".")[2]
+    packages = {"kubellm", f"kubellm_{image}", *(["kubellm_gateway"] if image == "operator" else [])}
+    assert {name.partition(".")[0] for name in expected} == packages
     assert wheel_modules(build_wheel(source, tmp_path / "wheel")) == expected
 
 

@@ -37,6 +37,7 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
     server_metrics = ServerMetrics()
     progress = LoadProgress()
     server_metrics.registry.register(ProgressCollector(progress))
+    server_metrics.queue_capacity.set(settings.queue_size)
     engine = GenerationEngine(
         loader or (lambda: load_model(settings, progress)),
         queue_size=settings.queue_size,
@@ -48,6 +49,7 @@ def create_app(settings: ServerSettings, *, loader: Callable[[], LoadedModel] | 
         # On the model cache volume, so a restart finds what the last start compiled.
         compile_cache_dir=settings.cache_dir / "compiled",
         compile_prebuilt_dir=settings.prebuilt_dir / "compiled" if settings.prebuilt_dir is not None else None,
+        progress=progress,
     )
     state = ServerState(settings=settings, metrics=server_metrics, engine=engine, progress=progress)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from kubellm.contract import CompileMode
 from kubellm_inference.compiled import CompileState, Step
 from kubellm_inference.loading import LoadedModel
+from kubellm_inference.progress import LoadProgress, Phase
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -206,8 +207,10 @@ class GenerationEngine:
         compile_mode: CompileMode = CompileMode.off,
         compile_cache_dir: Path | None = None,
         compile_prebuilt_dir: Path | None = None,
+        progress: LoadProgress | None = None,
     ) -> None:
         self._loader = loader
+        self._progress = progress
         self._queue_size = queue_size
         self._max_batch_size = max_batch_size
         self._stuck_step_timeout_s = stuck_step_timeout_s
@@ -346,8 +349,14 @@ class GenerationEngine:
             log.exception("loading the model failed")
             self._failure = f"{type(error).__name__}: {error}"
             self._state = EngineState.failed
+            if self._progress is not None:
+                self._progress.set_phase(Phase.failed, self._failure)
             return
         self._state = EngineState.ready
+        # The load's last phase: warm-up done, so /loadz and kubellm_load_phase say ready (issue 23 found them
+        # reporting "warming up" for as long as a pod served).
+        if self._progress is not None:
+            self._progress.set_phase(Phase.ready)
         if not self._draining:
             self._metrics.ready.set(1)
         self._metrics.decode_step.labels(step=Step.eager.value).set(1)

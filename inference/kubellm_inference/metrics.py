@@ -33,6 +33,9 @@ class ServerMetrics:
         self.prompt_tokens = Counter("kubellm_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generated_tokens = Counter("kubellm_generated_tokens", "Tokens generated", registry=r)
         self.queue_depth = Gauge("kubellm_queue_depth", "Requests waiting to join the batch", registry=r)
+        self.queue_capacity = Gauge(
+            "kubellm_queue_capacity", "Requests the queue holds before it answers 429 (the queue size)", registry=r
+        )
         self.batch_size = Gauge("kubellm_batch_size", "Requests in the running batch", registry=r)
         self.model_load_seconds = Gauge("kubellm_model_load_seconds", "Seconds the model took to load", registry=r)
         self.model_info = Gauge(

@@ -643,11 +643,85 @@ def _env_rule() -> JsonDict:
     }
 
 
+class AutoscalingSpec(_Model):
+    """Replicas from load: the operator sets the Deployment's replicas from the requests in flight and queued."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "minReplicas must not exceed maxReplicas",
+                    "fieldPath": ".minReplicas",
+                }
+            ]
+        }
+    )
+
+    min_replicas: int = Field(
+        1, ge=0, le=1000, description="Fewest pods; 0 scales to zero when idle (the gateway wakes it on a request)."
+    )
+    max_replicas: int = Field(..., ge=1, le=1000, description="Most pods.")
+    target_requests_per_replica: int = Field(
+        8, ge=1, le=10000, description="Requests in flight and queued that one pod is meant to carry."
+    )
+    scale_down_delay_seconds: int = Field(
+        300, ge=0, le=86400, description="How long demand must stay below the replicas before they are reduced."
+    )
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise FieldError(
+                ("minReplicas",), f"minReplicas ({self.min_replicas}) must not exceed maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
+class GatewaySpec(_Model):
+    """How the shared gateway (``kubellm gateway``) treats this LLMService."""
+
+    enabled: bool = Field(
+        True,
+        description="Serve this LLMService on the shared OpenAI endpoint of the gateways that watch its namespace; "
+        "false keeps it off (reachable on its own Service only).",
+    )
+
+
+DEFAULT_REPLICAS = 1
+REPLICAS_WITH_AUTOSCALING = (
+    "spec.replicas and spec.autoscaling exclude each other: with autoscaling the operator sets the replica count "
+    "(remove replicas and use autoscaling.minReplicas and maxReplicas; kubectl scale and HPAs cannot set it either)"
+)
+
+
 class LLMServiceSpec(_Model):
     """The desired state of one served model."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.autoscaling) || !has(self.replicas)",
+                    "message": REPLICAS_WITH_AUTOSCALING,
+                    "fieldPath": ".replicas",
+                }
+            ]
+        }
+    )
+
     model: ModelSpec
-    replicas: int = Field(1, ge=0, le=1000, description="Inference pods (0 allowed; /scale subresource).")
+    replicas: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description=f"Inference pods (0 allowed; /scale subresource). Default {DEFAULT_REPLICAS}; "
+        "not with autoscaling, which sets the count itself.",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Replicas from load (requests in flight and queued), between minReplicas and maxReplicas."
+    )
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="The shared gateway's view of it.")
     image: str | None = Field(None, max_length=1024, description="Inference image. Default: the operator's.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Pull policy of the inference image. Default: Kubernetes' (IfNotPresent unless :latest)."
@@ -681,6 +755,8 @@ class LLMServiceSpec(_Model):
 
     @model_validator(mode="after")
     def _one_ephemeral_request(self) -> LLMServiceSpec:
+        if self.autoscaling is not None and self.replicas is not None:
+            raise FieldError(("replicas",), REPLICAS_WITH_AUTOSCALING)
         for kind in ("request", "limit"):
             in_storage = getattr(self.storage, kind)
             listed = (self.resources.requests if kind == "request" else self.resources.limits).ephemeral_storage
@@ -698,6 +774,12 @@ class LLMServiceSpec(_Model):
                 raise FieldError(("env", index, "name"), f"{var.name} is listed twice")
             seen.add(var.name)
         return self
+
+    def fixed_replicas(self) -> int:
+        """The replicas before any load is seen: spec.replicas (default 1), or autoscaling.minReplicas."""
+        if self.autoscaling is not None:
+            return self.autoscaling.min_replicas
+        return DEFAULT_REPLICAS if self.replicas is None else self.replicas
 
     def storage_plan(self) -> StoragePlan:
         """Resolve the storage defaults: the one place the renderer and the pre-flight check read them."""
@@ -855,6 +937,19 @@ class LoadingStatus(_Model):
     message: str | None = Field(None, description="e.g. Downloading 6.2/14.5Gi (43%), 38.0MiB/s")
 
 
+class AutoscalingStatus(_Model):
+    """The autoscaler's last decision (spec.autoscaling)."""
+
+    desired_replicas: int | None = Field(None, description="Replicas the autoscaler asks of the Deployment.")
+    demand: float | None = Field(
+        None, description="Requests in flight and queued on the pods, plus those the gateways hold."
+    )
+    held: int | None = Field(None, description="Of the demand: requests the gateways hold for this LLMService.")
+    last_scale_time: str | None = Field(None, description="When desiredReplicas last changed.")
+    reason: str | None = Field(None, description="Why desiredReplicas is what it is (one CamelCase word).")
+    message: str | None = Field(None, description="The same, for people.")
+
+
 class LLMServiceStatus(_Model):
     """What the operator observed; written by the operator only."""
 
@@ -870,6 +965,7 @@ class LLMServiceStatus(_Model):
     rollout: RolloutStatus | None = Field(None, description="The Deployment's rollout strategy in effect.")
     model: ModelStatus | None = Field(None, description="The resolved model: commit, files, bytes, parameters.")
     loading: LoadingStatus | None = Field(None, description="Download and load progress while pods start.")
+    autoscaling: AutoscalingStatus | None = Field(None, description="The autoscaler's last decision.")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

@@ -176,6 +176,14 @@ def open_api_schema() -> dict[str, Any]:
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
     {"name": "Ready", "type": "string", "jsonPath": ".status.ready", "description": "ready/desired replicas"},
+    {
+        "name": "Desired",
+        "type": "integer",
+        "jsonPath": ".status.autoscaling.desiredReplicas",
+        "description": "replicas the autoscaler asks for (spec.autoscaling)",
+        # -o wide only: empty for LLMServices without autoscaling, which most are.
+        "priority": 1,
+    },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Progress", "type": "string", "jsonPath": ".status.loading.message", "description": "model download"},
@@ -314,7 +322,8 @@ def api_reference() -> str:
         f"`apiVersion: {GROUP}/{VERSION}`, `kind: {KIND}` (plural `{PLURAL}`, short name `{SHORT_NAMES[0]}`, "
         "namespaced). Quantities are Kubernetes quantities (`30Gi`, `500m`, `2`); write them as strings or "
         "integers, never as floats. Unknown fields are rejected. The `/scale` subresource maps to "
-        "`spec.replicas`, so `kubectl scale llms NAME --replicas=N` and an HPA work.",
+        "`spec.replicas`, so `kubectl scale llms NAME --replicas=N` and an HPA work (except with `spec.autoscaling`, "
+        "where the operator sets the count from load).",
         "",
         "## Spec",
     ]

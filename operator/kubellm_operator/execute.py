@@ -152,7 +152,7 @@ class Executor:
             self.view.wrote(("LLMService", namespace, name), obj, answer)
             writes.append("status")
             self.metrics.writes.labels(target="status").inc()
-        self.metrics.set_phase(namespace, name, plan.status.get("phase"))
+        self.metrics.set_status(namespace, name, plan.status)
         for level, line in plan.logs:
             logger.log(level, "%s", line)
         for event in plan.events:

@@ -1,6 +1,7 @@
 """Background fetchers: every call whose address or answer a tenant controls runs here, never on a pass.
 
-Hub resolution (with the token Secret read before it) and the pods' ``/loadz`` reads run in a small, bounded pool
+Hub resolution (with the token Secret read before it), the pods' ``/loadz`` reads and, for ``spec.autoscaling``,
+the pods' demand (their ``/metrics``) run in a small, bounded pool
 of worker threads. For each LLMService at most one fetch is in flight; each call has a wall-clock deadline, after
 which the worker stops waiting for it (the call itself is left to end on its own socket timeouts, and that
 LLMService gets no second call of the same kind until it has). What comes back is kept in a bounded cache
@@ -39,8 +40,23 @@ class LoadzRequest:
     uid: str
 
 
-Request = HubRequest | LoadzRequest
-Answer = HubAnswer | LoadzAnswer | None
+@dataclass(frozen=True)
+class DemandRequest:
+    """One pod's demand for the autoscaler (in flight + queued, from its ``/metrics``): the pod, by uid."""
+
+    pod: str  # namespace/name
+    uid: str
+
+
+@dataclass(frozen=True)
+class DemandAnswer:
+    """In flight + queued on the pod; None: its metrics did not say (no answer, past the deadline, malformed)."""
+
+    demand: float | None
+
+
+Request = HubRequest | LoadzRequest | DemandRequest
+Answer = HubAnswer | LoadzAnswer | DemandAnswer | None
 
 
 @dataclass(frozen=True)
@@ -69,14 +85,18 @@ class Fetchers:
         hub: Callable[[HubRequest], HubAnswer],
         loadz: Callable[[Key, LoadzRequest], Mapping[str, Any] | None],
         notify: Callable[[Key], None],
+        demand: Callable[[Key, DemandRequest], float | None] | None = None,
         workers: int = 4,
         hub_deadline_s: float = 30.0,
         loadz_deadline_s: float = 2.0,
+        demand_deadline_s: float = 1.0,
         max_answers: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._hub, self._loadz, self._notify, self._clock = hub, loadz, notify, clock
+        self._demand = demand
         self.hub_deadline_s, self.loadz_deadline_s = hub_deadline_s, loadz_deadline_s
+        self.demand_deadline_s = demand_deadline_s
         self._max_answers = max_answers
         self._lock = threading.Lock()
         self._slots: dict[Key, _Slot] = {}
@@ -182,6 +202,14 @@ class Fetchers:
             hub_request = request
             got = self._call(key, slot, kind, lambda: self._hub(hub_request), self.hub_deadline_s)
             return got if isinstance(got, HubAnswer) else self._timed_out(request)
+        if isinstance(request, DemandRequest):
+            demand_request, read = request, self._demand
+            if read is None:
+                return DemandAnswer(None)
+            value = self._call(key, slot, kind, lambda: read(key, demand_request), self.demand_deadline_s)
+            return DemandAnswer(
+                float(value) if isinstance(value, float | int) and not isinstance(value, bool) else None
+            )
         loadz_request = request
         raw = self._call(key, slot, kind, lambda: self._loadz(key, loadz_request), self.loadz_deadline_s)
         return parse_loadz(raw, f"pod {request.pod}") if isinstance(raw, Mapping) else None

@@ -29,6 +29,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from kubellm_operator.api import GROUP, PLURAL, VERSION
+from kubellm_operator.autoscale import HELD_ANNOTATION_PREFIX
 from kubellm_operator.cluster import connection_info
 from kubellm_operator.reconcile import Operator
 from kubellm_operator.render import SELECTOR_LABEL
@@ -171,12 +172,24 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         if op.nodes.replace(node_index) | op.nodes.replace_pods(kwargs["pod_index"]):
             op.nodes_changed()
 
+    held_seen: dict[Key, tuple[tuple[str, str], ...]] = {}
+
     @kopf.on.event(*LLMSERVICES, registry=registry, id="llmservice_seen")
     def llmservice_seen(type: str, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
         op.watched()
         attach(kwargs)
-        op.view.seen(("LLMService", namespace or "default", name), body.metadata.get("resourceVersion"))
-        op.remember((namespace or "default", name), exists=type != "DELETED")
+        key = (namespace or "default", name)
+        op.view.seen(("LLMService", *key), body.metadata.get("resourceVersion"))
+        op.remember(key, exists=type != "DELETED")
+        # A gateway published the requests it holds (spec.autoscaling): a pass now, so an LLMService at zero wakes
+        # within a second. Only a change of those annotations queues one, not the operator's own status writes.
+        annotations = body.metadata.annotations
+        held = tuple(sorted((k, str(v)) for k, v in annotations.items() if k.startswith(HELD_ANNOTATION_PREFIX)))
+        if type == "DELETED":
+            held_seen.pop(key, None)
+        elif held_seen.get(key, ()) != held:
+            held_seen[key] = held
+            op.trigger(key)
 
     @kopf.on.resume(*LLMSERVICES, registry=registry, id="reconcile")
     @kopf.on.create(*LLMSERVICES, registry=registry, id="reconcile")

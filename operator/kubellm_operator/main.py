@@ -117,6 +117,7 @@ async def run(
     config = load_configuration(settings.kubeconfig)
     cluster = Cluster(config, timeout=settings.api_timeout_s)
     op = Operator(settings, cluster, metrics or OperatorMetrics())
+    op.metrics.watch_queue(op.queue.pending, op.queue.overdue)
     registry = kopf.OperatorRegistry()
     register(registry, op, config)
     readiness = Readiness(op.metrics)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,6 +28,9 @@ INVALID = "invalid"  # the spec can never work (InvalidSpec)
 WAITING = "waiting"  # held for the world to change (storage.enforce)
 REFUSED = "refused"  # the API refused a child; the status says why
 ERROR = "error"  # an API error; Kopf retries
+OUTCOMES = (CHANGED, UNCHANGED, INVALID, WAITING, REFUSED, ERROR)
+ERROR_KINDS = ("conflict", "server", "client", "other")
+WRITE_TARGETS = ("deployment", "service", "status", "event")
 
 
 class OperatorMetrics:
@@ -63,10 +67,61 @@ class OperatorMetrics:
             ["target"],
             registry=self.registry,
         )
+        # Every known label value exported from the start, at 0: a counter that has never counted is a 0 on the
+        # dashboards and in rate(), not "no data" (and an alert on it can fire at the first error, not the second).
+        for counter, values in ((self.reconciles, OUTCOMES), (self.errors, ERROR_KINDS), (self.writes, WRITE_TARGETS)):
+            for value in values:
+                counter.labels(value)
+        self.queue_length = Gauge(
+            "kubellm_operator_queue_length", "LLMServices queued for a pass (due now or later).", registry=self.registry
+        )
+        self.queue_overdue = Gauge(
+            "kubellm_operator_queue_overdue_seconds",
+            "How long the longest-waiting due pass has waited for a worker (0 when none is due).",
+            registry=self.registry,
+        )
+        # Per LLMService, from the status each pass computes: "which LLMServices are Degraded, and why" is one query.
         self._phases = Gauge(
-            "kubellm_operator_llmservices",
+            "kubellm_llmservices",
             "LLMServices by phase, as last computed by this operator.",
             ["phase"],
+            registry=self.registry,
+        )
+        self._conditions = Gauge(
+            "kubellm_llmservice_condition",
+            "1 for each current condition of an LLMService (type, status and reason as in status.conditions).",
+            ["namespace", "name", "type", "status", "reason"],
+            registry=self.registry,
+        )
+        self._replicas = Gauge(
+            "kubellm_llmservice_replicas",
+            "Replicas an LLMService asks for (spec.replicas, or what the autoscaler set it to).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self._ready_replicas = Gauge(
+            "kubellm_llmservice_ready_replicas",
+            "Ready pods of an LLMService.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        labels = ["namespace", "name"]
+        self.desired_replicas = Gauge(
+            "kubellm_autoscaling_desired_replicas",
+            "Replicas the autoscaler asks for (spec.autoscaling).",
+            labels,
+            registry=self.registry,
+        )
+        self.demand = Gauge(
+            "kubellm_autoscaling_demand",
+            "Requests in flight and queued on the pods plus those the gateways hold.",
+            labels,
+            registry=self.registry,
+        )
+        self.signal_missing = Gauge(
+            "kubellm_autoscaling_signal_missing",
+            "1 while some Ready pod's demand cannot be read (the autoscaler then never scales down), else 0.",
+            labels,
             registry=self.registry,
         )
         self.ready = Gauge(
@@ -80,6 +135,7 @@ class OperatorMetrics:
         )
         self._lock = threading.Lock()
         self._phase_of: dict[tuple[str, str], str] = {}
+        self._conditions_of: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {}
         self._refresh_phases()
 
     @contextmanager
@@ -90,17 +146,55 @@ class OperatorMetrics:
         finally:
             self.duration.observe(time.perf_counter() - started)
 
-    def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
+    def set_status(self, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
+        """Export the status a pass computed for the LLMService (``None``: it is gone, and so are its series)."""
+        key = (namespace, name)
         with self._lock:
-            if phase is None:
-                self._phase_of.pop((namespace, name), None)
+            current: tuple[tuple[str, str, str], ...] = ()
+            if status is not None:
+                current = tuple(
+                    (str(c.get("type")), str(c.get("status")), str(c.get("reason")))
+                    for c in status.get("conditions") or ()
+                )
+            # Only the series that changed go: a scrape between a removal and its re-add would end the series and
+            # restart the `for:` of every alert on it.
+            for type_, state, reason in set(self._conditions_of.pop(key, ())) - set(current):
+                self._conditions.remove(namespace, name, type_, state, reason)
+            if status is None:
+                if self._phase_of.pop(key, None) is not None:
+                    self._replicas.remove(namespace, name)
+                    self._ready_replicas.remove(namespace, name)
             else:
-                self._phase_of[(namespace, name)] = phase
+                self._phase_of[key] = str(status.get("phase"))
+                for type_, state, reason in current:
+                    self._conditions.labels(namespace, name, type_, state, reason).set(1)
+                self._conditions_of[key] = current
+                # status.ready is "ready/desired" (the READY column): the desired count is not a field of its own.
+                _, _, desired = str(status.get("ready") or "").partition("/")
+                self._replicas.labels(namespace, name).set(int(desired) if desired.isdigit() else 0)
+                self._ready_replicas.labels(namespace, name).set(int(status.get("readyReplicas") or 0))
             self._refresh_phases()
+
+    def set_autoscaling(self, namespace: str, name: str, figures: tuple[int, float, bool] | None) -> None:
+        """(desired, demand, signal missing) of an autoscaled LLMService; None removes its series."""
+        for gauge in (self.desired_replicas, self.demand, self.signal_missing):
+            if figures is None:
+                with suppress(KeyError):
+                    gauge.remove(namespace, name)
+        if figures is not None:
+            desired, demand, missing = figures
+            self.desired_replicas.labels(namespace=namespace, name=name).set(desired)
+            self.demand.labels(namespace=namespace, name=name).set(demand)
+            self.signal_missing.labels(namespace=namespace, name=name).set(1 if missing else 0)
 
     def _refresh_phases(self) -> None:
         for phase in Phase:
             self._phases.labels(phase=phase.value).set(sum(1 for p in self._phase_of.values() if p == phase.value))
+
+    def watch_queue(self, length: Callable[[], int], overdue: Callable[[], float]) -> None:
+        """Read the work queue at scrape time."""
+        self.queue_length.set_function(lambda: float(length()))
+        self.queue_overdue.set_function(overdue)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

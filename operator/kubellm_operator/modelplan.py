@@ -299,6 +299,40 @@ def fetch_loadz(
     return answer if isinstance(answer, dict) else None
 
 
+DEMAND_DEADLINE_S = 1.0
+DEMAND_MAX_BYTES = 1 << 20  # the server's exposition is a few KiB; a pod answering more is cut off
+
+
+def fetch_demand(
+    pod: Mapping[str, Any], policy: EgressPolicy | None = None, *, deadline_s: float = DEMAND_DEADLINE_S
+) -> float | None:
+    """In flight + queued on the pod, from its ``GET /metrics`` (``kubellm_batch_size`` + ``kubellm_queue_depth``),
+    or None when it does not answer them within its deadline and byte cap (or the egress policy refuses it)."""
+    from kubellm.contract import METRICS_PATH
+    from kubellm_operator.autoscale import parse_demand
+
+    address = loadz_address(pod)
+    if address is None:
+        return None
+    try:
+        body = fetch(
+            f"http://{address}{METRICS_PATH}",
+            deadline_s=deadline_s,
+            max_bytes=DEMAND_MAX_BYTES,
+            policy=policy or EgressPolicy(allow_private=True),
+        )
+    except EgressError:
+        return None
+    return parse_demand(body.decode(errors="replace"))
+
+
+def demand_fetcher(
+    policy: EgressPolicy, *, deadline_s: float = DEMAND_DEADLINE_S
+) -> Callable[[Mapping[str, Any]], float | None]:
+    """:func:`fetch_demand` under the operator's policy for pods (``OperatorSettings.pod_policy``)."""
+    return lambda pod: fetch_demand(pod, policy, deadline_s=deadline_s)
+
+
 def loadz_fetcher(
     policy: EgressPolicy, *, deadline_s: float = LOADZ_DEADLINE_S
 ) -> Callable[[Mapping[str, Any]], Mapping[str, Any] | None]:

@@ -1,7 +1,8 @@
 """Observe: one frozen snapshot of everything a pass decides from (the first of observe → plan → execute).
 
 The children and pods come from the watches (``views.py``), the Node facts from the Node book, the answers of
-the hub and the pods from what the background fetchers already hold (``fetchers.py``), the refusals still within
+the hub and the pods (``/loadz``, and the demand of ``spec.autoscaling``) from what the background fetchers already
+hold (``fetchers.py``), the autoscaler's demand history from the operator's memory, the refusals still within
 their backoff from the retry policy (``workqueue.py``). The LLMService itself is the one API read of a pass, made
 by the caller after the children are taken (see :meth:`reconcile.Operator.observe`). Nothing here waits on a
 tenant's endpoint.
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubellm_operator import autoscale
 from kubellm_operator.children import Refusal
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.fetchers import Held, Request
@@ -73,6 +75,11 @@ class Observation:
     standing: Standing | None = None
     posted: frozenset[tuple[str, str]] = frozenset()  # (reason, message) of refusal Events already posted
     announce: bool = False  # re-log a standing storage warning (the operator resumed)
+    # spec.autoscaling: the demand seen by earlier passes (kept in the operator's memory, oldest first), and the
+    # decision this pass already made (the re-plan after its writes keeps it: the Deployment it wrote shows the
+    # decision, not the demand).
+    scaling_history: tuple[autoscale.Sample, ...] = ()
+    scaled: autoscale.Plan | None = None
 
     def held(self, request: Request) -> Held | None:
         return self.fetched.get(request)

@@ -6,6 +6,11 @@ the Events to post and lines to log, the background fetches still needed (``fetc
 again. It reads no API, no clock of its own and no endpoint: the same inputs give the same plan, which is what
 the table tests in ``tests/operator/test_operator_plan.py`` check.
 
+With ``spec.autoscaling`` the plan also decides the Deployment's replicas (``autoscale.plan``, pure): from the
+pods' demand the fetchers hold, the gateways' held-requests annotations and the demand history in the
+observation; its decision sets the replicas rendered, ``status.autoscaling`` and the ``ScalingActive`` condition,
+and is handed back in ``Plan.scaling`` (the operator keeps the history it returns and sets the metrics from it).
+
 The effective spec is computed here, once per pass: the LLMService validated, the values derived from the hub
 model (``sizing.py``), the storage pre-flight against the Node facts, the rollout strategy in effect.
 """
@@ -23,8 +28,8 @@ import kopf
 from pydantic import ValidationError
 
 from kubellm.quantity import format_bytes
-from kubellm_operator import policy, render
-from kubellm_operator.api import LLMService, LLMServiceSpec, LoadingStatus, StoragePlan
+from kubellm_operator import autoscale, policy, render
+from kubellm_operator.api import AutoscalingSpec, LLMService, LLMServiceSpec, LoadingStatus, StoragePlan
 from kubellm_operator.children import (
     ChildPlan,
     Refusal,
@@ -32,7 +37,7 @@ from kubellm_operator.children import (
     plan_child,
     with_applied_hash,
 )
-from kubellm_operator.fetchers import LoadzRequest, Request
+from kubellm_operator.fetchers import DemandAnswer, DemandRequest, LoadzRequest, Request
 from kubellm_operator.modelplan import (
     LOADING_REFRESH_S,
     HubAnswer,
@@ -97,6 +102,7 @@ class Plan:
     model_hold: str | None = None  # the hub refused the model (kubellm_operator.modelplan)
     model_pending: bool = False  # the hub model's first resolution is under way
     recheck_s: float | None = None  # pods are loading: no event marks a download's progress, so look again then
+    scaling: autoscale.Plan | None = None  # spec.autoscaling's decision of this pass
 
     @property
     def writes(self) -> tuple[ChildPlan, ...]:
@@ -162,15 +168,24 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
     model_hold = model.hold if model is not None else None
     pending = model.pending if model is not None else None
 
+    # spec.autoscaling: the replicas from the demand (decided once per pass; the re-plan after writes keeps it).
+    scaling: autoscale.Plan | None = None
+    rolls_out = llms is not None and invalid is None and not_allowed is None and model_hold is None and pending is None
+    if rolls_out and llms is not None and llms.spec.autoscaling is not None:
+        scaling = observation.scaled
+        if scaling is None:
+            scaling, demand_wanted = _scaling(llms.spec.autoscaling, obj, observation, now)
+            fetches += demand_wanted
+
     # The children: rendered, adopted, stamped, and planned against what the watch holds.
     children: list[ChildPlan] = []
     print_: str | None = None
-    if llms is not None and invalid is None and not_allowed is None and model_hold is None and pending is None:
+    if rolls_out and llms is not None:
         rendered = render.render(
             llms,
             image_default=config.inference_image,
             gpu_image_default=config.gpu_inference_image,
-            replicas=0 if held is not None else None,
+            replicas=0 if held is not None else scaling.desired if scaling is not None else None,
             storage=storage_plan,
             rollout=rollout,
         )
@@ -206,12 +221,18 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
         loading, loadz_wanted = _loading(pods, observation)
     fetches += loadz_wanted
     raw_replicas = (obj.get("spec") or {}).get("replicas", 1)
+    if scaling is not None:
+        replicas = scaling.desired
+    elif llms is not None:
+        replicas = llms.spec.fixed_replicas()
+    else:
+        replicas = raw_replicas if isinstance(raw_replicas, int) else 0
     problem = None
     if model is not None and model.status is not None and model.status.error and model_hold is None:
         problem = ("HubUnreachable", model.status.error)
     seen = Observed(
         generation=generation,
-        desired=llms.spec.replicas if llms is not None else raw_replicas if isinstance(raw_replicas, int) else 0,
+        desired=replicas,
         deployment=deployment,
         pods=pods,
         storage=storage,
@@ -230,6 +251,8 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
         loading=loading,
         not_allowed=not_allowed,
         exposure=(llms.spec.service.type, llms.spec.auth is not None) if llms is not None else None,
+        autoscaling=scaling.status if scaling is not None else None,
+        scaling=scaling.condition if scaling is not None else None,
     )
     stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     status = compute_status(seen, previous, stamp)
@@ -239,6 +262,14 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
     loading_pods = (
         invalid is None and not_allowed is None and model_hold is None and pending is None and pods_loading(pods)
     )
+    recheck = LOADING_REFRESH_S if loading_pods else None
+    if scaling is not None and (pods or scaling.held or scaling.desired):
+        # Demand moves without an event: looked at again while there are pods (or held requests) to scale.
+        recheck = min(recheck or autoscale.PERIOD_S, autoscale.PERIOD_S)
+        if scaling.asked is not None and scaling.asked != scaling.desired:  # once a pass: the last plan's logs
+            decision = scaling.decision
+            line = f"LLMService {namespace}/{name}: replicas {scaling.asked} -> {scaling.desired}"
+            logs += ((logging.INFO, f"{line} ({decision.reason}: {decision.message})"),)
     return Plan(
         children=tuple(planned),
         fingerprint=print_,
@@ -255,8 +286,47 @@ def plan(observation: Observation, previous_status: Mapping[str, Any] | None, no
         held=held,
         model_hold=model_hold[1] if model_hold is not None else None,
         model_pending=pending is not None,
-        recheck_s=LOADING_REFRESH_S if loading_pods else None,
+        recheck_s=recheck,
+        scaling=scaling,
     )
+
+
+def _scaling(
+    settings: AutoscalingSpec, obj: Mapping[str, Any], observation: Observation, now: datetime.datetime
+) -> tuple[autoscale.Plan, list[Request]]:
+    """The autoscaler's decision from the demand the fetchers hold for the running pods, the gateways'
+    held-requests annotations and the history; and the demand reads to ask for (absent or older than the period).
+
+    A running pod whose demand has no answer yet counts as not known (a Ready one is then a missing signal: no
+    scale-down on a guess)."""
+    demand: dict[str, float | None] = {}
+    wanted: list[Request] = []
+    for pod in observation.pods:
+        if not autoscale.is_running(pod):
+            continue
+        metadata = pod.get("metadata") or {}
+        request = DemandRequest(f"{metadata.get('namespace')}/{metadata.get('name')}", str(metadata.get("uid")))
+        held = observation.held(request)
+        answer = held.answer if held is not None and isinstance(held.answer, DemandAnswer) else None
+        demand[str(metadata.get("name"))] = answer.demand if answer is not None else None
+        if request not in observation.fetching and (held is None or held.age_s >= autoscale.PERIOD_S):
+            wanted.append(request)
+    deployment = observation.children.get("Deployment")
+    asked = ((deployment or {}).get("spec") or {}).get("replicas") if deployment is not None else None
+    planned = autoscale.plan(
+        autoscale.Observation(
+            settings=settings,
+            asked=asked if isinstance(asked, int) and not isinstance(asked, bool) else None,
+            pods=observation.pods,
+            demand_by_pod=demand,
+            annotations=(obj.get("metadata") or {}).get("annotations") or {},
+            history=observation.scaling_history,
+            previous=(obj.get("status") or {}).get("autoscaling"),
+            now=now.timestamp(),
+            now_text=now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+    )
+    return planned, wanted
 
 
 def _adopt(child: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,9 @@ written; that second plan writes no child.
 
 Every pass runs from one work queue (:mod:`workqueue`): Kopf's create/update/resume handlers only queue the
 LLMService (a spec change), and so do the watches of what kubellm depends on (its children, their pods, Nodes,
-kubelet summaries) and the answers of the background fetchers (:mod:`fetchers`: hub resolution and the pods'
-``/loadz``, whose addresses tenants choose, never run on a pass). One retry policy decides when a failing
+kubelet summaries, the gateways' held-requests annotations) and the answers of the background fetchers
+(:mod:`fetchers`: hub resolution, the pods' ``/loadz`` and their demand for ``spec.autoscaling``, whose addresses
+tenants choose, never run on a pass). One retry policy decides when a failing
 LLMService is tried again.
 """
 
@@ -29,17 +30,19 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from kubellm_operator import autoscale
 from kubellm_operator.api import LLMServiceSpec
 from kubellm_operator.children import CHILD_KINDS, Refusal
 from kubellm_operator.cluster import Cluster, retry_after_seconds
 from kubellm_operator.config import OperatorSettings
 from kubellm_operator.execute import Executor, is_transient
-from kubellm_operator.fetchers import Fetchers, LoadzRequest
+from kubellm_operator.fetchers import DemandRequest, Fetchers, LoadzRequest
 from kubellm_operator.metrics import ERROR, OperatorMetrics
 from kubellm_operator.modelplan import (
     HOLD_RETRY_S,
     HubAnswer,
     HubRequest,
+    demand_fetcher,
     loadz_fetcher,
     resolve_hub,
     secret_token_reader,
@@ -90,12 +93,17 @@ class Operator:
             timeout_s=settings.hub_deadline_s, policy=settings.hub_policy, allowed_endpoints=settings.hub_endpoints
         )
         self.fetch_loadz = loadz_fetcher(settings.pod_policy, deadline_s=settings.loadz_deadline_s)
+        self.fetch_demand = demand_fetcher(settings.pod_policy)
+        # spec.autoscaling's demand history per LLMService (in memory: after a restart the first scale-down window
+        # holds the replicas where they are, see autoscale.decide).
+        self._scaling_history: dict[Key, tuple[autoscale.Sample, ...]] = {}
         self.config = PlanConfig.from_settings(settings)
         self.view = WatchView()
         self.executor = Executor(cluster, self.view, metrics)
         self.fetchers = Fetchers(
             hub=self._resolve_hub,
             loadz=self._read_loadz,
+            demand=self._read_demand,
             notify=self.trigger,
             workers=settings.fetch_workers,
             hub_deadline_s=settings.hub_deadline_s,
@@ -116,9 +124,11 @@ class Operator:
                 self._known.discard(key)
                 self._posted.pop(key, None)
                 self._storage_basis.pop(key, None)
+                self._scaling_history.pop(key, None)
         if not exists:
             self.fetchers.forget(key)
-            self.metrics.set_phase(*key, None)
+            self.metrics.set_status(*key, None)
+            self.metrics.set_autoscaling(*key, None)
             self.retry.reset(key)
 
     def watched(self) -> None:
@@ -206,6 +216,13 @@ class Operator:
                 return self.fetch_loadz(pod)
         return None
 
+    def _read_demand(self, key: Key, request: DemandRequest) -> float | None:
+        """A fetcher's demand job (spec.autoscaling): the pod's /metrics, as the watch holds the pod now."""
+        for pod in self.view.pods(key):
+            if str((pod.get("metadata") or {}).get("uid")) == request.uid:
+                return self.fetch_demand(pod)
+        return None
+
     # The pass ---------------------------------------------------------------------------------------------
 
     def converge(self, namespace: str, name: str, *, announce: bool = False) -> Result:
@@ -244,6 +261,7 @@ class Operator:
         standing = self.retry.standing(key)
         with self._known_lock:
             posted = frozenset(self._posted.get(key, ()))
+            history = self._scaling_history.get(key, ())
         return Observation(
             key=key,
             llmservice=obj,
@@ -256,6 +274,7 @@ class Operator:
             standing=Standing(*standing) if standing is not None else None,
             posted=posted,
             announce=announce,
+            scaling_history=history,
         )
 
     def _converge(self, namespace: str, name: str, *, announce: bool) -> Result:
@@ -266,7 +285,7 @@ class Operator:
         now = datetime.datetime.now(datetime.UTC)
         decided = plan(observation, previous, now)
         if decided.gone or obj is None:
-            self.metrics.set_phase(namespace, name, None)
+            self.metrics.set_status(namespace, name, None)
             with self._known_lock:
                 self._storage_basis.pop(key, None)
             return Result(UNCHANGED)
@@ -279,7 +298,7 @@ class Operator:
             children = {**observation.children, **written}
             refusals = (*decided.refusals, *refused)
             standing = Standing(decided.fingerprint or "", refusals) if refusals else observation.standing
-            observation = dataclasses.replace(observation, children=children, standing=standing)
+            observation = dataclasses.replace(observation, children=children, standing=standing, scaled=decided.scaling)
             again = plan(observation, previous, now)
             extra = [child.kind for child in again.writes if child.kind not in written]
             if extra:
@@ -292,7 +311,20 @@ class Operator:
             elif not decided.model_pending:
                 self._storage_basis.pop(key, None)  # an invalid spec: no node change makes it valid
             self._posted[key] = set(decided.posted)
+        self._scaled(key, decided)
         return _result(decided, tuple(writes))
+
+    def _scaled(self, key: Key, decided: Plan) -> None:
+        """spec.autoscaling's decision recorded, in one place: the history it leaves kept, the metrics set."""
+        scaling = decided.scaling
+        if scaling is None:
+            if not decided.model_pending:  # a pass that decided nothing leaves no stale figures behind
+                self.metrics.set_autoscaling(*key, None)
+            return
+        with self._known_lock:
+            self._scaling_history[key] = scaling.history
+        decision = scaling.decision
+        self.metrics.set_autoscaling(*key, (decision.desired, decision.demand, decision.signal_missing is not None))
 
     # The work queue ---------------------------------------------------------------------------------------
 

@@ -248,8 +248,9 @@ def render_deployment(
     storage: StoragePlan | None = None,
     rollout: tuple[RolloutStrategy, str] | None = None,
 ) -> dict[str, Any]:
-    """The Deployment; `replicas` overrides spec.replicas (the operator holds it at 0 when storage is enforced);
-    `storage` and `rollout` are the storage plan and rollout strategy in effect, when the caller computed them."""
+    """The Deployment; `replicas` overrides spec.replicas (the operator holds it at 0 when storage is enforced, and
+    sets it from load with spec.autoscaling); `storage` and `rollout` are the storage plan and rollout strategy in
+    effect, when the caller computed them."""
     spec = llms.spec
     storage = storage or spec.storage_plan()
     name = llms.metadata.name
@@ -282,7 +283,7 @@ def render_deployment(
         "kind": "Deployment",
         "metadata": _metadata(llms),
         "spec": {
-            "replicas": spec.replicas if replicas is None else replicas,
+            "replicas": spec.fixed_replicas() if replicas is None else replicas,
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": progress_deadline_seconds(llms),
             "selector": {"matchLabels": selector_labels(name)},

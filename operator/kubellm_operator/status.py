@@ -23,6 +23,7 @@ from typing import Any
 from kubellm.modelfiles import HubFailure
 from kubellm.quantity import format_bytes
 from kubellm_operator.api import (
+    AutoscalingStatus,
     Condition,
     ConditionStatus,
     LLMServiceStatus,
@@ -34,6 +35,7 @@ from kubellm_operator.api import (
     ServiceType,
     StorageStatus,
 )
+from kubellm_operator.autoscale import SCALING_ACTIVE
 from kubellm_operator.modelplan import hub_failure_problem
 from kubellm_operator.storage import StorageCheck
 
@@ -298,6 +300,8 @@ class Observed:
     loading: LoadingStatus | None = None  # the not-ready pods' download and load progress
     not_allowed: str | None = None  # why the operator's tenant policy refuses the spec (nothing is applied)
     exposure: tuple[ServiceType, bool] | None = None  # spec.service.type and whether spec.auth is set
+    autoscaling: Mapping[str, Any] | None = None  # status.autoscaling (kubellm_operator.autoscale.plan)
+    scaling: tuple[str, str, str] | None = None  # the ScalingActive condition: (status, reason, message)
 
 
 @dataclass(frozen=True)
@@ -505,13 +509,16 @@ def compute_status(seen: Observed, previous: Mapping[str, Any] | None, now: str)
         verdict = dataclasses.replace(verdict, degraded=(_T, *seen.model_problem))
     old = _previous_conditions(previous)
     conditions = []
-    for kind, (state, reason, message) in (
+    kinds: list[tuple[str, tuple[ConditionStatus, str, str]]] = [
         (READY, verdict.ready),
         (STORAGE_READY, _storage_condition(seen.storage)),
         (PROGRESSING, verdict.progressing),
         (DEGRADED, verdict.degraded),
         (AUTHENTICATED, _authenticated_condition(seen.exposure)),
-    ):
+    ]
+    if seen.scaling is not None:
+        kinds.append((SCALING_ACTIVE, (ConditionStatus(seen.scaling[0]), seen.scaling[1], seen.scaling[2])))
+    for kind, (state, reason, message) in kinds:
         before = old.get(kind) or {}
         flipped = before.get("status") != state.value or not before.get("lastTransitionTime")
         conditions.append(
@@ -537,6 +544,7 @@ def compute_status(seen: Observed, previous: Mapping[str, Any] | None, now: str)
         rollout=RolloutStatus(strategy=seen.rollout[0], reason=seen.rollout[1]) if seen.rollout else None,
         model=seen.model,
         loading=seen.loading if verdict.phase != Phase.ready else None,
+        autoscaling=AutoscalingStatus.model_validate(seen.autoscaling) if seen.autoscaling is not None else None,
         conditions=conditions,
     )
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -961,7 +961,7 @@ class Bench:
 
         def resumed() -> bool:
             # Every LLMService has a phase in the new process's gauge once it has had its first pass.
-            return _metric(operator.health_port, "kubellm_operator_llmservices") >= config.services
+            return _metric(operator.health_port, "kubellm_llmservices") >= config.services
 
         done = await _wait(resumed, 120, interval=0.2, alive=operator.alive)
         await asyncio.sleep(5)

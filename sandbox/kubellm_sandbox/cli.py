@@ -68,12 +68,13 @@ def clean_stale(layout: Layout) -> bool:
     if layout.pid_file.exists() and recorded_pid(layout.pid_file) is None:
         _say(f"kubellm sandbox: cleaning up after a sandbox that is no longer running ({layout.pid_file})")
         found = True
-    if kill_recorded_group(layout.operator_pid_file):
-        _say("kubellm sandbox: stopped a leftover operator process")
-        found = True
+    for what, pid_file in (("operator", layout.operator_pid_file), ("gateway", layout.gateway_pid_file)):
+        if kill_recorded_group(pid_file):
+            _say(f"kubellm sandbox: stopped a leftover {what} process")
+            found = True
     if layout.root.exists() and stop_leftover_processes(layout.root, _say):
         found = True
-    for path in (layout.pid_file, layout.operator_pid_file, layout.state_file):
+    for path in (layout.pid_file, layout.operator_pid_file, layout.gateway_pid_file, layout.state_file):
         path.unlink(missing_ok=True)
     return found
 
@@ -85,8 +86,14 @@ def export_line(layout: Layout) -> str:
 def _print_ready(state: dict[str, Any], layout: Layout) -> None:
     _say(
         f"kubellm sandbox is up: API {state['api_url']} (pid {state['pid']}), node {state['node']}\n"
-        f"  operator, local runner and logs: {layout.logs.resolve()}\n"
-        "  stop it with: kubellm sandbox down"
+        + (
+            f"  gateway (one OpenAI endpoint, model NAMESPACE/NAME): {state['gateway_url']}/v1\n"
+            if state.get("gateway_url")
+            else ""
+        )
+        + f"  operator, gateway, local runner and logs: {layout.logs.resolve()}\n"
+        + (f"  operator metrics: http://{state['operator_metrics']}/metrics\n" if state.get("operator_metrics") else "")
+        + "  stop it with: kubellm sandbox down"
         + (f" --data-dir {layout.root}" if layout.root != DEFAULT_DATA_DIR else "")
     )
     print(export_line(layout), flush=True)
@@ -228,6 +235,10 @@ def status(layout: Layout) -> int:
     operator = recorded_pid(layout.operator_pid_file)
     print(f"sandbox: running (pid {state['pid']}), API {state['api_url']}, node {state['node']}")
     print(f"operator: running (pid {operator})" if operator else f"operator: not running (see {layout.operator_log})")
+    gateway = recorded_pid(layout.gateway_pid_file)
+    if state.get("gateway_url"):
+        running = f"running (pid {gateway}) on {state['gateway_url']}"
+        print(f"gateway: {running}" if gateway else f"gateway: not running (see {layout.gateway_log})")
     print(f"local runner: in the sandbox process; pod logs under {layout.root / 'pods'}")
     print(export_line(layout))
     try:

@@ -153,6 +153,31 @@ def ask(address: str, question: str) -> str:
         return str(json.load(response)["response"])
 
 
+GATEWAY_WAIT_S = 30.0
+
+
+def ask_gateway(gateway_url: str, model: str, question: str) -> str:
+    """The question through the sandbox's gateway (OpenAI chat completions, ``model`` NAMESPACE/NAME), once its
+    watches list the LLMService (bounded wait)."""
+    deadline = time.monotonic() + GATEWAY_WAIT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{gateway_url}/v1/models", timeout=5) as response:
+                if any(m.get("id") == model for m in json.load(response).get("data", [])):
+                    break
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise DemoError(f"the gateway at {gateway_url} did not list {model} within {GATEWAY_WAIT_S:.0f}s")
+        time.sleep(0.5)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}]}).encode()
+    request = urllib.request.Request(
+        f"{gateway_url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return str(json.load(response)["choices"][0]["message"]["content"])
+
+
 def service_address(api: Api, namespace: str, name: str, port: int) -> tuple[str, str]:
     """host:port to ask on: the Service's (forwarded by the sandbox on 127.0.0.1), else a ready pod's own address
     (podIP and the container port, as in a cluster) when the Service port is taken on this machine."""
@@ -221,7 +246,26 @@ def run_sandbox(args: argparse.Namespace) -> int:
     print(f"  A: {answer.strip()}")
     print(f"  ({time.monotonic() - began:.1f}s)")
 
+    gateway_url = state.get("gateway_url")
+    if gateway_url:
+        model = f"{namespace}/{name}"
+        step(f"Asking through the gateway {gateway_url}: POST /v1/chat/completions, model {model}")
+        print(f"  Q: {args.question}")
+        began = time.monotonic()
+        try:
+            answer = ask_gateway(gateway_url, model, args.question)
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
+            raise DemoError(f"no answer through the gateway: {error} (see {layout.gateway_log})") from error
+        print(f"  A: {answer.strip()}")
+        print(f"  ({time.monotonic() - began:.1f}s)")
+
     data_dir_flag = "" if layout.root == cli.DEFAULT_DATA_DIR else f" --data-dir {layout.root}"
+    gateway_hint = (
+        f"\n  curl -sN {gateway_url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        '       -d \'{"model": "default/elastic", "stream": true, "messages": [{"role": "user", "content": "Hi!"}]}\''
+        if gateway_url
+        else ""
+    )
     if args.down_after:
         step("Stopping the sandbox (--down-after)")
         cli.down(layout)
@@ -236,6 +280,7 @@ Try next (the sandbox keeps running):
   curl -s {local}/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{{"model": "{(manifest.get("spec") or {}).get("model", {}).get("name", "")}", "messages": [{{"role": "user", "content": "Hi!"}}]}}'
   kubectl scale llmservice {name} --replicas 2      # a second local inference process
+  kubectl apply -f examples/autoscaled-tiny.yaml    # at zero until a request to the gateway wakes it{gateway_hint}
   kubellm sandbox status{data_dir_flag}
 
 Stop it: make sandbox-down   (or: kubellm sandbox down{data_dir_flag})"""

@@ -17,6 +17,7 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
 # so the storage pre-flight reads real free bytes instead of counting requests.
 OPERATOR_IDENTITY = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "components/kubelet-stats/rbac.yaml")
 OPERATOR_SERVICE_ACCOUNT = ("kubellm-system", "kubellm-operator")
+GATEWAY_SERVICE_ACCOUNT = ("kubellm-system", "kubellm-gateway")
 NODE_REFRESH_S = 30.0
 OPERATOR_STOP_GRACE_S = 15.0
 
@@ -68,6 +70,19 @@ class Layout:
         return self.root / "kubeconfig"
 
     @property
+    def gateway_pid_file(self) -> pathlib.Path:
+        return self.root / "gateway.pid"
+
+    @property
+    def gateway_kubeconfig(self) -> pathlib.Path:
+        """The gateway's: deploy/components/gateway's ServiceAccount."""
+        return self.root / "gateway.kubeconfig"
+
+    @property
+    def gateway_log(self) -> pathlib.Path:
+        return self.logs / "gateway.log"
+
+    @property
     def operator_kubeconfig(self) -> pathlib.Path:
         """The operator's: its ServiceAccount's token (the `kubeconfig` above is the cluster admin's, for you)."""
         return self.root / "operator.kubeconfig"
@@ -89,9 +104,19 @@ def write_pid_file(path: pathlib.Path, pid: int) -> None:
     path.write_text(f"{pid} {process_start_time(pid) or ''}\n")
 
 
-def operator_command(kubeconfig: pathlib.Path) -> list[str]:
-    # No health endpoint: its default port (8080) is often taken on a laptop, and nothing probes it locally.
-    return [kubellm_executable(), "operator", "--kubeconfig", str(kubeconfig), "--health-port", "0"]
+def operator_command(kubeconfig: pathlib.Path, metrics_port: int) -> list[str]:
+    # Not the default port (8080 is often taken on a laptop): a free one on 127.0.0.1, named in sandbox.json, where
+    # a local Prometheus scrapes /metrics (tests/monitoring).
+    return [
+        kubellm_executable(),
+        "operator",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--health-host",
+        "127.0.0.1",
+        "--health-port",
+        str(metrics_port),
+    ]
 
 
 def operator_environment() -> dict[str, str]:
@@ -108,11 +133,32 @@ def operator_environment() -> dict[str, str]:
     return env
 
 
-class OperatorProcess:
-    """`kubellm operator` as a child process in its own process group, restarted with back-off when it exits."""
+def gateway_command(kubeconfig: pathlib.Path, port: int) -> list[str]:
+    # The gateway serves the namespaces LLMServices are applied to here; it listens on 127.0.0.1 only.
+    return [
+        kubellm_executable(),
+        "gateway",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--namespaces",
+        "*",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--identity",
+        "sandbox-gateway",
+    ]
 
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
+
+class ChildProcess:
+    """A kubellm component (`kubellm operator`, `kubellm gateway`) as a child process in its own process group,
+    restarted with back-off when it exits."""
+
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], log: pathlib.Path, pid_file: pathlib.Path
+    ) -> None:
+        self.name, self.command, self.env, self.log, self.pid_file = name, command, env, log, pid_file
         self.process: asyncio.subprocess.Process | None = None
         self._stop = asyncio.Event()
         self.restarts = 0
@@ -121,27 +167,25 @@ class OperatorProcess:
         delay = 1.0
         while not self._stop.is_set():
             began = time.monotonic()
-            with self.layout.operator_log.open("ab") as log:
+            with self.log.open("ab") as log:
                 self.process = await asyncio.create_subprocess_exec(
-                    *operator_command(self.layout.operator_kubeconfig),
-                    env=operator_environment(),
+                    *self.command,
+                    env=self.env,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                     preexec_fn=die_with_parent,
                 )
-            write_pid_file(self.layout.operator_pid_file, self.process.pid)
-            logger.info("operator started (pid %d); log: %s", self.process.pid, self.layout.operator_log)
+            write_pid_file(self.pid_file, self.process.pid)
+            logger.info("%s started (pid %d); log: %s", self.name, self.process.pid, self.log)
             code = await self.process.wait()
-            self.layout.operator_pid_file.unlink(missing_ok=True)
+            self.pid_file.unlink(missing_ok=True)
             if self._stop.is_set():
                 return
             self.restarts += 1
             delay = 1.0 if time.monotonic() - began > 60 else min(delay * 2, 30.0)
-            logger.warning(
-                "operator exited with %s; restarting in %.0fs (see %s)", code, delay, self.layout.operator_log
-            )
+            logger.warning("%s exited with %s; restarting in %.0fs (see %s)", self.name, code, delay, self.log)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)
 
@@ -155,11 +199,27 @@ class OperatorProcess:
         try:
             await asyncio.wait_for(process.wait(), timeout=OPERATOR_STOP_GRACE_S)
         except TimeoutError:
-            logger.warning("operator did not stop within %.0fs; killing it", OPERATOR_STOP_GRACE_S)
+            logger.warning("%s did not stop within %.0fs; killing it", self.name, OPERATOR_STOP_GRACE_S)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
-        self.layout.operator_pid_file.unlink(missing_ok=True)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def operator_process(layout: Layout, metrics_port: int) -> ChildProcess:
+    return ChildProcess(
+        "operator",
+        operator_command(layout.operator_kubeconfig, metrics_port),
+        operator_environment(),
+        layout.operator_log,
+        layout.operator_pid_file,
+    )
+
+
+def gateway_process(layout: Layout, port: int) -> ChildProcess:
+    env = dict(os.environ) | {"PYTHONUNBUFFERED": "1"}
+    command = gateway_command(layout.gateway_kubeconfig, port)
+    return ChildProcess("gateway", command, env, layout.gateway_log, layout.gateway_pid_file)
 
 
 def admin_token(layout: Layout) -> str:
@@ -185,6 +245,27 @@ def install_operator_identity(emulator: Emulator, layout: Layout) -> None:
     )
 
 
+def install_gateway_identity(emulator: Emulator, layout: Layout) -> None:
+    """deploy/components/gateway's ServiceAccount and RBAC, and the gateway's kubeconfig for it (the admin's without
+    a deploy/ folder)."""
+    files = [DEPLOY / "components" / "gateway" / name for name in ("serviceaccount.yaml", "rbac.yaml")]
+    if not all(path.is_file() for path in files):
+        emulator.write_kubeconfig(layout.gateway_kubeconfig, context="kubellm-sandbox")
+        return
+    for path in files:
+        emulator.apply_manifests(path)
+    emulator.write_kubeconfig(
+        layout.gateway_kubeconfig, context="kubellm-sandbox-gateway", service_account=GATEWAY_SERVICE_ACCOUNT
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 def seed_node(emulator: Emulator, name: str, data_dir: pathlib.Path) -> None:
     emulator.seed_node(name, **host.node_fields(data_dir))
     emulator.seed_node_stats(name, **host.stats_fields(data_dir))
@@ -207,6 +288,7 @@ async def serve(
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     with_operator: bool = True,
     runner_settings: dict[str, Any] | None = None,
+    gateway_port: int = 0,
 ) -> None:
     """Runs the sandbox until `stop` is set (or SIGINT/SIGTERM, when `stop` is not given). Raises OSError when
     the API port cannot be bound."""
@@ -226,12 +308,22 @@ async def serve(
             asyncio.create_task(runner.run(stop), name="runner"),
             asyncio.create_task(refresh_node_stats(emulator, node, layout.root, stop), name="node-stats"),
         ]
-        operator = OperatorProcess(layout) if with_operator else None
-        if operator is not None:
-            tasks.append(asyncio.create_task(operator.run(), name="operator"))
+        children: list[ChildProcess] = []
+        gateway_url = operator_metrics = None
+        if with_operator:
+            install_gateway_identity(emulator, layout)
+            port = gateway_port or free_port()
+            metrics_port = free_port()  # kept across the operator's restarts, so a scrape config stays valid
+            children = [operator_process(layout, metrics_port), gateway_process(layout, port)]
+            gateway_url = f"http://127.0.0.1:{port}"
+            operator_metrics = f"127.0.0.1:{metrics_port}"
+        for child in children:
+            tasks.append(asyncio.create_task(child.run(), name=child.name))
         state = {
             "pid": os.getpid(),
             "api_url": emulator.api_url,
+            "gateway_url": gateway_url,
+            "operator_metrics": operator_metrics,
             "kubeconfig": str(layout.kubeconfig.resolve()),
             "node": node,
             "data_dir": str(layout.root.resolve()),
@@ -244,12 +336,11 @@ async def serve(
         try:
             await stop.wait()
         finally:
-            logger.info("stopping the sandbox: pods, operator, API")
+            logger.info("stopping the sandbox: pods, operator and gateway, API")
             stop.set()
             # The runner stops every pod's processes on its way out; the operator goes after, then the API.
             await asyncio.gather(tasks[0], return_exceptions=True)
-            if operator is not None:
-                await operator.stop()
+            await asyncio.gather(*(child.stop() for child in children))
             for task in tasks[1:]:
                 task.cancel()
             await asyncio.gather(*tasks[1:], return_exceptions=True)

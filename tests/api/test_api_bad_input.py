@@ -175,7 +175,17 @@ def test_unworkable_specs_are_problems(spec: dict[str, Any], problem: str) -> No
             "such as hf-token",
         ),
         ({"env": [{"name": "A"}]}, "spec.env[0]: env A: set exactly one of value or valueFrom"),
-        ({"replicas": None}, "spec.replicas: Input should be a valid integer"),
+        ({"replicas": "two"}, "spec.replicas: Input should be a valid integer, unable to parse string as an integer"),
+        (
+            {"replicas": 2, "autoscaling": {"maxReplicas": 3}},
+            "spec.replicas: spec.replicas and spec.autoscaling exclude each other: with autoscaling the operator "
+            "sets the replica count (remove replicas and use autoscaling.minReplicas and maxReplicas; kubectl "
+            "scale and HPAs cannot set it either)",
+        ),
+        (
+            {"autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
+            "spec.autoscaling.minReplicas: minReplicas (4) must not exceed maxReplicas (3)",
+        ),
     ],
 )
 def test_messages_say_what_is_allowed(spec: dict[str, Any], line: str) -> None:

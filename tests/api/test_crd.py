@@ -101,7 +101,8 @@ def test_names_subresources_and_printer_columns() -> None:
         },
     }
     columns = {column["name"]: column for column in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Model", "Ready", "Phase", "Reason", "Progress", "Endpoint", "Age"]
+    assert list(columns) == ["Model", "Ready", "Desired", "Phase", "Reason", "Progress", "Endpoint", "Age"]
+    assert columns["Desired"]["jsonPath"] == ".status.autoscaling.desiredReplicas"
     assert columns["Model"]["jsonPath"] == ".spec.model.name"
     assert columns["Ready"]["jsonPath"] == ".status.ready"
     assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'

@@ -42,8 +42,14 @@ print(json.dumps({
 TOOLING = ["kubellm_emulator", "kubellm_hub", "kubellm_sandbox", "kubellm_tools", "kmock", "pip", "ensurepip"]
 # Per image: (what it must import, what it must not).
 IMAGES = {
-    "operator": (["kubellm.cli", "kubellm_operator.main", "kopf"], ["kubellm_inference", "torch", "transformers"]),
-    "inference": (["kubellm.cli", "kubellm_inference.server", "torch"], ["kubellm_operator", "kopf"]),
+    "operator": (
+        ["kubellm.cli", "kubellm_operator.main", "kopf", "kubellm_gateway.main", "fastapi", "uvicorn", "httpx"],
+        ["kubellm_inference", "torch", "transformers"],
+    ),
+    "inference": (
+        ["kubellm.cli", "kubellm_inference.server", "torch"],
+        ["kubellm_operator", "kubellm_gateway", "kopf"],
+    ),
 }
 
 

@@ -200,3 +200,7 @@ def test_metrics_count_requests_tokens_and_latency(server: RunningServer) -> Non
     assert server.metric("kubellm_requests_total", route="/ask", status="200") == requests_before + 1
     assert 1 <= server.metric("kubellm_generated_tokens_total") - before <= 3
     assert server.metric("kubellm_model_load_seconds") > 0
+    # A server that serves is past its load: its phase is ready (it said "warming up" for good before issue 23).
+    assert server.metric("kubellm_load_phase", phase="ready") == 1
+    assert sum(server.metric("kubellm_load_phase", phase=p) for p in ("starting", "loading", "warming up")) == 0
+    assert server.metric("kubellm_queue_capacity") == server.state.settings.queue_size

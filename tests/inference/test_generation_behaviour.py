@@ -97,6 +97,10 @@ def test_load_failure_shows_on_readiness_and_liveness(tiny_settings: ServerSetti
         message = client.get("/readyz").json()["error"]["message"]
         assert "model load failed" in message and "no-such-model-folder" in message
         assert server.state.engine.state.value == "failed"
+        # The load's phase says so too, on /loadz and in the metrics (one source: the engine writes the progress).
+        assert client.get("/loadz").json()["phase"] == "failed"
+        assert server.metric("kubellm_load_phase", phase="failed") == 1
+        assert server.metric("kubellm_load_phase", phase="warming up") == 0
 
 
 def test_full_queue_answers_429_with_retry_after(tiny_settings: ServerSettings) -> None:

@@ -1,0 +1,51 @@
+"""``kubellm gateway``: run the gateway (uvicorn) with its watches, until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+
+import uvicorn
+
+from kubellm_gateway.app import create_app
+from kubellm_gateway.config import GatewaySettings, SettingsError, load_settings
+
+logger = logging.getLogger("kubellm.gateway")
+
+
+async def serve(settings: GatewaySettings, sock: socket.socket) -> None:
+    config = uvicorn.Config(
+        create_app(settings), log_level=settings.log_level.lower(), lifespan="on", timeout_graceful_shutdown=30
+    )
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"kubellm gateway: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO (each watch, each relayed answer): the gateway's own lines say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        print(f"kubellm gateway: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
+    where = "every namespace" if settings.clusterwide else "namespaces " + ",".join(settings.namespaces)
+    # The port on stdout, alone on its line: `kubellm sandbox up` reads it when it asked for a free one.
+    print(f"kubellm gateway listening on {settings.host}:{port}, serving {where}", flush=True)
+    try:
+        asyncio.run(serve(settings, sock))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0
