@@ -175,6 +175,30 @@ class Cluster:
         )
         return _loads(response)
 
+    def list_pods(self, namespace: str | None, *, limit: int, continue_token: str | None) -> dict[str, Any]:
+        """One page of the pods of a namespace (None: of the cluster), at the first page's revision."""
+        options: dict[str, Any] = {"limit": limit, "_preload_content": False, "_request_timeout": self.timeout}
+        if continue_token:
+            options["_continue"] = continue_token
+        if namespace is None:
+            return _loads(self.core.list_pod_for_all_namespaces(**options))
+        return _loads(self.core.list_namespaced_pod(namespace, **options))
+
+    def watch_pods(self, namespace: str | None, *, resource_version: str, timeout_s: int) -> Any:
+        """A watch of pods from ``resource_version`` with bookmarks, as the raw streaming response (the server ends
+        it after ``timeout_s``; the read timeout leaves it ``self.timeout`` more)."""
+        options: dict[str, Any] = {
+            "watch": True,
+            "resource_version": resource_version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout_s,
+            "_preload_content": False,
+            "_request_timeout": (self.timeout, timeout_s + self.timeout),
+        }
+        if namespace is None:
+            return self.core.list_pod_for_all_namespaces(**options)
+        return self.core.list_namespaced_pod(namespace, **options)
+
     def served_resources(self, group: str, version: str) -> list[str]:
         """The resource names discovery lists for ``group/version`` (raises ApiException 404 when none)."""
         listing = _loads(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from enum import StrEnum
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes, parse_quantity
-from kubellm_operator.api import ServiceType
+from kubellm_operator.api import DNS_LABEL, ServiceType
 from kubellm_operator.egress import EgressPolicy, base_url_problem, endpoint_key
 from kubellm_operator.leader import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S
 from kubellm_operator.policy import TenantPolicy, image_allowed
@@ -209,6 +210,18 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, list | tuple):
             names = [str(v).strip() for v in value if str(v).strip()]
             return [] if ALL_NAMESPACES in names else names
+        return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespace_names(cls, value: list[str]) -> list[str]:
+        # Names, not Kopf's patterns: the storage count's pod watches open one watch per namespace (podwatch.py).
+        for name in value:
+            if len(name) > 63 or not re.fullmatch(DNS_LABEL, name):
+                raise ValueError(
+                    f"{name!r} is not a namespace name (a DNS label such as team-a; patterns are not "
+                    "supported: list the namespaces, or '*' for all)"
+                )
         return value
 
     @field_validator(

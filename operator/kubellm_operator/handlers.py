@@ -7,11 +7,12 @@ reconciles or raises for Kopf to retry.
   The LLMServices are a ``kopf.index`` too: a pass reads its LLMService from there, never from the API.
 - Nodes: a ``kopf.index`` of :class:`NodeFacts`; a Node change that changes its facts (not a heartbeat) re-runs
   every LLMService's storage pre-flight in memory and queues only those whose verdict or shown figures changed.
-- Pods: a ``kopf.index`` of the ephemeral-storage requests of the pods bound to each node (the pre-flight counts
-  free space as the scheduler does).
 - Deployments, Services and Pods labelled as kubellm's: a change queues a pass over their LLMService, which
-  restores a hand-edited or deleted child and recomputes the status from the workload. The Deployment and Service
-  watches carry a server-side label selector (kubellm's objects only); the Pod watch cannot (see ``configure``).
+  restores a hand-edited or deleted child and recomputes the status from the workload. The three watches carry a
+  server-side label selector (kubellm's objects only).
+- Every pod's ephemeral-storage request (the pre-flight counts free space as the scheduler does, so that watch
+  cannot be filtered) comes from the slim pod watches of :mod:`podwatch`, outside Kopf; ``configure`` holds Kopf
+  back until their first listing is in.
 
 Every watch event also tells the health endpoint that the watches make progress.
 All handlers are synchronous: Kopf runs them in threads, and the kubernetes client they call is synchronous.
@@ -34,7 +35,6 @@ from kubellm_operator.cluster import connection_info
 from kubellm_operator.reconcile import Operator
 from kubellm_operator.render import SELECTOR_LABEL
 from kubellm_operator.storage import NodeFacts, node_facts
-from kubellm_operator.views import pod_use
 from kubellm_operator.workqueue import Key
 
 logger = logging.getLogger("kubellm.operator")
@@ -42,6 +42,8 @@ logger = logging.getLogger("kubellm.operator")
 LLMSERVICES = (GROUP, VERSION, PLURAL)
 OWNED = {SELECTOR_LABEL: kopf.PRESENT}
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"))
+POD_RESOURCE = ("", "v1", "pods")
+POD_LIST_WAIT_S = 30.0  # configure's wait for the first pod listing, before Kopf retries it
 PROGRESS_PREFIX = GROUP  # Kopf's bookkeeping annotations: kubellm.dev/..., not kopf.zalando.org/...
 WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch request after this; Kopf re-opens it
 
@@ -101,13 +103,17 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         settings.networking.enforce_retry_after = True
         # The resources are known up front; scanning for new CRDs would need list/watch on CRDs and namespaces.
         settings.scanning.disabled = True
-        # Deployments and Services: kubellm's own only, filtered by the apiserver (a handler's labels= filters on
-        # the client, after every object of the cluster was listed and streamed). Pods stay unfiltered: Kopf keeps
-        # one watch per resource, and the storage pre-flight counts the ephemeral-storage requests of every pod
-        # bound to a node, as the scheduler does; a filtered pod watch would count kubellm's pods only and call
-        # a node full of other pods free. Foreign pods cost memory and a handler call per event (docs/operator.md).
-        for resource in CHILD_RESOURCES:
+        # Deployments, Services and Pods: kubellm's own only, filtered by the apiserver (a handler's labels=
+        # filters on the client, after every object of the cluster was listed and streamed). The storage count of
+        # every pod is podwatch's, which holds three fields of a pod where Kopf would hold the whole object.
+        for resource in (*CHILD_RESOURCES, POD_RESOURCE):
             settings.watching.label_selectors[resource] = SELECTOR_LABEL
+        # No pass before the storage count has every pod: Kopf starts no watch (so queues no pass) before the
+        # startup handlers are done.
+        if not op.pods.synced.wait(POD_LIST_WAIT_S):
+            raise kopf.TemporaryError(
+                f"the pods are not listed yet ({op.pods.health(0) or 'listing'}); waiting", delay=1
+            )
         # Read the kubelet summaries before the first reconcile, so a restart computes the same status as before.
         if op.settings.summary_refresh_s > 0:
             try:
@@ -128,11 +134,6 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeFacts]:
         return {name: node_facts(body)}
 
-    @kopf.index("pods", registry=registry, id="pod_index")
-    def pod_index(body: kopf.Body, **_: Any) -> dict[str, tuple[str, int]] | None:
-        use = pod_use(body)
-        return None if use is None else {use[0]: use[1]}
-
     # kubellm's children and pods as the watches hold them: a pass reads these, not the API (issue 13).
     @kopf.index(*CHILD_RESOURCES[0], labels=OWNED, registry=registry, id="deployment_index")
     @kopf.index(*CHILD_RESOURCES[1], labels=OWNED, registry=registry, id="service_index")
@@ -145,7 +146,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def llmservice_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
         return {(namespace or "default", name): held(body)}
 
-    @kopf.index("", "v1", "pods", labels=OWNED, registry=registry, id="llmservice_pods")
+    @kopf.index(*POD_RESOURCE, labels=OWNED, registry=registry, id="llmservice_pods")
     def llmservice_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
         return {(namespace or "default", str(labels[SELECTOR_LABEL])): held_pod(body)}
 
@@ -155,7 +156,6 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         # sees every node and pod, never an empty node book ("no nodes are visible").
         if not op.view.attached:
             op.nodes.replace(kwargs["node_index"])
-            op.nodes.replace_pods(kwargs["pod_index"])
             children = {
                 "Deployment": kwargs["deployment_index"],
                 "Service": kwargs["service_index"],
@@ -169,7 +169,7 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
         attach(kwargs)
         node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
         # A heartbeat changes no NodeFacts: nothing to re-evaluate (issue 13: an idle cluster queues no pass).
-        if op.nodes.replace(node_index) | op.nodes.replace_pods(kwargs["pod_index"]):
+        if op.nodes.replace(node_index):
             op.nodes_changed()
 
     held_seen: dict[Key, tuple[tuple[str, str], ...]] = {}
@@ -197,7 +197,6 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def reconcile(namespace: str | None, name: str, reason: str, **kwargs: Any) -> None:
         attach(kwargs)
         op.nodes.replace(kwargs["node_index"])
-        op.nodes.replace_pods(kwargs["pod_index"])
         op.spec_changed((namespace or "default", name), announce=reason == kopf.Reason.RESUME)
 
     def child_event(kind: str, namespace: str | None, name: str, body: kopf.Body, kwargs: Mapping[str, Any]) -> None:
@@ -220,14 +219,10 @@ def register(registry: kopf.OperatorRegistry, op: Operator, config: kubernetes.c
     def service_changed(namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
         child_event("Service", namespace, name, body, kwargs)
 
-    @kopf.on.event("", "v1", "pods", registry=registry, id="pod_changed")
+    @kopf.on.event(*POD_RESOURCE, labels=OWNED, registry=registry, id="pod_changed")
     def pod_changed(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
         op.watched()
         attach(kwargs)
         owner = labels.get(SELECTOR_LABEL)
         if namespace and owner:
             op.trigger((namespace, owner))
-        if op.nodes.replace_pods(kwargs["pod_index"]):
-            # A pod was bound or finished: node storage taken or freed may change the pre-flight of other
-            # LLMServices; those whose verdict or shown figures change are queued.
-            op.nodes_changed()

@@ -25,6 +25,7 @@ from kubellm_operator.config import LogFormat, OperatorSettings, SettingsError, 
 from kubellm_operator.handlers import register
 from kubellm_operator.leader import LeaderElector
 from kubellm_operator.metrics import OperatorMetrics, start_health_server
+from kubellm_operator.podwatch import PodWatch
 from kubellm_operator.reconcile import Operator
 from kubellm_operator.startup import Readiness, resource_served, wait_until_served
 
@@ -55,9 +56,10 @@ def configure_logging(settings: OperatorSettings) -> None:
 
 @contextmanager
 def background(op: Operator) -> Iterator[None]:
-    """The work-queue thread, the storage re-evaluation thread and the kubelet-summary refresher thread, stopped
-    on exit."""
+    """The work-queue thread, the storage re-evaluation thread, the kubelet-summary refresher thread and the pod
+    watches of the storage count (one per watched scope), stopped on exit."""
     stop = threading.Event()
+    watches = [PodWatch(op.cluster, op.pods, scope, watched=op.watched) for scope in op.pods.scopes]
 
     def refresh() -> None:
         while not stop.wait(op.settings.summary_refresh_s):
@@ -78,12 +80,18 @@ def background(op: Operator) -> Iterator[None]:
     ]
     if op.settings.summary_refresh_s > 0:
         threads.append(threading.Thread(target=refresh, name="kubellm-summaries", daemon=True))
+    threads += [
+        threading.Thread(target=watch.run, args=(stop,), name=f"kubellm-pods-{scope or 'all'}", daemon=True)
+        for watch, scope in zip(watches, op.pods.scopes, strict=True)
+    ]
     for thread in threads:
         thread.start()
     try:
         yield
     finally:
         stop.set()
+        for watch in watches:
+            watch.close()
         op.queue.close()
         op.fetchers.close()
         for thread in threads:

@@ -49,6 +49,7 @@ from kubellm_operator.modelplan import (
 )
 from kubellm_operator.observe import Observation, PlanConfig, Standing
 from kubellm_operator.plan import CHANGED, INVALID, NOT_ALLOWED, REFUSED, UNCHANGED, WAITING, Plan, plan
+from kubellm_operator.podwatch import PodTally
 from kubellm_operator.resolve import ModelResolver
 from kubellm_operator.status import storage_view
 from kubellm_operator.storage import StorageCheck, check_storage
@@ -79,6 +80,8 @@ class Operator:
         self.cluster = cluster
         self.metrics = metrics
         self.nodes = NodeBook()
+        # Every pod's ephemeral-storage request, from the slim pod watches (podwatch.py) that main.background runs.
+        self.pods = PodTally([None] if settings.clusterwide else list(settings.namespaces), self._pods_changed)
         self.locks = KeyedLocks()
         self.queue = WorkQueue()
         self.retry = RetryPolicy(cap=settings.retry_max_s)
@@ -165,6 +168,12 @@ class Operator:
         thread coalesces bursts, such as a Deployment's pods being bound, into one sweep)."""
         self.storage_dirty.set()
 
+    def _pods_changed(self, index: Mapping[str, list[tuple[str, int]]]) -> None:
+        # A pod was bound, finished or deleted: node storage taken or freed may change the pre-flight of other
+        # LLMServices; those whose verdict or shown figures change are queued.
+        if self.nodes.replace_pods(index):
+            self.nodes_changed()
+
     def reevaluate_storage(self) -> list[Key]:
         """Re-run the storage pre-flight of every LLMService in memory against the current nodes, and queue those
         whose verdict or shown figures changed (issue 13: a heartbeat or a kubelet summary's jitter queues none;
@@ -198,6 +207,8 @@ class Operator:
             if running > stall:
                 return f"a reconcile pass has been running for {running:.0f}s (--stall-after-s {stall:g})"
         watch_stall = self.settings.watch_stall_after_s
+        if watch_stall > 0 and (stale := self.pods.health(watch_stall)) is not None:
+            return stale
         if watch_stall > 0 and now - self.last_watch_event > watch_stall:
             return (
                 f"no watch event for {now - self.last_watch_event:.0f}s (--watch-stall-after-s {watch_stall:g}); "

@@ -93,6 +93,7 @@ class ObjectStore:
         self._resource_version = 0
         self._log: list[WatchEvent] = []
         self._log_limit = event_log_limit
+        self._compacted = 0  # revisions before this one are gone (compact())
         self._listeners: list[Callable[[], None]] = []
         # Schema admission of custom resources and the built-in validation of every kind (None switches both off).
         self.admission: Admission | None = self._admit
@@ -140,6 +141,18 @@ class ObjectStore:
         """The events of one resource after `resource_version`, and the resourceVersion they bring a watcher to."""
         with self._lock:
             return self.events_after(resource_version, storage), self._resource_version
+
+    def compact(self) -> None:
+        """etcd's compaction at the current revision (the apiserver asks for one every 5 minutes): a watch or a
+        paged list from any older revision is 410 Expired from now on, and the client must list again."""
+        with self._lock:
+            self._log.clear()
+            self._compacted = self._resource_version
+
+    def _oldest_revision(self) -> int:
+        """The oldest revision a watch may start from (its events are all still in the log)."""
+        from_log = self._log[0].resource_version - 1 if self._log else 0
+        return max(from_log, self._compacted)
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener` is called (under the lock, from the writing thread) after every committed change."""
@@ -201,8 +214,9 @@ class ObjectStore:
                         "retryAfterSeconds": 1,
                     },
                 )
-            if self._log and resource_version < self._log[0].resource_version - 1:
-                raise errors.gone(f"too old resource version: {resource_version} ({self._log[0].resource_version - 1})")
+            oldest = self._oldest_revision()
+            if resource_version < oldest:
+                raise errors.gone(f"too old resource version: {resource_version} ({oldest})")
             storage = storage_key(rtype.group, rtype.plural)
             state = {(key[2], key[3]): obj for key, obj in self._objects.items() if key[:2] == storage}
             for event in reversed(self._log):
@@ -224,8 +238,9 @@ class ObjectStore:
 
     def events_after(self, resource_version: int, storage: tuple[str, str]) -> list[WatchEvent]:
         with self._lock:
-            if self._log and resource_version < self._log[0].resource_version - 1:
-                raise errors.gone(f"too old resource version: {resource_version} ({self._log[0].resource_version})")
+            oldest = self._oldest_revision()
+            if resource_version < oldest:
+                raise errors.gone(f"too old resource version: {resource_version} ({oldest + 1})")
             # The log is ordered by resourceVersion: bisect instead of a scan for long runs.
             low, high = 0, len(self._log)
             while low < high:

@@ -57,6 +57,7 @@ def test_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--allowed-hub-endpoints", "https://hub.example/x?y#z"], "--allowed-hub-endpoints .*bare base URL"),
         (["--lease-duration-s", "5"], "--retry-period-s < --renew-deadline-s < --lease-duration-s"),
         (["--leader-election-name", "Not A Name"], "--leader-election-name"),
+        (["--namespaces", "team-a,team-*"], "--namespaces .*'team-\\*' is not a namespace name"),
     ],
 )
 def test_bad_settings_name_the_field(argv: list[str], named: str) -> None:
