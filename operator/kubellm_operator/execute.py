@@ -79,6 +79,11 @@ class Executor:
         actual: Mapping[str, Any] | None = plan.live
         try:
             if plan.create:
+                if not self._owner_watched(namespace, name, owner_uid):
+                    # Deleted while this pass ran (the watch delivered it since the pass observed): a child created
+                    # now would only be garbage-collected again. No request: the watch says so.
+                    logger.debug("%s: not created, its LLMService is being deleted", what)
+                    return None, None
                 if self.view.vanished(key) and not self.cluster.llmservice_exists(namespace, name, owner_uid):
                     # The garbage collector took the child after its LLMService: not created again.
                     logger.debug("%s: not re-created, its LLMService is gone", what)
@@ -113,6 +118,13 @@ class Executor:
             logger.warning("%s", refused.message)
             return plan.live, refused
         return actual, None
+
+    def _owner_watched(self, namespace: str, name: str, owner_uid: str | None) -> bool:
+        """Whether the LLMService, as the watch holds it now, is still the one the pass planned for and not being
+        deleted."""
+        current = self.view.child(("LLMService", namespace, name))
+        metadata = (current or {}).get("metadata") or {}
+        return current is not None and metadata.get("uid") == owner_uid and not metadata.get("deletionTimestamp")
 
     def _taken(self, plan: ChildPlan, owner_uid: str | None) -> tuple[Mapping[str, Any] | None, Refusal | None]:
         """The create found the name taken: one read (bounded by the API timeout) says by whom. The object is
