@@ -12,8 +12,10 @@ import os
 import re
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from kubellm.settings import load, settings_parser
 
 ENV_PREFIX = "KUBELLM_GATEWAY_"
 ALL_NAMESPACES = "*"
@@ -85,35 +87,16 @@ class GatewaySettings(BaseSettings):
         return self.namespaces == [ALL_NAMESPACES]
 
 
-class SettingsError(ValueError):
-    """The configuration is invalid; the message names each bad field and how to set it."""
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    return settings_parser(
+        GatewaySettings,
         prog="kubellm gateway",
         description="Run kubellm's gateway: one OpenAI endpoint for the LLMServices of the namespaces it serves. "
         "Every flag can also be set as KUBELLM_GATEWAY_<FLAG>.",
+        env_prefix=ENV_PREFIX,
     )
-    for name, info in GatewaySettings.model_fields.items():
-        env = ENV_PREFIX + name.upper()
-        parser.add_argument(_flag(name), dest=name, metavar=name.upper(), help=f"{info.description} (env {env})")
-    return parser
 
 
 def load_settings(argv: list[str] | None = None) -> GatewaySettings:
     """Environment plus flags, validated; raises :class:`SettingsError` with a readable message."""
-    arguments = vars(build_parser().parse_args(argv or []))
-    overrides = {k: v for k, v in arguments.items() if v is not None}
-    try:
-        return GatewaySettings(**overrides)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            field = ".".join(str(p) for p in error["loc"]) or "settings"
-            lines.append(f"  {_flag(field)} / {ENV_PREFIX}{field.upper()}: {error['msg']}")
-        raise SettingsError("invalid gateway settings:\n" + "\n".join(lines)) from None
+    return load(GatewaySettings, build_parser(), argv, env_prefix=ENV_PREFIX, what="gateway")

@@ -9,8 +9,9 @@ import sys
 
 import uvicorn
 
+from kubellm.settings import SettingsError
 from kubellm_gateway.app import create_app
-from kubellm_gateway.config import GatewaySettings, SettingsError, load_settings
+from kubellm_gateway.config import GatewaySettings, load_settings
 
 logger = logging.getLogger("kubellm.gateway")
 

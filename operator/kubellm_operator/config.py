@@ -14,10 +14,11 @@ import socket
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubellm.quantity import format_bytes, parse_quantity
+from kubellm.settings import flag, load, settings_parser
 from kubellm_operator.api import DNS_LABEL, ServiceType
 from kubellm_operator.egress import EgressPolicy, base_url_problem, endpoint_key
 from kubellm_operator.leader import LEASE_DURATION_S, RENEW_DEADLINE_S, RETRY_PERIOD_S
@@ -266,7 +267,7 @@ class OperatorSettings(BaseSettings):
         ):
             if not image_allowed(image, self.allowed_image_prefixes):
                 raise ValueError(
-                    f"{_flag(field)} {image} is outside --allowed-image-prefixes "
+                    f"{flag(field)} {image} is outside --allowed-image-prefixes "
                     f"({','.join(self.allowed_image_prefixes)}); add its prefix or change the image"
                 )
         return self
@@ -369,43 +370,15 @@ class OperatorSettings(BaseSettings):
         )
 
 
-class SettingsError(ValueError):
-    """The configuration is invalid; the message names each bad field and how to set it."""
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    return settings_parser(
+        OperatorSettings,
         prog="kubellm operator",
         description="Run the kubellm operator (Kopf). Every flag can also be set as KUBELLM_OPERATOR_<FLAG>.",
+        env_prefix=ENV_PREFIX,
     )
-    for name, info in OperatorSettings.model_fields.items():
-        env = ENV_PREFIX + name.upper()
-        help_text = f"{info.description} (env {env}; default {info.get_default(call_default_factory=True)!r})"
-        if info.annotation is bool:
-            parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(_flag(name), dest=name, metavar=name.upper(), help=help_text)
-    return parser
 
 
 def load_settings(argv: list[str] | None = None) -> OperatorSettings:
     """Environment plus flags, validated; raises :class:`SettingsError` with a readable message."""
-    arguments = vars(build_parser().parse_args(argv or []))
-    overrides = {k: v for k, v in arguments.items() if v is not None}
-    try:
-        return OperatorSettings(**overrides)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            message = error["msg"].removeprefix("Value error, ")
-            # The item of a list setting is named by the setting itself (a flag has no item syntax).
-            field = next((str(p) for p in error["loc"] if isinstance(p, str)), None)
-            if field is None:  # a rule across settings: its message names them
-                lines.append(f"  {message}")
-            else:
-                lines.append(f"  {_flag(field)} / {ENV_PREFIX}{field.upper()}: {message}")
-        raise SettingsError("invalid operator settings:\n" + "\n".join(lines)) from None
+    return load(OperatorSettings, build_parser(), argv, env_prefix=ENV_PREFIX, what="operator")

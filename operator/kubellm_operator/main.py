@@ -19,9 +19,10 @@ from contextlib import contextmanager, suppress
 import kopf
 import kubernetes.config
 
+from kubellm.settings import SettingsError
 from kubellm_operator.api import GROUP, PLURAL, VERSION
 from kubellm_operator.cluster import Cluster, load_configuration
-from kubellm_operator.config import LogFormat, OperatorSettings, SettingsError, load_settings
+from kubellm_operator.config import LogFormat, OperatorSettings, load_settings
 from kubellm_operator.handlers import register
 from kubellm_operator.leader import LeaderElector
 from kubellm_operator.metrics import OperatorMetrics, start_health_server

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubellm_operator.config import LogFormat, OperatorSettings, SettingsError, load_settings
+from kubellm.settings import SettingsError
+from kubellm_operator.config import LogFormat, OperatorSettings, load_settings
 from kubellm_operator.main import main
 from kubellm_operator.render import DEFAULT_INFERENCE_IMAGE
 

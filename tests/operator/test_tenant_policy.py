@@ -17,8 +17,9 @@ from test_operator_plan import llmservice as plan_llmservice
 from test_operator_plan import observe as plan_observe
 from test_operator_policy import observed
 
+from kubellm.settings import SettingsError
 from kubellm_operator.api import LLMService, ServiceType
-from kubellm_operator.config import OperatorSettings, SettingsError, load_settings
+from kubellm_operator.config import OperatorSettings, load_settings
 from kubellm_operator.plan import plan
 from kubellm_operator.policy import (
     PolicyRefusal,
