@@ -191,8 +191,8 @@ def test_openai_client_wakes_the_example_from_zero_sees_progress_and_it_goes_bac
     )
     status = walkthrough.llms()["status"]
     assert status["autoscaling"]["desiredReplicas"] == 0, status
-    # As `kubectl get llmservices` shows it: the CRD's Desired column at 0.
-    header, row = walkthrough.kubectl("get", "llmservices", "elastic").splitlines()
+    # As `kubectl get llmservices -o wide` shows it: the CRD's Desired column (priority 1: wide only) at 0.
+    header, row = walkthrough.kubectl("get", "llmservices", "elastic", "-o", "wide").splitlines()
     column = header.index("DESIRED")  # kubectl aligns the columns: a value starts where its header does
     assert row.split()[0] == "elastic" and row[column:].split()[0] == "0", (header, row)
     walkthrough.kubectl("delete", "-f", "-", stdin=yaml.safe_dump(example))
