@@ -60,6 +60,7 @@ class PodTally:
 
     def __init__(self, scopes: list[str | None], on_change: Callable[[Mapping[str, list[tuple[str, int]]]], None]):
         self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()
         self._on_change = on_change
         self.scopes = tuple(scopes)
         self._uses: dict[str | None, dict[str, Use]] = {scope: {} for scope in scopes}
@@ -118,7 +119,10 @@ class PodTally:
         return by_node
 
     def _publish(self) -> None:
-        self._on_change(self.index())
+        # One publisher at a time, each reading the index inside: with a watch per namespace, a thread that read
+        # an older index can never hand it over after a newer one.
+        with self._publish_lock:
+            self._on_change(self.index())
 
 
 class PodWatch:
