@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kubernetes
@@ -26,9 +26,8 @@ from kubellm_monitoring.prometheus import LocalPrometheus, scrape_config, write_
 from kubellm_sandbox import cli
 from kubellm_sandbox.processes import free_port
 from kubellm_sandbox.supervisor import Layout
+from kubellm_sandbox.view import GROUP, NAMESPACE, PLURAL, VERSION, SandboxView
 
-GROUP, VERSION, PLURAL = "kubellm.dev", "v1alpha1", "llmservices"
-NAMESPACE = "default"
 SERVING, REFUSED, UNPLACED, ELASTIC = "tiny", "refused", "unplaced", "elastic"
 TAKEN_NODE_PORT = 30555
 OPERATOR_DEPLOYMENT = ROOT / "deploy" / "operator.yaml"
@@ -68,62 +67,17 @@ def pod_address(pod: Mapping[str, Any], container: Mapping[str, Any], port: Mapp
     return f"{(pod.get('status') or {}).get('podIP')}:{port['containerPort']}"
 
 
-class SandboxRun:
+class SandboxRun(SandboxView):
     """A running sandbox, its clients, and the workload's steps."""
 
     def __init__(self, layout: Layout, state: dict[str, Any]) -> None:
-        self.layout = layout
-        self.state = state
-        client = kubernetes.config.new_client_from_config(config_file=str(layout.kubeconfig))
-        self.core = kubernetes.client.CoreV1Api(client)
-        self.custom = kubernetes.client.CustomObjectsApi(client)
+        super().__init__(layout, state)
         self.service_port = free_port()
         self.monitors = list(yaml.safe_load_all(PODMONITORS.read_text()))
-
-    # Reading and waiting ----------------------------------------------------------------------------------------
-
-    def llms(self, name: str) -> dict[str, Any]:
-        obj: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
-        return dict(obj)
 
     def condition(self, name: str, kind: str) -> dict[str, Any]:
         conditions = (self.llms(name).get("status") or {}).get("conditions") or []
         return next((c for c in conditions if c.get("type") == kind), {})
-
-    def pods(self, name: str | None = None) -> list[dict[str, Any]]:
-        selector = f"kubellm.dev/llmservice={name}" if name else "kubellm.dev/llmservice"
-        listing = self.core.list_namespaced_pod(NAMESPACE, label_selector=selector)
-        pods: list[dict[str, Any]] = self.core.api_client.sanitize_for_serialization(listing)["items"]
-        return pods
-
-    def dump(self) -> str:
-        parts = []
-        with contextlib.suppress(Exception):
-            listing: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
-            for item in listing["items"]:
-                parts.append(f"LLMService {item['metadata']['name']}: {json.dumps(item.get('status'))}")
-        with contextlib.suppress(Exception):
-            for pod in self.pods():
-                parts.append(f"Pod {pod['metadata']['name']}: {json.dumps(pod.get('status'))[:1500]}")
-        for log in [self.layout.sandbox_log, self.layout.operator_log, *self.layout.root.glob("pods/*/*/*.log")]:
-            with contextlib.suppress(OSError):
-                parts.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:]))
-        return "\n".join(parts)
-
-    def wait(self, predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                result = predicate()
-            except (kubernetes.client.ApiException, OSError, KeyError, IndexError) as error:
-                result, last_error = None, error
-            if result:
-                return result
-            time.sleep(0.5)
-        raise WorkloadError(
-            f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})\n{self.dump()}"
-        )
 
     # The workload ----------------------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ reason. Every wait is bounded; a failed wait dumps the LLMServices, pods, events
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
@@ -24,7 +23,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import kubernetes
 import pytest
 
 from kubellm_sandbox import cli
@@ -32,6 +30,7 @@ from kubellm_sandbox.pods import CONTAINER_ID_SCHEME
 from kubellm_sandbox.processes import free_port, recorded_pid
 from kubellm_sandbox.runner import FORWARDING_ANNOTATION
 from kubellm_sandbox.supervisor import Layout
+from kubellm_sandbox.view import SandboxTimeout, SandboxView
 from kubellm_tools.tinymodel import build_tiny_model
 
 # What the sandbox once published on pods (container port -> a local port); no pod carries it now (issue 19).
@@ -41,58 +40,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 GROUP, VERSION, PLURAL = "kubellm.dev", "v1alpha1", "llmservices"
 
 
-class Sandbox:
-    """A running sandbox and the clients to reach it."""
+class Sandbox(SandboxView):
+    """A running sandbox, the clients to reach it, and every pod process seen (to prove none is left)."""
 
     def __init__(self, layout: Layout, state: dict[str, Any]) -> None:
-        self.layout = layout
-        self.state = state
-        client = kubernetes.config.new_client_from_config(config_file=str(layout.kubeconfig))
-        self.core = kubernetes.client.CoreV1Api(client)
-        self.custom = kubernetes.client.CustomObjectsApi(client)
-        self.pids: set[int] = set()  # every pod process seen, to prove none is left
+        super().__init__(layout, state)
+        self.pids: set[int] = set()
 
-    def llms(self, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
-        return obj
-
-    def pods(self, name: str) -> list[dict[str, Any]]:
-        listing = self.core.list_namespaced_pod("default", label_selector=f"kubellm.dev/llmservice={name}")
-        pods: list[dict[str, Any]] = self.core.api_client.sanitize_for_serialization(listing)["items"]
+    def pods(self, name: str | None = None) -> list[dict[str, Any]]:
+        pods = super().pods(name)
         for pod in pods:
             self.pids.update(running_pids(pod))
         return pods
 
-    def dump(self) -> str:
-        """Everything that explains a failure."""
-        parts = []
-        with contextlib.suppress(Exception):
-            for item in self.custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)["items"]:
-                parts.append(f"LLMService {item['metadata']['name']}: {json.dumps(item.get('status'), indent=1)}")
-        with contextlib.suppress(Exception):
-            pods = self.core.api_client.sanitize_for_serialization(self.core.list_namespaced_pod("default"))["items"]
-            for pod in pods:
-                parts.append(f"Pod {pod['metadata']['name']}: {json.dumps(pod.get('status'), indent=1)}")
-        with contextlib.suppress(Exception):
-            for event in self.core.list_namespaced_event("default").items:
-                parts.append(f"Event {event.involved_object.name} {event.reason} x{event.count}: {event.message}")
-        for log in [self.layout.sandbox_log, self.layout.operator_log, *self.layout.root.glob("pods/*/*/*.log")]:
-            with contextlib.suppress(OSError):
-                parts.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
-        return "\n".join(parts)
-
     def wait(self, predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                result = predicate()
-            except (kubernetes.client.ApiException, OSError, KeyError, IndexError) as error:
-                result, last_error = None, error
-            if result:
-                return result
-            time.sleep(0.5)
-        pytest.fail(f"timed out after {timeout}s waiting for {what} (last error: {last_error})\n{self.dump()}")
+        try:
+            return super().wait(predicate, timeout=timeout, what=what)
+        except SandboxTimeout as timeout_error:
+            pytest.fail(str(timeout_error))
 
 
 def running_pids(pod: dict[str, Any]) -> list[int]:

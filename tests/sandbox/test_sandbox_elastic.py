@@ -10,7 +10,6 @@ client skips comments, as the SSE spec says). Every wait is bounded; the sandbox
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ import yaml
 from kubellm_sandbox import cli
 from kubellm_sandbox.processes import free_port
 from kubellm_sandbox.supervisor import Layout
+from kubellm_sandbox.view import SandboxTimeout, SandboxView
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,7 +36,6 @@ pytestmark = [
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "autoscaled-tiny.yaml"
-GROUP, VERSION, PLURAL = "kubellm.dev", "v1alpha1", "llmservices"
 SCALE_DOWN_DELAY_S = 5
 
 
@@ -73,15 +72,7 @@ class RawRecorder(httpx.BaseTransport):
         self._inner.close()
 
 
-class Walkthrough:
-    def __init__(self, layout: Layout, state: dict[str, Any]) -> None:
-        self.layout = layout
-        self.state = state
-        client = kubernetes.config.new_client_from_config(config_file=str(layout.kubeconfig))
-        self.custom = kubernetes.client.CustomObjectsApi(client)
-        self.apps = kubernetes.client.AppsV1Api(client)
-        self.core = kubernetes.client.CoreV1Api(client)
-
+class Walkthrough(SandboxView):
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         done = subprocess.run(
             ["kubectl", "--kubeconfig", str(self.layout.kubeconfig), *args],
@@ -94,33 +85,17 @@ class Walkthrough:
         assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
         return done.stdout
 
-    def llms(self) -> dict[str, Any]:
-        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "elastic")
-        return obj
-
     def replicas(self) -> int | None:
         try:
             return self.apps.read_namespaced_deployment("elastic", "default").spec.replicas
         except kubernetes.client.ApiException:
             return None
 
-    def pods(self) -> list[Any]:
-        return self.core.list_namespaced_pod("default", label_selector="kubellm.dev/llmservice=elastic").items
-
     def wait(self, predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = predicate()
-            if result:
-                return result
-            time.sleep(0.25)
-        status = json.dumps(self.llms().get("status"), indent=1)
-        logs = "\n".join(
-            f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-            for log in [self.layout.operator_log, self.layout.gateway_log]
-            if log.exists()
-        )
-        pytest.fail(f"timed out after {timeout}s waiting for {what}\nstatus: {status}\n{logs}")
+        try:
+            return super().wait(predicate, timeout=timeout, what=what)
+        except SandboxTimeout as timeout_error:
+            pytest.fail(str(timeout_error))
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +119,11 @@ def test_openai_client_wakes_the_example_from_zero_sees_progress_and_it_goes_bac
 
     # Applied at zero: no pod, and the status says so (desired 0, from the operator's autoscaler).
     walkthrough.wait(
-        lambda: (walkthrough.llms().get("status") or {}).get("autoscaling", {}).get("desiredReplicas") == 0,
+        lambda: (walkthrough.llms("elastic").get("status") or {}).get("autoscaling", {}).get("desiredReplicas") == 0,
         timeout=60,
         what="the LLMService converged at zero replicas",
     )
-    assert walkthrough.replicas() == 0 and not walkthrough.pods()
+    assert walkthrough.replicas() == 0 and not walkthrough.pods("elastic")
 
     recorder = RawRecorder()
     gateway = walkthrough.state["gateway_url"]
@@ -182,14 +157,14 @@ def test_openai_client_wakes_the_example_from_zero_sees_progress_and_it_goes_bac
     print("\n".join(comments))
 
     # The request woke it: one replica (never more for one request), then back to zero after the delay.
-    assert walkthrough.llms()["status"]["autoscaling"]["desiredReplicas"] == 1
+    assert walkthrough.llms("elastic")["status"]["autoscaling"]["desiredReplicas"] == 1
     assert walkthrough.replicas() == 1
     walkthrough.wait(
-        lambda: walkthrough.replicas() == 0 and not walkthrough.pods(),
+        lambda: walkthrough.replicas() == 0 and not walkthrough.pods("elastic"),
         timeout=SCALE_DOWN_DELAY_S + 90,
         what="the LLMService back at zero replicas with no pod",
     )
-    status = walkthrough.llms()["status"]
+    status = walkthrough.llms("elastic")["status"]
     assert status["autoscaling"]["desiredReplicas"] == 0, status
     # As `kubectl get llmservices -o wide` shows it: the CRD's Desired column (priority 1: wide only) at 0.
     header, row = walkthrough.kubectl("get", "llmservices", "elastic", "-o", "wide").splitlines()
