@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubellm.quantity import parse_quantity
+from kubellm_operator.config import FIELD_MANAGER
 
 # On each child: the hash of what kubellm last applied. Comparing desired fields with the live object catches
 # edits; the hash catches fields kubellm stopped setting (a removed env var), which a subset check cannot see.
@@ -173,6 +174,9 @@ class ChildPlan:
     apply: bool = False
     create: bool = False  # absent from the watch: created, never applied over (a 409 means someone else's)
     conflict: Refusal | None = None  # the live object is not ours: nothing is written
+    # kubellm's own Update entry in managedFields (its create's, or a list repair's): handed to its Apply entry
+    # before the apply, else a field the spec dropped would stay owned by that entry and never be removed.
+    adopt_updates: bool = False
 
     @property
     def writes(self) -> bool:
@@ -203,7 +207,52 @@ def plan_child(desired: dict[str, Any], live: dict[str, Any] | None, owner_uid: 
     repairs = tuple(list_repairs(kind, desired, live))
     annotations = (live.get("metadata") or {}).get("annotations") or {}
     stamped = annotations.get(APPLIED_HASH_ANNOTATION) == desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
-    return ChildPlan(kind, desired, live, repairs, apply=not (stamped and is_applied(desired, live)) or bool(repairs))
+    apply = not (stamped and is_applied(desired, live)) or bool(repairs)
+    return ChildPlan(kind, desired, live, repairs, apply=apply, adopt_updates=apply and has_update_entry(live))
+
+
+def has_update_entry(live: Mapping[str, Any]) -> bool:
+    """Whether kubellm's field manager holds an Update entry in the object's managedFields."""
+    entries = (live.get("metadata") or {}).get("managedFields") or []
+    return any(_is_entry(entry, "Update") for entry in entries)
+
+
+def applier_managed_fields(entries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``managedFields`` with kubellm's Update entries folded into its Apply entry (their field sets united; the
+    Apply entry made when there is none): server-side apply removes a field kubellm no longer applies only when
+    no other entry owns it, and kubellm's create (a POST: an Update entry) owns every field it set."""
+    kept: list[dict[str, Any]] = []
+    applied: dict[str, Any] | None = None
+    fields: dict[str, Any] = {}
+    for entry in entries:
+        if _is_entry(entry, "Update") or _is_entry(entry, "Apply"):
+            fields = _union(fields, entry.get("fieldsV1") or {})
+            if _is_entry(entry, "Apply") or applied is None:
+                applied = dict(entry)
+            continue
+        kept.append(dict(entry))
+    if applied is None:
+        return kept
+    applied.update(operation="Apply", fieldsType="FieldsV1", fieldsV1=fields)
+    applied.pop("subresource", None)
+    return [*kept, applied]
+
+
+def _is_entry(entry: Any, operation: str) -> bool:
+    return (
+        isinstance(entry, Mapping)
+        and entry.get("manager") == FIELD_MANAGER
+        and entry.get("operation") == operation
+        and not entry.get("subresource")
+    )
+
+
+def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Two FieldsV1 trees united (a tree's keys are field, item and value segments; ``{}`` is a leaf)."""
+    merged = {key: copy.deepcopy(value) for key, value in a.items()}
+    for key, value in b.items():
+        merged[key] = _union(merged[key], value) if key in merged else copy.deepcopy(value)
+    return merged
 
 
 def fingerprint(children: Iterable[Mapping[str, Any]]) -> str:

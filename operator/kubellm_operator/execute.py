@@ -16,7 +16,16 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from kubellm_operator.children import ChildPlan, Refusal, describe_owner, name_conflict, owned_by, plan_child
+from kubellm_operator.children import (
+    ChildPlan,
+    Refusal,
+    applier_managed_fields,
+    describe_owner,
+    has_update_entry,
+    name_conflict,
+    owned_by,
+    plan_child,
+)
 from kubellm_operator.cluster import Cluster, api_message, api_reason, retry_after_seconds
 from kubellm_operator.metrics import OperatorMetrics
 from kubellm_operator.plan import Event, Plan
@@ -106,6 +115,8 @@ class Executor:
                 logger.info("%s: replaced lists edited by someone else (%s)", what, _paths(plan.repairs))
             # After a repair, the apply is needed only if the repaired object still differs.
             if plan.apply and (not plan.repairs or actual is None or plan_child(plan.desired, dict(actual)).apply):
+                if plan.adopt_updates or (plan.repairs and actual is not None and has_update_entry(actual)):
+                    self._adopt_updates(plan, writes)
                 before = actual
                 actual = self.cluster.apply(plan.desired)
                 self.view.wrote(key, before, actual)
@@ -118,6 +129,27 @@ class Executor:
             logger.warning("%s", refused.message)
             return plan.live, refused
         return actual, None
+
+    def _adopt_updates(self, plan: ChildPlan, writes: list[str]) -> None:
+        """Fold kubellm's Update entry (its create's) into its Apply entry before an apply, so the apply removes
+        the fields the spec no longer renders. Once per child, on its first update: a read for the field sets
+        (the watch keeps none), then a JSON patch of managedFields only, conditional on the resourceVersion read
+        (a write meanwhile: 409, the pass is retried)."""
+        metadata = plan.desired["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        current = self.cluster.get_child(plan.kind, namespace, name)
+        if current is None or not has_update_entry(current):
+            return
+        entries = list((current.get("metadata") or {}).get("managedFields") or [])
+        operations = [
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": current["metadata"]["resourceVersion"]},
+            {"op": "replace", "path": "/metadata/managedFields", "value": applier_managed_fields(entries)},
+        ]
+        answer = self.cluster.replace_fields(plan.kind, namespace, name, operations)
+        key = (plan.kind, namespace, name)
+        self.view.wrote(key, current, answer)
+        self._count_write(plan.kind, writes)
+        logger.info("%s: kubellm's fields set at creation now belong to its apply", f"{plan.kind} {namespace}/{name}")
 
     def _owner_watched(self, namespace: str, name: str, owner_uid: str | None) -> bool:
         """Whether the LLMService, as the watch holds it now, is still the one the pass planned for and not being

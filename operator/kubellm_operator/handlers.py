@@ -49,10 +49,17 @@ WATCH_SERVER_TIMEOUT_S = 300  # the apiserver ends each watch request after this
 
 
 def held(body: kopf.Body) -> dict[str, Any]:
-    """What the operator keeps of a watched child or pod: a copy without ``metadata.managedFields`` (server-side
-    apply's bookkeeping, often the larger part of the object; no plan or status reads it)."""
+    """What the operator keeps of a watched child or LLMService: a copy whose ``metadata.managedFields`` (server-side
+    apply's bookkeeping, often the larger part of the object) keeps only who manages it and how, not the field
+    sets: the plan reads whether kubellm holds an Update entry (children.has_update_entry), nothing more."""
     kept = copy.deepcopy(dict(body))
-    kept["metadata"] = {k: v for k, v in (kept.get("metadata") or {}).items() if k != "managedFields"}
+    metadata = dict(kept.get("metadata") or {})
+    managers = [
+        {k: entry[k] for k in ("manager", "operation", "subresource") if k in entry}
+        for entry in metadata.pop("managedFields", None) or []
+        if isinstance(entry, dict)
+    ]
+    kept["metadata"] = {**metadata, **({"managedFields": managers} if managers else {})}
     return kept
 
 

@@ -430,7 +430,11 @@ class ObjectStore:
                 plugin(rtype, obj, None, options.user, None)
             if (rtype.group, rtype.plural) == ("", "pods"):
                 self._admit_pod_quota(namespace or "", obj)
-            _record_manager(metadata, options.field_manager, "Update", rtype.api_version)
+            # The creating manager owns every field the request set (fieldmanager's Update from an empty object).
+            rule = schema_list_rule(rtype.schema) if rtype.custom else builtin_list_rule
+            _record_manager(
+                metadata, options.field_manager, "Update", rtype.api_version, fields=field_paths(body, rule)
+            )
             if options.dry_run:
                 return self.present(rtype, obj)
             metadata["resourceVersion"] = self._next_resource_version()
@@ -628,7 +632,12 @@ class ObjectStore:
                 meta.pop(immutable, None)
         if "deletionGracePeriodSeconds" in old_meta:
             meta["deletionGracePeriodSeconds"] = old_meta["deletionGracePeriodSeconds"]
-        meta["managedFields"] = copy.deepcopy(old_meta.get("managedFields") or [])
+        # managedFields the request sets (valid and not empty) replace the stored ones: the apiserver lets a client
+        # edit them directly (fieldmanager.FieldManager.Update decodes the new object's managedFields first, "to
+        # allow directly updating managed fields"), e.g. to hand fields from an Update entry to an Apply one.
+        supplied = (candidate.get("metadata") or {}).get("managedFields")
+        kept = supplied if subresource is None and _valid_managed_fields(supplied) else old_meta.get("managedFields")
+        meta["managedFields"] = copy.deepcopy(kept or [])
         if not meta["managedFields"]:
             del meta["managedFields"]
         meta["resourceVersion"] = old_meta["resourceVersion"]
@@ -663,7 +672,8 @@ class ObjectStore:
             _record_manager(meta, options.field_manager, operation, rtype.api_version, fields=owned_fields)
         if _comparable(updated, ignore_times=True) == _comparable(current, ignore_times=True):
             return current  # a no-op write changes nothing, not even the resourceVersion
-        if owned_fields is None:
+        if owned_fields is None and _comparable(updated, managed=False) != _comparable(current, managed=False):
+            # A write that set no field but managedFields gives its manager no entry (it took no field).
             _record_manager(meta, options.field_manager, operation, rtype.api_version)
         if options.dry_run:
             return self.present(rtype, updated)
@@ -953,15 +963,34 @@ def _spec_of(obj: JsonObject) -> JsonObject:
     return {key: value for key, value in obj.items() if key not in ("metadata", "status", "apiVersion", "kind")}
 
 
-def _comparable(obj: JsonObject, *, ignore_times: bool = False) -> JsonObject:
-    """What decides whether a write changed anything: not the resourceVersion, nor managedFields' timestamps."""
+def _comparable(obj: JsonObject, *, ignore_times: bool = False, managed: bool = True) -> JsonObject:
+    """What decides whether a write changed anything: not the resourceVersion, nor managedFields' timestamps (nor
+    managedFields at all with ``managed=False``)."""
     comparable = copy.deepcopy(obj)
     meta = comparable.get("metadata") or {}
     meta.pop("resourceVersion", None)
-    managed = meta.pop("managedFields", None) or []
-    if ignore_times:
-        meta["managedFields"] = [{k: v for k, v in entry.items() if k != "time"} for entry in managed]
+    entries = meta.pop("managedFields", None) or []
+    if ignore_times and managed:
+        meta["managedFields"] = [{k: v for k, v in entry.items() if k != "time"} for entry in entries]
     return comparable
+
+
+def _valid_managed_fields(value: Any) -> bool:
+    """Whether a request's managedFields decode (fieldmanager.DecodeManagedFields): entries with a manager, an
+    operation of Apply or Update, and FieldsV1 as an object; no manager and operation twice."""
+    if not isinstance(value, list) or not value:
+        return False
+    seen = set()
+    for entry in value:
+        if not isinstance(entry, dict) or not isinstance(entry.get("manager"), str):
+            return False
+        if entry.get("operation") not in ("Apply", "Update") or not isinstance(entry.get("fieldsV1", {}), dict):
+            return False
+        identity = (entry["manager"], entry["operation"], entry.get("subresource", ""))
+        if identity in seen:
+            return False
+        seen.add(identity)
+    return True
 
 
 def _storage_form(rtype: ResourceType, obj: JsonObject) -> JsonObject:

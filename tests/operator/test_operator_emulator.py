@@ -314,3 +314,46 @@ async def test_cut_watches_are_resumed(kube: Kube) -> None:
         await kube.wait(lambda: converged(kube, "second"), "an LLMService created after the watches were cut")
         await kube.delete("Deployment", "tiny")
         await kube.wait(lambda: converged(kube), "drift repaired after the watches were cut")
+
+
+async def test_a_field_dropped_from_the_spec_leaves_the_children(kube: Kube) -> None:
+    """kubellm creates its children with POST (never applied over someone else's object), which gives its field
+    manager an Update entry owning every field it set; server-side apply removes a field kubellm stops applying
+    only when no other entry owns it. The first update folds that Update entry into kubellm's Apply entry (one read,
+    one managedFields patch), so a nodeSelector dropped from the spec leaves the Deployment."""
+    kube.emulator.seed_node("worker-1", ephemeral_storage="100Gi", labels={"disk": "ssd"})
+    async with operator_running(kube):
+        await kube.create(llmservice(nodeSelector={"disk": "ssd"}))
+        await kube.wait(lambda: converged(kube), "the children as rendered")
+        created = kube.get("Deployment", "tiny")
+        assert created is not None
+        assert created["spec"]["template"]["spec"]["nodeSelector"] == {"disk": "ssd"}
+        assert [(e["manager"], e["operation"]) for e in created["metadata"]["managedFields"]] == [
+            ("kubellm", "Update")
+        ]
+
+        marker = kube.emulator.request_marker()
+        await kube.patch_llmservice("tiny", {"spec": {"nodeSelector": None}})
+
+        def dropped() -> bool:
+            deployment = kube.get("Deployment", "tiny") or {}
+            return converged(kube) and "nodeSelector" not in deployment["spec"]["template"]["spec"]
+
+        await kube.wait(dropped, "the nodeSelector to leave the Deployment")
+        deployment = kube.get("Deployment", "tiny")
+        assert deployment is not None
+        assert [(e["manager"], e["operation"]) for e in deployment["metadata"]["managedFields"]] == [
+            ("kubellm", "Apply")
+        ]
+        writes = [w for w in kube.writes(since=marker) if "/deployments/" in w[1]]
+        assert writes == [("PATCH", "/apis/apps/v1/namespaces/default/deployments/tiny")] * 2, writes
+
+        # Once adopted, a later change is one apply.
+        marker = kube.emulator.request_marker()
+        await kube.patch_llmservice("tiny", {"spec": {"replicas": 2}})
+        await kube.wait(
+            lambda: (kube.get("Deployment", "tiny") or {}).get("spec", {}).get("replicas") == 2 and converged(kube),
+            "the replicas change",
+        )
+        writes = [w for w in kube.writes(since=marker) if "/deployments/" in w[1]]
+        assert writes == [("PATCH", "/apis/apps/v1/namespaces/default/deployments/tiny")], writes
