@@ -328,9 +328,7 @@ async def test_a_field_dropped_from_the_spec_leaves_the_children(kube: Kube) -> 
         created = kube.get("Deployment", "tiny")
         assert created is not None
         assert created["spec"]["template"]["spec"]["nodeSelector"] == {"disk": "ssd"}
-        assert [(e["manager"], e["operation"]) for e in created["metadata"]["managedFields"]] == [
-            ("kubellm", "Update")
-        ]
+        assert [(e["manager"], e["operation"]) for e in created["metadata"]["managedFields"]] == [("kubellm", "Update")]
 
         marker = kube.emulator.request_marker()
         await kube.patch_llmservice("tiny", {"spec": {"nodeSelector": None}})
