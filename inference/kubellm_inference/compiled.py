@@ -307,7 +307,11 @@ class CompiledDecoder:
         from kubellm_inference.engine import _growing_cache
 
         device = next(self._model.parameters()).device
-        with torch.inference_mode():
+        # Dynamo decides whether parameters become graph constants (what freezing folds and packs) or graph
+        # inputs while it traces, from the global Inductor config: torch.compile's options reach Inductor only
+        # after the trace, so with them alone the weights stayed inputs, nothing was frozen and every linear
+        # layer ran as a plain aten::mm (measured: 211 calls a step, 67 % of it).
+        with torch.inference_mode(), torch._inductor.config.patch(_INDUCTOR_OPTIONS):
             for size in self.buckets:
                 started = time.monotonic()
                 ids = torch.full((size, 1), self._pad, dtype=torch.long, device=device)
