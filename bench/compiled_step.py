@@ -5,7 +5,9 @@ then for each batch size runs pairs of (eager, compiled) greedy decodes from the
 prints each side's median ms/step, their ratio, whether the greedy tokens agree, and the compile time.
 ``--layers N`` keeps the first N decoder layers only (same shapes per layer, a fraction of the compile time:
 for finding out what a change does before paying for the whole model). ``--profile`` prints the ops of a few
-compiled steps.
+compiled steps; ``--packed-eager`` adds a third step, eager on a copy of the model whose linear layers call
+oneDNN on weights packed once (what freezing does inside the graph, without a compile); ``--options`` replaces
+the Inductor options (e.g. ``'{"freezing": true, "max_autotune": true}'``).
 
     python bench/compiled_step.py --batches 1 2 --steps 24 --pairs 3
 """
@@ -85,7 +87,7 @@ def _packed_copy(model: Any) -> Any:
     import copy
 
     packed = copy.deepcopy(model)
-    for name, module in list(packed.named_modules()):
+    for module in list(packed.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, _PackedLinear(child))
@@ -103,7 +105,7 @@ def main() -> None:
     parser.add_argument("--options", default=None, help="JSON: Inductor options replacing compiled.py's")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--packed-eager", action="store_true", help="also an eager step on oneDNN-packed linears")
-    parser.add_argument("--compile-packed", action="store_true", help="compile the packed copy, not the model")
+    parser.add_argument("--buckets", type=int, nargs="*", help="the graphs to build (default: the server's)")
     args = parser.parse_args()
 
     model_dir = args.model or str(converted_embedded_folder(ServerSettings().cache_dir))
@@ -115,17 +117,14 @@ def main() -> None:
     if args.options is not None:
         compiled._INDUCTOR_OPTIONS.clear()
         compiled._INDUCTOR_OPTIONS.update(json.loads(args.options))
-    packed = _packed_copy(model) if args.packed_eager or args.compile_packed else None
+    packed = _packed_copy(model) if args.packed_eager else None
     compiled.register_attention()
     model.set_attn_implementation(compiled.ATTENTION_NAME)
-    target = model
-    if args.compile_packed:
-        assert packed is not None
-        packed.set_attn_implementation(compiled.ATTENTION_NAME)
-        target = packed
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, options {compiled._INDUCTOR_OPTIONS}")
 
-    decoder = compiled.CompiledDecoder(target, sorted(args.batches), loaded.pad_token_id)
+    decoder = compiled.CompiledDecoder(
+        model, args.buckets or compiled.batch_buckets(max(args.batches)), loaded.pad_token_id
+    )
     started = time.monotonic()
     decoder.build(lambda size, seconds: print(f"bucket {size}: built in {seconds:.1f} s", flush=True))
     print(f"compile: {time.monotonic() - started:.1f} s")
@@ -143,13 +142,16 @@ def main() -> None:
                 compiled_times, compiled_tokens = decode(model, tokenizer, decoder.forward, rows, args.steps)
                 e, c = statistics.median(eager_times), statistics.median(compiled_times)
                 same = "identical" if eager_tokens == compiled_tokens else "DIFFER"
-                line = f"batch {rows} pair {pair}: eager {e:.1f} ms/step, compiled {c:.1f} ms/step, {e / c:.2f}x, {same}"
+                line = (
+                    f"batch {rows} pair {pair}: eager {e:.1f} ms/step, compiled {c:.1f} ms/step, {e / c:.2f}x, {same}"
+                )
                 if packed is not None:
                     packed_times, packed_tokens = decode(packed, tokenizer, _eager(packed), rows, args.steps)
                     p = statistics.median(packed_times)
                     same = "identical" if packed_tokens == eager_tokens else "DIFFER"
                     line += f"; packed eager {p:.1f} ms/step, {e / p:.2f}x, {same}"
                 print(line, flush=True)
+        print("graphs compiled in all:", dict(counters["stats"]))
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
