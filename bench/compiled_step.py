@@ -94,6 +94,14 @@ def _packed_copy(model: Any) -> Any:
     return packed
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a model folder (default: the embedded SmolLM2)")
@@ -125,9 +133,10 @@ def main() -> None:
     decoder = compiled.CompiledDecoder(
         model, args.buckets or compiled.batch_buckets(max(args.batches)), loaded.pad_token_id
     )
+    print(f"resident memory before the compile: {_rss_mb():.0f} MB")
     started = time.monotonic()
     decoder.build(lambda size, seconds: print(f"bucket {size}: built in {seconds:.1f} s", flush=True))
-    print(f"compile: {time.monotonic() - started:.1f} s")
+    print(f"compile: {time.monotonic() - started:.1f} s; resident memory after it: {_rss_mb():.0f} MB")
     from torch._dynamo.utils import counters
 
     print("aot_autograd counters:", dict(counters["aot_autograd"]))

@@ -47,9 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ATTENTION_NAME = "kubellm"  # the attention implementation the engine sets on the model (eager: plain SDPA)
-# Inductor options: freezing is what packs the weights (the bulk of the gain); max-autotune adds C++ GEMM
-# templates tuned per shape, at several times the compile time (issue 22: 16.1 against 23-31 ms/token, 247
-# against 91 s on 2 cores), and its choices are cached with the rest.
+# Inductor options, also set globally while tracing (see build): freezing is what packs the weights for oneDNN,
+# the bulk of the gain. max-autotune's C++ GEMM template (with weight_prepack off, so that the graph can be
+# cached) measured slower than the packed oneDNN linears on SmolLM2 bf16 (batch 1: 35-41 against 25-29 ms).
 _INDUCTOR_OPTIONS: dict[str, Any] = {"freezing": True}
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
 
@@ -284,6 +284,7 @@ class CompiledDecoder:
             logits: torch.Tensor = output.logits[:, -1, :]
             return logits
 
+        # dynamic=False: no automatic dynamic shapes; the rows dimension build() marks dynamic stays so.
         self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
             step, dynamic=False, options=_INDUCTOR_OPTIONS
         )
