@@ -9,14 +9,14 @@ What is compiled is the whole decoder for one new token per row **except attenti
 attention function the model calls is, inside the compiled graph, the opaque custom op
 ``kubellm::decode_attention``, which at run time writes the new keys and values into the engine's own cache
 (the growing, in-place cache of ``engine.py``) and runs the same SDPA call with the same mask the eager step
-runs. So the graph's shapes depend only on the number of rows, never on the context length. There are two
-graphs ("buckets", named by the most rows each serves): one for a single row, and one for 2 to
-``max_batch_size`` rows with the number of rows symbolic (Dynamo's ``mark_dynamic``): rows join and leave,
-caches grow, and nothing recompiles or pads. Prefill stays eager.
+runs. So the graph's shapes depend only on the number of rows, never on the context length, and one graph
+serves 1 to ``max_batch_size`` rows: its rows dimension is symbolic (Dynamo's ``mark_dynamic``, traced
+size-obliviously so that 1 row is not a special case): rows join and leave, caches grow, and nothing
+recompiles or pads. Prefill stays eager.
 
-The graphs are built in a background thread after the server is Ready on the eager step, one after the
-other, and the engine switches to them only when both are built (a graph is never used while another one is
-being compiled for the same function). Inductor's caches live under ``<cache dir>/compiled/<key>``, keyed
+The graph ("bucket", named by the most rows it serves; the code builds a list of them) is built in a
+background thread after the server is Ready on the eager step, and the engine switches to it when it is
+built (a graph is never used while another one is being compiled for the same function). Inductor's caches live under ``<cache dir>/compiled/<key>``, keyed
 by model, dtype, quantization, torch version and CPU flags, so a restart on the same volume compiles from
 cache.
 """
@@ -71,11 +71,11 @@ class CompileState(enum.StrEnum):
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
-    """The graphs to build, by the most rows each serves: 1, and ``max_batch_size`` for every batch of 2 rows or
-    more. One symbolic graph instead of one per power of two (1, 2, 4, 8, ...) measured as fast per step on
-    SmolLM2 (batch 2: 25-26 ms either way; batch 8: 30 ms) at half the compile and load time for a max batch
-    of 8, and less above; a single row keeps its own graph, where every fixed size helps most."""
-    return (1,) if max_batch_size <= 1 else (1, max_batch_size)
+    """The graphs to build, by the most rows each serves: one, for 1 to ``max_batch_size`` rows. Measured on
+    SmolLM2 bf16 (issue 22, docs/benchmarks.md): as fast per step as one static graph per power of two (1, 2,
+    4, 8, ...) and as a batch-1 graph beside a symbolic one, at a quarter and a half of their compile and load
+    time for a max batch of 8, and no padding rows."""
+    return (max(1, max_batch_size),)
 
 
 def bucket_for(rows: int, buckets: Sequence[int]) -> int:
@@ -296,6 +296,7 @@ class CompiledDecoder:
         """Compile (or load from Inductor's cache) the graph of every bucket, by running it once on a throwaway
         cache."""
         import torch
+        import torch.fx.experimental._config
 
         from kubellm_inference.engine import _growing_cache
 
@@ -304,16 +305,23 @@ class CompiledDecoder:
         # inputs while it traces, from the global Inductor config: torch.compile's options reach Inductor only
         # after the trace, so with them alone the weights stayed inputs, nothing was frozen and every linear
         # layer ran as a plain aten::mm (measured: 211 calls a step, 67 % of it).
-        with torch.inference_mode(), torch._inductor.config.patch(_INDUCTOR_OPTIONS):
+        # Size-oblivious: a symbolic size that may be 1 is traced as a general size (no broadcasting assumed),
+        # so 1 row runs in the same graph instead of Dynamo specializing (and recompiling) for it.
+        with (
+            torch.inference_mode(),
+            torch._inductor.config.patch(_INDUCTOR_OPTIONS),
+            torch.fx.experimental._config.patch(backed_size_oblivious=True),  # type: ignore[attr-defined]
+        ):
             for size in self.buckets:
                 started = time.monotonic()
                 ids = torch.full((size, 1), self._pad, dtype=torch.long, device=device)
                 positions = torch.zeros((size, 1), dtype=torch.long, device=device)
                 smaller = [b for b in self.buckets if b < size]
-                if smaller and size > smaller[-1] + 1:
+                low = smaller[-1] + 1 if smaller else 1
+                if size > low:
                     # Every number of rows above the next smaller bucket, up to this one, in one graph.
                     for tensor in (ids, positions):
-                        torch._dynamo.mark_dynamic(tensor, 0, min=smaller[-1] + 1, max=size)
+                        torch._dynamo.mark_dynamic(tensor, 0, min=low, max=size)
                 _local.context = _Context(_growing_cache(), None, self._modules)
                 try:
                     self._compiled(ids, positions)
