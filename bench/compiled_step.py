@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--options", default=None, help="JSON: Inductor options replacing compiled.py's")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--packed-eager", action="store_true", help="also an eager step on oneDNN-packed linears")
+    parser.add_argument("--skip-guards", action="store_true", help="measure with Dynamo's guard check skipped")
     parser.add_argument("--buckets", type=int, nargs="*", help="the graphs to build (default: the server's)")
     args = parser.parse_args()
 
@@ -143,6 +144,9 @@ def main() -> None:
     print("inductor counters:", {k: v for k, v in counters["inductor"].items() if "mkldnn" not in k})
 
     eager = _eager(model)
+    if args.skip_guards:
+        # Unsafe in general (a changed input would run the wrong graph); here to size what the check costs.
+        torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
 
     with torch.inference_mode():
         for rows in args.batches:
