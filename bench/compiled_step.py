@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from kubellm.contract import DType, ServerSettings
+from kubellm.contract import DType, Quantization, ServerSettings
 from kubellm_inference import compiled
 from kubellm_inference.engine import _growing_cache
 from kubellm_inference.loading import converted_embedded_folder, load_model
@@ -53,6 +53,14 @@ def decode(model: Any, tokenizer: Any, step: Step, rows: int, steps: int) -> tup
         tokens.append(token.tolist())
         position = position + 1
     return times, tokens
+
+
+def _agreement(first: list[list[int]], second: list[list[int]]) -> str:
+    """'identical', or from which step on the greedy tokens part."""
+    if first == second:
+        return "identical"
+    step = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
+    return f"DIFFER from step {step} of {len(first)}"
 
 
 def _eager(model: Any) -> Step:
@@ -106,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a model folder (default: the embedded SmolLM2)")
     parser.add_argument("--dtype", default="bfloat16", choices=[d.value for d in DType])
+    parser.add_argument("--quantization", default="none", choices=[q.value for q in Quantization])
     parser.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=24)
@@ -118,7 +127,8 @@ def main() -> None:
     args = parser.parse_args()
 
     model_dir = args.model or str(converted_embedded_folder(ServerSettings().cache_dir))
-    loaded = load_model(ServerSettings(model=model_dir, dtype=DType(args.dtype)))
+    settings = ServerSettings(model=model_dir, dtype=DType(args.dtype), quantization=Quantization(args.quantization))
+    loaded = load_model(settings)
     model, tokenizer = loaded.model, loaded.tokenizer
     if args.layers:
         model.model.layers = model.model.layers[: args.layers]
@@ -154,14 +164,14 @@ def main() -> None:
                 eager_times, eager_tokens = decode(model, tokenizer, eager, rows, args.steps)
                 compiled_times, compiled_tokens = decode(model, tokenizer, decoder.forward, rows, args.steps)
                 e, c = statistics.median(eager_times), statistics.median(compiled_times)
-                same = "identical" if eager_tokens == compiled_tokens else "DIFFER"
+                same = _agreement(eager_tokens, compiled_tokens)
                 line = (
                     f"batch {rows} pair {pair}: eager {e:.1f} ms/step, compiled {c:.1f} ms/step, {e / c:.2f}x, {same}"
                 )
                 if packed is not None:
                     packed_times, packed_tokens = decode(packed, tokenizer, _eager(packed), rows, args.steps)
                     p = statistics.median(packed_times)
-                    same = "identical" if packed_tokens == eager_tokens else "DIFFER"
+                    same = _agreement(eager_tokens, packed_tokens)
                     line += f"; packed eager {p:.1f} ms/step, {e / p:.2f}x, {same}"
                 print(line, flush=True)
         print("graphs compiled in all:", dict(counters["stats"]))
