@@ -9,13 +9,14 @@ What is compiled is the whole decoder for one new token per row **except attenti
 attention function the model calls is, inside the compiled graph, the opaque custom op
 ``kubellm::decode_attention``, which at run time writes the new keys and values into the engine's own cache
 (the growing, in-place cache of ``engine.py``) and runs the same SDPA call with the same mask the eager step
-runs. So the graph's shapes depend only on the number of rows (padded to a bucket: 1, 2, 4, 8, ... up to
-``max_batch_size``), never on the context length: rows join and leave, caches grow, and nothing recompiles.
-Prefill stays eager.
+runs. So the graph's shapes depend only on the number of rows, never on the context length, and one graph
+serves 1 to ``max_batch_size`` rows: its rows dimension is symbolic (Dynamo's ``mark_dynamic``, traced
+size-obliviously so that 1 row is not a special case): rows join and leave, caches grow, and nothing
+recompiles or pads. Prefill stays eager.
 
-The graphs are built in a background thread after the server is Ready on the eager step, one bucket after
-the other, and the engine switches to them only when all are built (a graph is never used while another one
-is being compiled for the same function). Inductor's caches live under ``<cache dir>/compiled/<key>``, keyed
+The graph ("bucket", named by the most rows it serves; the code builds a list of them) is built in a
+background thread after the server is Ready on the eager step, and the engine switches to it when it is
+built (a graph is never used while another one is being compiled for the same function). Inductor's caches live under ``<cache dir>/compiled/<key>``, keyed
 by model, dtype, quantization, torch version and CPU flags, so a restart on the same volume compiles from
 cache.
 """
@@ -46,9 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ATTENTION_NAME = "kubellm"  # the attention implementation the engine sets on the model (eager: plain SDPA)
-# Inductor options: freezing is what packs the weights (the bulk of the gain); max-autotune adds C++ GEMM
-# templates tuned per shape, at several times the compile time (issue 22: 16.1 against 23-31 ms/token, 247
-# against 91 s on 2 cores), and its choices are cached with the rest.
+# Inductor options, also set globally while tracing (see build): freezing is what packs the weights for oneDNN,
+# the bulk of the gain. max-autotune's C++ GEMM template (with weight_prepack off, so that the graph can be
+# cached) measured slower than the packed oneDNN linears on SmolLM2 bf16 (batch 1: 35-41 against 25-29 ms).
 _INDUCTOR_OPTIONS: dict[str, Any] = {"freezing": True}
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
 
@@ -70,18 +71,15 @@ class CompileState(enum.StrEnum):
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
-    """1, 2, 4, ... below ``max_batch_size``, then ``max_batch_size`` itself: a batch of n rows runs in the
-    smallest bucket that holds it (the padding rows cost their share of the matmuls, not of attention)."""
-    buckets = []
-    size = 1
-    while size < max_batch_size:
-        buckets.append(size)
-        size *= 2
-    buckets.append(max_batch_size)
-    return tuple(buckets)
+    """The graphs to build, by the most rows each serves: one, for 1 to ``max_batch_size`` rows. Measured on
+    SmolLM2 bf16 (issue 22, docs/benchmarks.md): as fast per step as one static graph per power of two (1, 2,
+    4, 8, ...) and as a batch-1 graph beside a symbolic one, at a quarter and a half of their compile and load
+    time for a max batch of 8, and no padding rows."""
+    return (max(1, max_batch_size),)
 
 
 def bucket_for(rows: int, buckets: Sequence[int]) -> int:
+    """The bucket (graph) that serves ``rows`` rows."""
     for size in buckets:
         if size >= rows:
             return size
@@ -173,7 +171,6 @@ class _Context:
 
     cache: DynamicCache
     mask: torch.Tensor | None  # the 4-D mask the eager step would use (None: attend to everything)
-    rows: int  # real rows; the rest of the bucket is padding
     modules: Sequence[nn.Module]  # the attention modules, by layer index
 
 
@@ -188,19 +185,14 @@ def _current() -> _Context:
 
 
 def _decode_attention_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> torch.Tensor:
-    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     context = _current()
-    n = context.rows
     module = context.modules[layer_idx]
-    keys, values = context.cache.update(key[:n], value[:n], layer_idx)
+    keys, values = context.cache.update(key, value, layer_idx)
     out, _ = sdpa_attention_forward(
-        module, query[:n], keys, values, context.mask, dropout=0.0, scaling=getattr(module, "scaling", None)
+        module, query, keys, values, context.mask, dropout=0.0, scaling=getattr(module, "scaling", None)
     )
-    padding = query.shape[0] - n
-    if padding:
-        out = torch.cat([out, out.new_zeros((padding, *out.shape[1:]))])
     return out.contiguous()
 
 
@@ -292,6 +284,7 @@ class CompiledDecoder:
             logits: torch.Tensor = output.logits[:, -1, :]
             return logits
 
+        # dynamic=False: no automatic dynamic shapes; the rows dimension build() marks dynamic stays so.
         self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
             step, dynamic=False, options=_INDUCTOR_OPTIONS
         )
@@ -303,16 +296,33 @@ class CompiledDecoder:
         """Compile (or load from Inductor's cache) the graph of every bucket, by running it once on a throwaway
         cache."""
         import torch
+        import torch.fx.experimental._config
 
         from kubellm_inference.engine import _growing_cache
 
         device = next(self._model.parameters()).device
-        with torch.inference_mode():
+        # Dynamo decides whether parameters become graph constants (what freezing folds and packs) or graph
+        # inputs while it traces, from the global Inductor config: torch.compile's options reach Inductor only
+        # after the trace, so with them alone the weights stayed inputs, nothing was frozen and every linear
+        # layer ran as a plain aten::mm (measured: 211 calls a step, 67 % of it).
+        # Size-oblivious: a symbolic size that may be 1 is traced as a general size (no broadcasting assumed),
+        # so 1 row runs in the same graph instead of Dynamo specializing (and recompiling) for it.
+        with (
+            torch.inference_mode(),
+            torch._inductor.config.patch(_INDUCTOR_OPTIONS),
+            torch.fx.experimental._config.patch(backed_size_oblivious=True),  # type: ignore[attr-defined]
+        ):
             for size in self.buckets:
                 started = time.monotonic()
                 ids = torch.full((size, 1), self._pad, dtype=torch.long, device=device)
                 positions = torch.zeros((size, 1), dtype=torch.long, device=device)
-                _local.context = _Context(_growing_cache(), None, size, self._modules)
+                smaller = [b for b in self.buckets if b < size]
+                low = smaller[-1] + 1 if smaller else 1
+                if size > low:
+                    # Every number of rows above the next smaller bucket, up to this one, in one graph.
+                    for tensor in (ids, positions):
+                        torch._dynamo.mark_dynamic(tensor, 0, min=low, max=size)
+                _local.context = _Context(_growing_cache(), None, self._modules)
                 try:
                     self._compiled(ids, positions)
                 finally:
@@ -328,7 +338,7 @@ class CompiledDecoder:
         from transformers.masking_utils import create_causal_mask
 
         rows = input_ids.shape[0]
-        size = bucket_for(rows, self.buckets)
+        bucket_for(rows, self.buckets)  # raises past the largest bucket (the engine never batches more rows)
         # The eager model builds this mask from the same inputs before its layers run; so does this step.
         shape_only = torch.empty((rows, 1, self._hidden), dtype=self._dtype, device=input_ids.device)
         causal = create_causal_mask(
@@ -338,10 +348,7 @@ class CompiledDecoder:
             cache=cache,
             position_ids=positions,
         )
-        if size > rows:
-            input_ids = torch.cat([input_ids, input_ids.new_full((size - rows, 1), self._pad)])
-            positions = torch.cat([positions, positions.new_zeros((size - rows, 1))])
-        _local.context = _Context(cache, causal if isinstance(causal, torch.Tensor) else None, rows, self._modules)
+        _local.context = _Context(cache, causal if isinstance(causal, torch.Tensor) else None, self._modules)
         try:
             logits = self._compiled(input_ids, positions)
         finally:

@@ -1,0 +1,187 @@
+"""Eager against compiled decode step, interleaved in one process (issue 22).
+
+Loads a model the way the server does (``load_model``), builds ``CompiledDecoder`` for the batch sizes asked,
+then for each batch size runs pairs of (eager, compiled) greedy decodes from the same prefilled prompt and
+prints each side's median ms/step, their ratio, whether the greedy tokens agree, and the compile time.
+``--layers N`` keeps the first N decoder layers only (same shapes per layer, a fraction of the compile time:
+for finding out what a change does before paying for the whole model). ``--profile`` prints the ops of a few
+compiled steps; ``--packed-eager`` adds a third step, eager on a copy of the model whose linear layers call
+oneDNN on weights packed once (what freezing does inside the graph, without a compile); ``--options`` replaces
+the Inductor options (e.g. ``'{"freezing": true, "max_autotune": true}'``).
+
+    python bench/compiled_step.py --batches 1 2 --steps 24 --pairs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kubellm.contract import DType, Quantization, ServerSettings
+from kubellm_inference import compiled
+from kubellm_inference.engine import _growing_cache
+from kubellm_inference.loading import converted_embedded_folder, load_model
+
+PROMPT = "The history of the city begins with a small settlement on the river, where traders from the north met"
+
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+def decode(model: Any, tokenizer: Any, step: Step, rows: int, steps: int) -> tuple[list[float], list[list[int]]]:
+    """Prefill ``rows`` copies of the prompt eagerly, then ``steps`` greedy decode steps through ``step``."""
+    ids = tokenizer([PROMPT] * rows, return_tensors="pt").input_ids
+    mask = torch.ones_like(ids)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache = _growing_cache()
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+    token = logits[:, -1, :].float().argmax(dim=-1)
+    position = positions[:, -1] + 1
+    times: list[float] = []
+    tokens: list[list[int]] = [token.tolist()]
+    for _ in range(steps):
+        mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype)], dim=1)
+        started = time.perf_counter()
+        logits = step(token[:, None], mask, position[:, None], cache)
+        token = logits.float().argmax(dim=-1)
+        times.append((time.perf_counter() - started) * 1000)
+        tokens.append(token.tolist())
+        position = position + 1
+    return times, tokens
+
+
+def _agreement(first: list[list[int]], second: list[list[int]]) -> str:
+    """'identical', or from which step on the greedy tokens part."""
+    if first == second:
+        return "identical"
+    step = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
+    return f"DIFFER from step {step} of {len(first)}"
+
+
+def _eager(model: Any) -> Step:
+    def eager(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    return eager
+
+
+class _PackedLinear(torch.nn.Module):
+    """A linear layer on a weight reordered once for oneDNN (what Inductor's freezing does inside a graph)."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.packed = torch.nn.Parameter(
+            torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1), requires_grad=False
+        )
+        self.bias = linear.bias
+        self.out_features = linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def _packed_copy(model: Any) -> Any:
+    import copy
+
+    packed = copy.deepcopy(model)
+    for module in list(packed.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, child_name, _PackedLinear(child))
+    return packed
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="a model folder (default: the embedded SmolLM2)")
+    parser.add_argument("--dtype", default="bfloat16", choices=[d.value for d in DType])
+    parser.add_argument("--quantization", default="none", choices=[q.value for q in Quantization])
+    parser.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0: all)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--options", default=None, help="JSON: Inductor options replacing compiled.py's")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--packed-eager", action="store_true", help="also an eager step on oneDNN-packed linears")
+    parser.add_argument("--skip-guards", action="store_true", help="measure with Dynamo's guard check skipped")
+    parser.add_argument("--buckets", type=int, nargs="*", help="the graphs to build (default: the server's)")
+    args = parser.parse_args()
+
+    model_dir = args.model or str(converted_embedded_folder(ServerSettings().cache_dir))
+    settings = ServerSettings(model=model_dir, dtype=DType(args.dtype), quantization=Quantization(args.quantization))
+    loaded = load_model(settings)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if args.layers:
+        model.model.layers = model.model.layers[: args.layers]
+        model.config.num_hidden_layers = args.layers
+    if args.options is not None:
+        compiled._INDUCTOR_OPTIONS.clear()
+        compiled._INDUCTOR_OPTIONS.update(json.loads(args.options))
+    packed = _packed_copy(model) if args.packed_eager else None
+    compiled.register_attention()
+    model.set_attn_implementation(compiled.ATTENTION_NAME)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, options {compiled._INDUCTOR_OPTIONS}")
+
+    decoder = compiled.CompiledDecoder(
+        model, args.buckets or compiled.batch_buckets(max(args.batches)), loaded.pad_token_id
+    )
+    print(f"resident memory before the compile: {_rss_mb():.0f} MB")
+    started = time.monotonic()
+    decoder.build(lambda size, seconds: print(f"bucket {size}: built in {seconds:.1f} s", flush=True))
+    print(f"compile: {time.monotonic() - started:.1f} s; resident memory after it: {_rss_mb():.0f} MB")
+    from torch._dynamo.utils import counters
+
+    print("aot_autograd counters:", dict(counters["aot_autograd"]))
+    print("inductor counters:", {k: v for k, v in counters["inductor"].items() if "mkldnn" not in k})
+
+    eager = _eager(model)
+    if args.skip_guards:
+        # Unsafe in general (a changed input would run the wrong graph); here to size what the check costs.
+        torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+
+    with torch.inference_mode():
+        for rows in args.batches:
+            for pair in range(args.pairs):
+                eager_times, eager_tokens = decode(model, tokenizer, eager, rows, args.steps)
+                compiled_times, compiled_tokens = decode(model, tokenizer, decoder.forward, rows, args.steps)
+                e, c = statistics.median(eager_times), statistics.median(compiled_times)
+                same = _agreement(eager_tokens, compiled_tokens)
+                line = (
+                    f"batch {rows} pair {pair}: eager {e:.1f} ms/step, compiled {c:.1f} ms/step, {e / c:.2f}x, {same}"
+                )
+                if packed is not None:
+                    packed_times, packed_tokens = decode(packed, tokenizer, _eager(packed), rows, args.steps)
+                    p = statistics.median(packed_times)
+                    same = _agreement(eager_tokens, packed_tokens)
+                    line += f"; packed eager {p:.1f} ms/step, {e / p:.2f}x, {same}"
+                print(line, flush=True)
+        print("graphs compiled in all:", dict(counters["stats"]))
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                decode(model, tokenizer, decoder.forward, args.batches[0], 10)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+
+
+if __name__ == "__main__":
+    main()
