@@ -120,6 +120,10 @@ def decide(
         return False, f"compile: auto is off on {device.type} (measured on CPU only)"
     if dtype not in (torch.bfloat16, torch.float32):
         return False, f"compile: auto is off for {dtype} on CPU (bfloat16 and float32 only)"
+    if quantization is not Quantization.none:
+        # Measured 1.2-2.0x faster for int8, but its greedy tokens part from eager int8's (at step 11 of 25 on
+        # SmolLM2) and the quality check has not been run through it: not on by default until it has.
+        return False, f"compile: auto is off for {quantization.value} (its outputs are not validated against eager)"
     return True, f"compile: auto, on for CPU {str(dtype).removeprefix('torch.')} (quantization {quantization.value})"
 
 

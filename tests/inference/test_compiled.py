@@ -50,6 +50,12 @@ def test_auto_compiles_cpu_bfloat16_and_float32_only(
     assert decided is wanted and reason in why
 
 
+@pytest.mark.parametrize("quantization", [Quantization.int8, Quantization.int4])
+def test_auto_is_off_for_the_quantized_paths_until_validated(quantization: Quantization) -> None:
+    decided, why = decide(CompileMode.auto, torch.device("cpu"), torch.bfloat16, quantization)
+    assert not decided and f"off for {quantization.value}" in why
+
+
 def test_auto_is_off_without_the_cpp_toolchain_inductor_needs() -> None:
     # The inference image has no C++ compiler: even a warm Inductor cache needs one, so auto serves eager there.
     decided, why = decide(CompileMode.auto, torch.device("cpu"), torch.bfloat16, Quantization.none, "no C++ compiler")
