@@ -16,6 +16,24 @@ from kubellm_gateway.config import GatewaySettings, load_settings
 logger = logging.getLogger("kubellm.gateway")
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The gateway's bound socket (uvicorn listens on it).
+
+    Its proto is IPPROTO_TCP, not left 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on accepted
+    sockets whose proto says TCP. Without it, on a kept-alive connection the first chunk relayed after the response
+    headers waited for the client's delayed ACK: +40 ms to the first token (measured with `kubellm bench elastic`).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve(settings: GatewaySettings, sock: socket.socket) -> None:
     config = uvicorn.Config(
         create_app(settings), log_level=settings.log_level.lower(), lifespan="on", timeout_graceful_shutdown=30
@@ -32,10 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO (each watch, each relayed answer): the gateway's own lines say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock = listening_socket(settings.host, settings.port)
     except OSError as exc:
         print(f"kubellm gateway: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1

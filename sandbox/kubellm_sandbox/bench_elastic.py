@@ -309,7 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.cost_only:
                 api.apply(_llmservice(FIXED, args.fixed_port, replicas=1))
                 direct = f"http://127.0.0.1:{args.fixed_port}/v1/chat/completions"
-                result["gateway_cost"] = await bench.overhead(client, direct, args.rounds, (1, 8))
+                result["gateway_cost"] = await bench.overhead(client, direct, args.rounds, tuple(args.concurrency))
                 save()
                 return result
             print("bench elastic: (a) a request from zero", file=sys.stderr, flush=True)
@@ -328,7 +328,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 return result
             print(f"  {result['idle']}\nbench elastic: (c) the gateway's cost", file=sys.stderr, flush=True)
             direct = f"http://127.0.0.1:{args.fixed_port}/v1/chat/completions"
-            result["gateway_cost"] = await bench.overhead(client, direct, args.rounds, (1, 8))
+            result["gateway_cost"] = await bench.overhead(client, direct, args.rounds, tuple(args.concurrency))
             save()
         return result
     finally:
@@ -348,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cost", action="store_true", help="phases (a), (b) and (d) only")
     parser.add_argument("--cost-only", action="store_true", help="phase (c) only")
     parser.add_argument("--tokens", type=int, default=16, help="tokens generated per request (b, c)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="concurrencies of (c)")
     parser.add_argument("--elastic-port", type=int, default=5301)
     parser.add_argument("--fixed-port", type=int, default=5302)
     parser.add_argument("--timeout-s", type=float, default=600.0, help="bound of every request and wait")

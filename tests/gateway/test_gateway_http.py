@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import socket
 import time
 
 from gateway_support import closed_port, get, install, put_llmservice, put_pod, running_gateway, set_status
@@ -216,3 +217,27 @@ async def test_holds_wakes_shows_progress_then_answers(
         )
         assert gateway.sample("kubellm_gateway_hold_seconds_count", model="default/sleepy") == 1
         assert gateway.sample("kubellm_gateway_requests_held", model="default/sleepy") == 0
+
+
+async def test_the_listening_socket_gives_accepted_connections_tcp_nodelay() -> None:
+    """uvicorn serves on the socket main() binds; asyncio sets TCP_NODELAY on accepted sockets only when the
+    listener's proto says TCP. With Nagle on, a chunk relayed right after the headers of a kept-alive response
+    waited for the client's delayed ACK (+40 ms to the first token)."""
+    from kubellm_gateway.main import listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    seen: asyncio.Queue[int] = asyncio.Queue()
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("socket")
+        seen.put_nowait(peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(accepted, sock=sock)
+    try:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        assert await asyncio.wait_for(seen.get(), timeout=5) == 1
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
