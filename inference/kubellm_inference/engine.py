@@ -384,6 +384,15 @@ class GenerationEngine:
             compiled.missing_toolchain() if status.setting is CompileMode.auto else None,
         )
         log.info("%s: the decode step %s", status.reason, "is compiled after Ready" if wanted else "stays eager")
+        if not wanted:
+            # The eager step serves for good: its linears on weights packed once for oneDNN (most of what the
+            # compiled step gains, without a compiler; the compiled step packs its own, and cannot take these).
+            from kubellm_inference.precision import pack_linears
+
+            not_packed = pack_linears(loaded.model, loaded.device, loaded.dtype or loaded.model.dtype)
+            packed = "linears packed for oneDNN" if not_packed is None else f"linears not packed: {not_packed}"
+            status.reason = f"{status.reason}; {packed}"
+            log.info("the eager step's %s", packed)
         if wanted:
             compiled.register_attention()
             loaded.model.set_attn_implementation(compiled.ATTENTION_NAME)

@@ -14,7 +14,8 @@ Two layers, because FastAPI reads and parses a whole body before a route's depen
   connections must not get the pod restarted by failing its liveness probe.
 
 Every refusal is the server's one error envelope (``errors.APIError``) and closes the connection: the client may
-still be sending a body nobody will read.
+still be sending a body nobody will read (a 401's body of at most 64 KiB is read and dropped first, so that the
+close does not reset the connection before the client read the refusal).
 """
 
 from __future__ import annotations
@@ -57,6 +58,31 @@ async def _refuse(send: Send, error: APIError) -> None:
     await send({"type": "http.response.body", "body": response.body, "more_body": False})
 
 
+DRAIN_BYTES = 64 << 10  # a refused request's body read anyway when it declares at most this much
+DRAIN_S = 1.0
+
+
+async def _drain_small_body(scope: Scope, receive: Receive) -> None:
+    """Read (and drop) a refused request's small body before answering: the connection is closed after the
+    refusal, and a body still arriving at a closed socket makes the kernel answer with a reset, which can reach
+    the client before it read the refusal (it then sees "connection reset", not the 401). A body over
+    DRAIN_BYTES, or one not whole within DRAIN_S, is not waited for: the refusal is not a way to make the server
+    read a large body."""
+    declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+    if declared is None or int(declared) > DRAIN_BYTES:
+        return
+    read = 0
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while read <= DRAIN_BYTES:
+                message = await receive()
+                read += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
+
+
 class _Refused(Exception):
     def __init__(self, error: APIError) -> None:
         super().__init__(error.message)
@@ -82,6 +108,8 @@ class RequestGuard:
             self._check_headers(scope)
             body = await self._read_body(receive)
         except _Refused as refused:
+            if refused.error.status == 401:
+                await _drain_small_body(scope, receive)
             await _refuse(send, refused.error)
             return
         if body is None:

@@ -18,7 +18,7 @@ from inference_support import serve
 
 from kubellm.contract import CompileMode, DType, Quantization, ServerSettings
 from kubellm_inference.loading import ModelLoadError, converted_embedded_folder, load_model
-from kubellm_inference.precision import cpu_has_native_bf16, resolve_dtype, weight_bytes
+from kubellm_inference.precision import cpu_has_native_bf16, pack_linears, resolve_dtype, weight_bytes
 
 
 def test_auto_is_bfloat16_exactly_where_the_cpu_computes_it_natively() -> None:
@@ -135,3 +135,28 @@ def test_int4_server_generates_through_the_batching_engine(tmp_path: Path) -> No
             answers = list(pool.map(ask, prompts))
     assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
     assert "Paris" in answers[0].json()["choices"][0]["text"]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_packed_linears_decode_the_same_tokens_and_the_server_says_so(tiny_settings: ServerSettings) -> None:
+    """The eager step that serves for good runs its linears on oneDNN-packed weights (precision.pack_linears)."""
+    import copy
+
+    plain = load_model(tiny_settings).model
+    packed = copy.deepcopy(plain)
+    assert pack_linears(packed, torch.device("cpu"), torch.float32) is None
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    prompt = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    with torch.inference_mode():
+        expected = plain.generate(prompt, max_new_tokens=12, do_sample=False)
+        got = packed.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert got.tolist() == expected.tolist()
+    # Not where it would not help or not run: another device, float16, quantized layers (no nn.Linear left).
+    assert pack_linears(copy.deepcopy(plain), torch.device("meta"), torch.float32) == "not on meta"
+    assert pack_linears(plain, torch.device("cpu"), torch.float16) == "not for float16"
+
+    with serve(tiny_settings) as server, server.client() as client:
+        status = client.get("/loadz").json()["compile"]
+        answer = client.post("/v1/completions", json={"model": "tiny", "prompt": "Hello", "max_tokens": 4})
+    assert "linears packed for oneDNN" in status["reason"], status
+    assert answer.status_code == 200
