@@ -16,6 +16,7 @@ import httpx
 import kubernetes.client
 
 # The operator's credential loading (in-cluster service account, else a kubeconfig), shared.
+from kubellm.watchlines import EventLines, EventTooLarge
 from kubellm_operator.cluster import load_configuration
 
 __all__ = ["Kube", "KubeError", "load_configuration"]
@@ -82,17 +83,15 @@ class Kube:
         async with self._client.stream("GET", path, params=query, headers=self._headers(), timeout=timeout) as response:
             if response.status_code != 200:
                 raise KubeError(response.status_code, _message(await _read_capped(response, 1 << 16)))
-            pending = b""
+            lines = EventLines(MAX_EVENT_BYTES)
             async for chunk in response.aiter_bytes():
-                pending += chunk
-                while b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
-                    if line.strip():
+                try:
+                    for line in lines.feed(chunk):
                         event = json.loads(line)
                         if isinstance(event, dict):
                             yield event
-                if len(pending) > MAX_EVENT_BYTES:
-                    raise KubeError(413, f"a watch event of {path} is larger than {MAX_EVENT_BYTES} bytes")
+                except EventTooLarge:
+                    raise KubeError(413, f"a watch event of {path} is larger than {MAX_EVENT_BYTES} bytes") from None
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> None:
         headers = self._headers() | {"Content-Type": "application/merge-patch+json"}

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from kubellm.watchlines import EventLines
 from kubellm_operator.views import pod_use
 
 logger = logging.getLogger("kubellm.operator")
@@ -223,17 +224,9 @@ def _keep(uses: dict[str, Use], pod: Mapping[str, Any]) -> None:
 
 def _lines(response: Any) -> Iterator[bytes]:
     """The newline-delimited events of a watch response, each at most MAX_EVENT_BYTES."""
-    pending = b""
+    lines = EventLines(MAX_EVENT_BYTES)
     for chunk in response.stream(64 << 10, decode_content=True):
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            if line.strip():
-                yield line
-        if len(pending) > MAX_EVENT_BYTES:
-            raise ValueError(f"a watch event exceeded {MAX_EVENT_BYTES} bytes")
-    if pending.strip():
-        yield pending
+        yield from lines.feed(chunk)
 
 
 def _describe(exc: Exception) -> str:
