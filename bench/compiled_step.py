@@ -27,6 +27,7 @@ from kubellm.contract import DType, Quantization, ServerSettings
 from kubellm_inference import compiled
 from kubellm_inference.engine import _growing_cache
 from kubellm_inference.loading import converted_embedded_folder, load_model
+from kubellm_inference.precision import pack_linears
 
 PROMPT = "The history of the city begins with a small settlement on the river, where traders from the north met"
 
@@ -74,31 +75,14 @@ def _eager(model: Any) -> Step:
     return eager
 
 
-class _PackedLinear(torch.nn.Module):
-    """A linear layer on a weight reordered once for oneDNN (what Inductor's freezing does inside a graph)."""
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.packed = torch.nn.Parameter(
-            torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1), requires_grad=False
-        )
-        self.bias = linear.bias
-        self.out_features = linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
-def _packed_copy(model: Any) -> Any:
+def _packed_copy(model: Any, dtype: torch.dtype) -> Any:
+    """A copy of the model whose linear layers run on oneDNN-packed weights, as the server's eager step does."""
     import copy
 
     packed = copy.deepcopy(model)
-    for module in list(packed.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(module, child_name, _PackedLinear(child))
+    why_not = pack_linears(packed, torch.device("cpu"), dtype)
+    if why_not is not None:
+        raise SystemExit(f"--packed-eager: not packed: {why_not}")
     return packed
 
 
@@ -136,7 +120,7 @@ def main() -> None:
     if args.options is not None:
         compiled._INDUCTOR_OPTIONS.clear()
         compiled._INDUCTOR_OPTIONS.update(json.loads(args.options))
-    packed = _packed_copy(model) if args.packed_eager else None
+    packed = _packed_copy(model, loaded.dtype or model.dtype) if args.packed_eager else None
     compiled.register_attention()
     model.set_attn_implementation(compiled.ATTENTION_NAME)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, options {compiled._INDUCTOR_OPTIONS}")
