@@ -62,14 +62,20 @@ DRAIN_BYTES = 64 << 10  # a refused request's body read anyway when it declares 
 DRAIN_S = 1.0
 
 
+def _declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length (h11 has already refused a malformed or repeated one, so it is a number)."""
+    declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+    return None if declared is None else int(declared)
+
+
 async def _drain_small_body(scope: Scope, receive: Receive) -> None:
     """Read (and drop) a refused request's small body before answering: the connection is closed after the
     refusal, and a body still arriving at a closed socket makes the kernel answer with a reset, which can reach
     the client before it read the refusal (it then sees "connection reset", not the 401). A body over
     DRAIN_BYTES, or one not whole within DRAIN_S, is not waited for: the refusal is not a way to make the server
     read a large body."""
-    declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
-    if declared is None or int(declared) > DRAIN_BYTES:
+    declared = _declared_length(scope)
+    if declared is None or declared > DRAIN_BYTES:
         return
     read = 0
     try:
@@ -127,10 +133,9 @@ class RequestGuard:
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             )
-        # h11 has already refused a malformed or repeated Content-Length (400), so this one is a number.
-        declared = next((v for k, v in headers if k == b"content-length"), None)
-        if declared is not None and int(declared) > self.max_body:
-            raise _Refused(self._too_large(f"{int(declared)} bytes"))
+        declared = _declared_length(scope)
+        if declared is not None and declared > self.max_body:
+            raise _Refused(self._too_large(f"{declared} bytes"))
 
     def _too_large(self, size: str) -> APIError:
         return APIError(
