@@ -63,6 +63,10 @@ class PortForwarder:
         self._connections.add(task)
         try:
             await self._forward(client_reader, client_writer)
+        except asyncio.CancelledError:
+            # stop() ends the open connections. Ending normally, not cancelled: Python 3.11's start_server callback
+            # calls exception() on the connection's task, which raises for a cancelled one (and logs a traceback).
+            pass
         finally:
             self._connections.discard(task)
 

@@ -14,12 +14,11 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
 
 from kubellm_emulator import Emulator
 from kubellm_emulator.store import PATCH_MERGE
 from kubellm_emulator.testing import wait_until
-from kubellm_gateway.app import create_app
+from kubellm_gateway.app import GatewayApp, create_app
 from kubellm_gateway.config import GatewaySettings
 from kubellm_operator.api import GROUP, PLURAL, VERSION
 
@@ -91,7 +90,7 @@ def closed_port() -> int:
 
 
 class RunningGateway:
-    def __init__(self, base_url: str, app: FastAPI) -> None:
+    def __init__(self, base_url: str, app: GatewayApp) -> None:
         self.base_url = base_url
         self.app = app
 

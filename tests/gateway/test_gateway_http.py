@@ -65,6 +65,13 @@ async def test_routes_by_model_and_relays(
         assert big.status_code == 413
         no_model = await client.post("/v1/chat/completions", json=CHAT)
         assert no_model.status_code == 400 and "model" in no_model.json()["error"]["message"]
+        for path in ("/v1/chat/completions", "/llms/default/tiny/ask"):
+            wrong = await client.get(path)
+            assert wrong.status_code == 405 and wrong.json()["error"]["message"] == f"GET is not allowed on {path}"
+        unknown = await client.post("/llms/default/tiny/ask/more", json={})
+        assert (
+            unknown.status_code == 404 and unknown.json()["error"]["message"] == "no route /llms/default/tiny/ask/more"
+        )
 
         exposition = (await client.get("/metrics")).text
         for name in (
@@ -217,6 +224,28 @@ async def test_holds_wakes_shows_progress_then_answers(
         )
         assert gateway.sample("kubellm_gateway_hold_seconds_count", model="default/sleepy") == 1
         assert gateway.sample("kubellm_gateway_requests_held", model="default/sleepy") == 0
+
+
+async def test_held_stream_relays_a_refusal_as_an_event_and_frees_the_pod(
+    emulator: Emulator, tmp_path: pathlib.Path, secured_server: RunningServer
+) -> None:
+    """A held streaming client whose pod, once Ready, refuses it (here: 401, no API key) gets the pod's error as an
+    event after its 200; the pod's slot in the gateway's least-busy count is given back (it once was not)."""
+    install(emulator)
+    put_llmservice(emulator, "locked", autoscaling={"minReplicas": 0, "maxReplicas": 1})
+    async with running_gateway(emulator, tmp_path) as gateway, gateway.client() as client:
+        await gateway.served("default/locked")
+        body = CHAT | {"model": "locked", "stream": True}
+        events: list[str] = []
+        async with client.stream("POST", "/v1/chat/completions", json=body) as stream:
+            assert stream.status_code == 200
+            put_pod(emulator, "locked", "locked-a", _port(secured_server))
+            async with asyncio.timeout(10):
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+        assert events[-1] == "[DONE]" and json.loads(events[0])["error"]["code"] == "invalid_api_key", events
+        assert gateway.app.state.gateway.in_flight == {}
 
 
 async def test_the_listening_socket_gives_accepted_connections_tcp_nodelay() -> None:
