@@ -57,8 +57,23 @@ def connection_info(config: kubernetes.client.Configuration) -> kopf.ConnectionI
     )
 
 
-def _loads(response: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(response.data)
+# One API answer, read whole before it is parsed. Objects are tenant-written (etcd takes up to 1.5 MiB each), so a
+# list can be large; never unbounded. A page of 500 ordinary pods is a few MB.
+MAX_ANSWER_BYTES = 64 << 20
+
+
+class AnswerTooLarge(ValueError):
+    """An API answer over its byte cap (its connection is closed, not reused)."""
+
+
+def _loads(response: Any, cap: int = MAX_ANSWER_BYTES) -> dict[str, Any]:
+    """The JSON of a raw (``_preload_content=False``) answer, read up to ``cap`` bytes."""
+    body = response.read(cap + 1)
+    if len(body) > cap:
+        response.close()  # the rest is left unread: the connection must not go back to the pool
+        raise AnswerTooLarge(f"the API's answer is over {cap} bytes")
+    response.release_conn()
+    data: dict[str, Any] = json.loads(body)
     return data
 
 
@@ -175,14 +190,17 @@ class Cluster:
         )
         return _loads(response)
 
-    def list_pods(self, namespace: str | None, *, limit: int, continue_token: str | None) -> dict[str, Any]:
-        """One page of the pods of a namespace (None: of the cluster), at the first page's revision."""
+    def list_pods(
+        self, namespace: str | None, *, limit: int, continue_token: str | None, max_bytes: int = MAX_ANSWER_BYTES
+    ) -> dict[str, Any]:
+        """One page of the pods of a namespace (None: of the cluster), at the first page's revision; AnswerTooLarge
+        over ``max_bytes``."""
         options: dict[str, Any] = {"limit": limit, "_preload_content": False, "_request_timeout": self.timeout}
         if continue_token:
             options["_continue"] = continue_token
         if namespace is None:
-            return _loads(self.core.list_pod_for_all_namespaces(**options))
-        return _loads(self.core.list_namespaced_pod(namespace, **options))
+            return _loads(self.core.list_pod_for_all_namespaces(**options), max_bytes)
+        return _loads(self.core.list_namespaced_pod(namespace, **options), max_bytes)
 
     def watch_pods(self, namespace: str | None, *, resource_version: str, timeout_s: int) -> Any:
         """A watch of pods from ``resource_version`` with bookmarks, as the raw streaming response (the server ends

@@ -6,8 +6,9 @@ thousands of pods that are not kubellm's. Kopf would hold each of them as a full
 (about 25 KB a pod: 50 MB at 2,000 pods, issue 19); this watch keeps three fields of each (node, owning
 LLMService, request) and decodes one event, or one list page, at a time.
 
-It is client-go's reflector in small: a paged list (500 a page, as client-go's pager) read at one revision, then a
-watch from that revision with bookmarks; a watch the server ends is reopened from the last revision seen, and a
+It is client-go's reflector in small: a paged list (500 a page, as client-go's pager) read at one revision, each
+page within a byte cap (pods are tenant-written, up to 1.5 MiB each: a page over the cap is asked again, from the
+same continue token, a tenth as long, down to one pod), then a watch from that revision with bookmarks; a watch the server ends is reopened from the last revision seen, and a
 revision the server no longer has (410 Expired, an ERROR event) starts a new list. Every failure waits a backoff
 (1 s doubling to 30 s) before the next list, and :meth:`PodTally.health` says so after ``stall_s``.
 
@@ -28,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubellm.watchlines import EventLines
+from kubellm_operator.cluster import MAX_ANSWER_BYTES, AnswerTooLarge
 from kubellm_operator.views import pod_use
 
 logger = logging.getLogger("kubellm.operator")
@@ -43,7 +45,9 @@ Use = tuple[str, tuple[str, int]]  # (node, (owning LLMService "namespace/name" 
 class PodSource(Protocol):
     """The two pod calls of a watch (``Cluster`` has them); both raise ApiException."""
 
-    def list_pods(self, namespace: str | None, *, limit: int, continue_token: str | None) -> dict[str, Any]: ...
+    def list_pods(
+        self, namespace: str | None, *, limit: int, continue_token: str | None, max_bytes: int
+    ) -> dict[str, Any]: ...
 
     def watch_pods(self, namespace: str | None, *, resource_version: str, timeout_s: int) -> Any: ...
 
@@ -129,8 +133,17 @@ class PodTally:
 class PodWatch:
     """List, then watch, the pods of one scope into a :class:`PodTally`, until ``stop`` is set."""
 
-    def __init__(self, source: PodSource, tally: PodTally, scope: str | None, *, watched: Callable[[], None]):
+    def __init__(
+        self,
+        source: PodSource,
+        tally: PodTally,
+        scope: str | None,
+        *,
+        watched: Callable[[], None],
+        max_page_bytes: int = MAX_ANSWER_BYTES,
+    ):
         self._source = source
+        self._max_page_bytes = max_page_bytes
         self._tally = tally
         self._scope = scope
         self._watched = watched
@@ -172,8 +185,20 @@ class PodWatch:
     def _list(self) -> str:
         uses: dict[str, Use] = {}
         token: str | None = None
+        limit = PAGE_SIZE
         while True:
-            page = self._source.list_pods(self._scope, limit=PAGE_SIZE, continue_token=token)
+            try:
+                page = self._source.list_pods(
+                    self._scope, limit=limit, continue_token=token, max_bytes=self._max_page_bytes
+                )
+            except AnswerTooLarge:
+                if limit == 1:
+                    raise
+                limit = max(1, limit // 10)
+                logger.info(
+                    "pod watch (%s): a page over %d bytes; asking %d a page", self._where, self._max_page_bytes, limit
+                )
+                continue
             for pod in page.get("items") or []:
                 _keep(uses, pod)
             metadata = page.get("metadata") or {}

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import statistics
 import sys
@@ -274,6 +275,7 @@ class Bench:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # A data directory of its own is removed at the end (its model cache is half a GB); a given one is kept.
     root = pathlib.Path(args.data_dir or tempfile.mkdtemp(prefix="kubellm-bench-elastic-"))
     layout = Layout(root)
     this = asyncio.current_task()
@@ -334,6 +336,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         with contextlib.suppress(Exception):
             cli.down(layout)
+        if not args.data_dir:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,13 +31,13 @@ def pod(name: str, namespace: str = "tenant-a", node: str | None = "node-1", req
 class Watching:
     """A PodWatch of one scope in its thread, and every index the tally published."""
 
-    def __init__(self, kube: Kube, scope: str | None) -> None:
+    def __init__(self, kube: Kube, scope: str | None, **options: Any) -> None:
         config = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(str(kube.operator_kubeconfig), client_configuration=config)
         self.cluster = Cluster(config, timeout=5.0)
         self.published: list[dict[str, list[tuple[str, int]]]] = []
         self.tally = PodTally([scope], lambda index: self.published.append({k: sorted(v) for k, v in index.items()}))
-        self.watch = PodWatch(self.cluster, self.tally, scope, watched=lambda: None)
+        self.watch = PodWatch(self.cluster, self.tally, scope, watched=lambda: None, **options)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.watch.run, args=(self.stop,), daemon=True)
 
@@ -105,6 +105,26 @@ async def test_lists_in_pages_then_follows_binds_finishes_and_deletes(tenant: Ku
     await wait_until(lambda: "node-9" not in watching.totals(), what="the finished pod no longer counted")
     tenant.emulator.store.delete(pods, "tenant-a", "p0")
     await wait_until(lambda: watching.totals()["node-0"] == 173 * GI, what="the deleted pod no longer counted")
+
+
+async def test_a_page_over_its_byte_cap_is_asked_again_shorter(tenant: Kube) -> None:
+    """Pods are tenant-written and can be large: a page over the cap is read no further and asked again from the
+    same place, a tenth as long, down to one pod a page; every pod is still counted once."""
+    for i in range(12):
+        big = pod(f"big{i}", node=f"node-{i % 2}")
+        big["metadata"]["annotations"] = {"filler": "x" * 20_000}
+        store_pod(tenant, big)
+    watching = Watching(tenant, None, max_page_bytes=120_000)  # five of these pods fit, twelve do not
+    marker = tenant.emulator.request_marker()
+    try:
+        watching.thread.start()
+        await wait_until(watching.tally.synced.is_set, timeout=20, what="the first listing")
+        lists = [r for r in tenant.emulator.requests(since=marker) if r.method == "GET" and "watch" not in r.query]
+        assert [r.query.get("limit") for r in lists] == [str(PAGE_SIZE), "50", "5", "5", "5"]
+        assert "continue" not in lists[2].query and "continue" in lists[3].query
+        assert watching.totals() == {"node-0": 6 * GI, "node-1": 6 * GI}
+    finally:
+        await asyncio.to_thread(watching.close)
 
 
 async def test_relists_when_its_revision_expired_and_reopens_a_cut_watch(tenant: Kube, watching: Watching) -> None:
