@@ -7,9 +7,13 @@ prints each side's median ms/step, their ratio, whether the greedy tokens agree,
 for finding out what a change does before paying for the whole model). ``--profile`` prints the ops of a few
 compiled steps; ``--packed-eager`` adds a third step, eager on a copy of the model whose linear layers call
 oneDNN on weights packed once (what freezing does inside the graph, without a compile); ``--options`` replaces
-the Inductor options (e.g. ``'{"freezing": true, "max_autotune": true}'``).
+the Inductor options (e.g. ``'{"freezing": true, "max_autotune": true}'``). ``--quality`` runs the quantized
+paths' quality check (kubellm_tools.quality: top-1 agreement with bfloat16 and the NLL increase on its texts)
+through the eager and the compiled decode step, token by token on the texts (teacher-forced), against a bfloat16
+model's prefill of them.
 
     python bench/compiled_step.py --batches 1 2 --steps 24 --pairs 3
+    python bench/compiled_step.py --quantization int8 --batches 1 --pairs 1 --quality
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from kubellm_inference import compiled
 from kubellm_inference.engine import _growing_cache
 from kubellm_inference.loading import converted_embedded_folder, load_model
 from kubellm_inference.precision import pack_linears
+from kubellm_tools.quality import MAX_NLL_INCREASE, MIN_TOP1_AGREEMENT, TEXTS
 
 PROMPT = "The history of the city begins with a small settlement on the river, where traders from the north met"
 
@@ -86,6 +91,50 @@ def _packed_copy(model: Any, dtype: torch.dtype) -> Any:
     return packed
 
 
+def teacher_forced(model: Any, step: Step, ids: torch.Tensor) -> torch.Tensor:
+    """The next-token logits at every position of ``ids`` (one row) but the last: its first token prefilled
+    eagerly, then one decode step through ``step`` per token of the text."""
+    cache = _growing_cache()
+    mask = torch.ones((1, 1), dtype=torch.long)
+    first = model(
+        input_ids=ids[:, :1], attention_mask=mask, position_ids=torch.zeros_like(mask), cache=cache, use_cache=True
+    )
+    logits = [first.logits[:, -1, :].float()]
+    for index in range(1, ids.shape[1] - 1):
+        mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=1)
+        logits.append(step(ids[:, index : index + 1], mask, torch.tensor([[index]]), cache).float())
+    return torch.cat(logits)
+
+
+def quality(settings: ServerSettings, model: Any, tokenizer: Any, steps: dict[str, Step]) -> None:
+    """Each step's top-1 agreement with bfloat16 and NLL increase over the quality texts, and the stated bounds."""
+    reference = load_model(settings.model_copy(update={"quantization": Quantization.none, "dtype": DType.bfloat16}))
+    texts = [tokenizer(text, return_tensors="pt").input_ids for text in TEXTS]
+    truth = [reference.model(input_ids=ids).logits[0, :-1].float() for ids in texts]
+    positions = sum(ids.shape[1] - 1 for ids in texts)
+    reference_nll = sum(
+        torch.nn.functional.cross_entropy(r, ids[0, 1:], reduction="sum") for r, ids in zip(truth, texts, strict=True)
+    )
+    bound = Quantization(settings.quantization)
+    for name, step in steps.items():
+        agree, nll = 0, 0.0
+        for ids, expected in zip(texts, truth, strict=True):
+            got = teacher_forced(model, step, ids)
+            agree += int((got.argmax(dim=-1) == expected.argmax(dim=-1)).sum())
+            nll += float(torch.nn.functional.cross_entropy(got, ids[0, 1:], reduction="sum"))
+        increase = (nll - float(reference_nll)) / positions
+        limits = (
+            f" (bounds: >= {MIN_TOP1_AGREEMENT[bound]}, <= {MAX_NLL_INCREASE[bound]})"
+            if bound in MIN_TOP1_AGREEMENT
+            else ""
+        )
+        print(
+            f"quality, {name} step: top-1 agreement with bfloat16 {agree / positions:.4f} over {positions} positions, "
+            f"NLL increase {increase:+.4f} nats/token{limits}",
+            flush=True,
+        )
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
@@ -108,6 +157,7 @@ def main() -> None:
     parser.add_argument("--packed-eager", action="store_true", help="also an eager step on oneDNN-packed linears")
     parser.add_argument("--skip-guards", action="store_true", help="measure with Dynamo's guard check skipped")
     parser.add_argument("--buckets", type=int, nargs="*", help="the graphs to build (default: the server's)")
+    parser.add_argument("--quality", action="store_true", help="the quality check through both steps (above)")
     args = parser.parse_args()
 
     model_dir = args.model or str(converted_embedded_folder(ServerSettings().cache_dir))
@@ -143,6 +193,8 @@ def main() -> None:
         torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
 
     with torch.inference_mode():
+        if args.quality:
+            quality(settings, model, tokenizer, {"eager": eager, "compiled": decoder.forward})
         for rows in args.batches:
             for pair in range(args.pairs):
                 eager_times, eager_tokens = decode(model, tokenizer, eager, rows, args.steps)

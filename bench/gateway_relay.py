@@ -178,7 +178,6 @@ async def forwarding(pod_port: int) -> AsyncIterator[int]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     kubellm = shutil.which("kubellm") or str(pathlib.Path(sys.executable).with_name("kubellm"))
     pod_port, gateway_port = free_port(), free_port()
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="kubellm-bench-relay-"))
     pod_argv = [
         sys.executable,
         "-c",
@@ -188,6 +187,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         str(args.gap_ms / 1000),
         json.dumps(EVENT),
     ]
+    with tempfile.TemporaryDirectory(prefix="kubellm-bench-relay-") as workdir:
+        return await _measure(args, kubellm, pod_argv, pod_port, gateway_port, pathlib.Path(workdir))
+
+
+async def _measure(
+    args: argparse.Namespace, kubellm: str, pod_argv: list[str], pod_port: int, gateway_port: int, workdir: pathlib.Path
+) -> dict[str, Any]:
     async with Emulator() as emulator:
         publish(emulator, pod_port)
         kubeconfig = emulator.write_kubeconfig(

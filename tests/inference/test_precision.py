@@ -19,6 +19,7 @@ from inference_support import serve
 from kubellm.contract import CompileMode, DType, Quantization, ServerSettings
 from kubellm_inference.loading import ModelLoadError, converted_embedded_folder, load_model
 from kubellm_inference.precision import cpu_has_native_bf16, pack_linears, resolve_dtype, weight_bytes
+from kubellm_tools.quality import MAX_NLL_INCREASE, MIN_TOP1_AGREEMENT, TEXTS
 
 
 def test_auto_is_bfloat16_exactly_where_the_cpu_computes_it_natively() -> None:
@@ -66,20 +67,6 @@ def test_int4_refuses_a_model_whose_layers_do_not_fit_its_kernel(tiny_settings: 
 
 
 # ---- quality on the real model ----------------------------------------------------------------------------------
-
-TEXTS = [
-    "The capital of France is Paris, a city on the river Seine known for its museums and cafés.",
-    "Water boils at one hundred degrees Celsius at sea level, and it freezes at zero degrees.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
-    "Photosynthesis is the process by which green plants turn light, water and carbon dioxide into sugar.",
-    "The largest planet in the solar system is Jupiter, a gas giant with a great red storm.",
-    "Kubernetes schedules containers onto nodes and restarts them when they fail.",
-]
-# Stated tolerances against bfloat16 on these texts (measured values in docs/inference.md, "Quantization"):
-# the share of positions where the quantized model's most likely next token is bfloat16's, and the increase of
-# the mean negative log-likelihood of the texts, in nats per token.
-MIN_TOP1_AGREEMENT = {Quantization.int8: 0.95, Quantization.int4: 0.80}
-MAX_NLL_INCREASE = {Quantization.int8: 0.03, Quantization.int4: 0.05}
 
 
 def _score(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, float]:
