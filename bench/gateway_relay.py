@@ -21,7 +21,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import httpx
 from kubellm_emulator import Emulator
 from kubellm_operator.api import GROUP, VERSION
 from kubellm_sandbox.forwarding import PortForwarder
+from kubellm_tools.bench import free_port, stop_process
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GATEWAY_IDENTITY = [
@@ -76,13 +76,6 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def cpu_ms(pid: int) -> float:
     """User + system CPU of a process so far, in ms (clock ticks from /proc/PID/stat)."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -95,12 +88,7 @@ def process(argv: list[str], **kwargs: Any) -> Any:
     try:
         yield child
     finally:
-        child.terminate()
-        try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(10)
+        stop_process(child, 10)
 
 
 def publish(emulator: Emulator, pod_port: int) -> None:

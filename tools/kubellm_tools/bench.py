@@ -195,6 +195,16 @@ def free_port() -> int:
         return port
 
 
+def stop_process(process: subprocess.Popen[Any], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; returns once the process is gone."""
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 @contextlib.contextmanager
 def server_process(command: list[str], env: dict[str, str], health_url: str, log_path: Path) -> Iterator[float]:
     """A server subprocess, up until ``health_url`` answers 200 (yields the seconds that took), stopped (SIGTERM,
@@ -215,12 +225,7 @@ def server_process(command: list[str], env: dict[str, str], health_url: str, log
                 time.sleep(0.25)
             yield time.monotonic() - started
         finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop_process(process, 30)
 
 
 # ---- the raw baseline --------------------------------------------------------------------------------------------
