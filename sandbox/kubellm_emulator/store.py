@@ -670,9 +670,11 @@ class ObjectStore:
             meta = updated["metadata"]
         if owned_fields is not None:
             _record_manager(meta, options.field_manager, operation, rtype.api_version, fields=owned_fields)
-        if _comparable(updated, ignore_times=True) == _comparable(current, ignore_times=True):
+        if _comparable(updated, with_managed_fields=True) == _comparable(current, with_managed_fields=True):
             return current  # a no-op write changes nothing, not even the resourceVersion
-        if owned_fields is None and _comparable(updated, managed=False) != _comparable(current, managed=False):
+        if owned_fields is None and _comparable(updated, with_managed_fields=False) != _comparable(
+            current, with_managed_fields=False
+        ):
             # A write that set no field but managedFields gives its manager no entry (it took no field).
             _record_manager(meta, options.field_manager, operation, rtype.api_version)
         if options.dry_run:
@@ -963,14 +965,14 @@ def _spec_of(obj: JsonObject) -> JsonObject:
     return {key: value for key, value in obj.items() if key not in ("metadata", "status", "apiVersion", "kind")}
 
 
-def _comparable(obj: JsonObject, *, ignore_times: bool = False, managed: bool = True) -> JsonObject:
+def _comparable(obj: JsonObject, *, with_managed_fields: bool) -> JsonObject:
     """What decides whether a write changed anything: not the resourceVersion, nor managedFields' timestamps (nor
-    managedFields at all with ``managed=False``)."""
+    managedFields at all without ``with_managed_fields``)."""
     comparable = copy.deepcopy(obj)
     meta = comparable.get("metadata") or {}
     meta.pop("resourceVersion", None)
     entries = meta.pop("managedFields", None) or []
-    if ignore_times and managed:
+    if with_managed_fields:
         meta["managedFields"] = [{k: v for k, v in entry.items() if k != "time"} for entry in entries]
     return comparable
 
