@@ -32,7 +32,7 @@ from kubellm_inference import compiled
 from kubellm_inference.engine import _growing_cache
 from kubellm_inference.loading import converted_embedded_folder, load_model
 from kubellm_inference.precision import pack_linears
-from kubellm_tools.quality import MAX_NLL_INCREASE, MIN_TOP1_AGREEMENT, TEXTS
+from kubellm_tools.quality import MAX_NLL_INCREASE, MIN_TOP1_AGREEMENT, TEXTS, greedy_agreement
 
 PROMPT = "The history of the city begins with a small settlement on the river, where traders from the north met"
 
@@ -59,14 +59,6 @@ def decode(model: Any, tokenizer: Any, step: Step, rows: int, steps: int) -> tup
         tokens.append(token.tolist())
         position = position + 1
     return times, tokens
-
-
-def _agreement(first: list[list[int]], second: list[list[int]]) -> str:
-    """'identical', or from which step on the greedy tokens part."""
-    if first == second:
-        return "identical"
-    step = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
-    return f"DIFFER from step {step} of {len(first)}"
 
 
 def _eager(model: Any) -> Step:
@@ -200,14 +192,14 @@ def main() -> None:
                 eager_times, eager_tokens = decode(model, tokenizer, eager, rows, args.steps)
                 compiled_times, compiled_tokens = decode(model, tokenizer, decoder.forward, rows, args.steps)
                 e, c = statistics.median(eager_times), statistics.median(compiled_times)
-                same = _agreement(eager_tokens, compiled_tokens)
+                same = greedy_agreement(eager_tokens, compiled_tokens)
                 line = (
                     f"batch {rows} pair {pair}: eager {e:.1f} ms/step, compiled {c:.1f} ms/step, {e / c:.2f}x, {same}"
                 )
                 if packed is not None:
                     packed_times, packed_tokens = decode(packed, tokenizer, _eager(packed), rows, args.steps)
                     p = statistics.median(packed_times)
-                    same = _agreement(eager_tokens, packed_tokens)
+                    same = greedy_agreement(eager_tokens, packed_tokens)
                     line += f"; packed eager {p:.1f} ms/step, {e / p:.2f}x, {same}"
                 print(line, flush=True)
         print("graphs compiled in all:", dict(counters["stats"]))

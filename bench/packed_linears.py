@@ -18,6 +18,7 @@ from kubellm.contract import DType, Quantization
 from kubellm_inference.loading import converted_embedded_folder, load_model
 from kubellm_inference.precision import pack_linears
 from kubellm_inference.state import ServerSettings
+from kubellm_tools.quality import greedy_agreement
 
 
 @torch.inference_mode()
@@ -65,14 +66,10 @@ def main() -> None:
             figures[label] = run(model, prompt, args.steps)
         (p_pre, p_steps, p_tokens), (k_pre, k_steps, k_tokens) = figures["plain"], figures["packed"]
         p_step, k_step = statistics.median(p_steps), statistics.median(k_steps)
-        same = (
-            "same tokens"
-            if p_tokens == k_tokens
-            else f"tokens part at step {next(i for i, (a, b) in enumerate(zip(p_tokens, k_tokens, strict=True)) if a != b)}"
-        )
+        same = greedy_agreement(p_tokens, k_tokens)
         print(
-            f"pair {pair + 1}: prefill {args.prompt_tokens} tokens {p_pre:.0f} vs {k_pre:.0f} ms ({p_pre / k_pre:.2f}x); "
-            f"decode {p_step:.1f} vs {k_step:.1f} ms/step ({p_step / k_step:.2f}x); {same}"
+            f"pair {pair + 1}: prefill {args.prompt_tokens} tokens {p_pre:.0f} vs {k_pre:.0f} ms "
+            f"({p_pre / k_pre:.2f}x); decode {p_step:.1f} vs {k_step:.1f} ms/step ({p_step / k_step:.2f}x); tokens {same}"
         )
 
 

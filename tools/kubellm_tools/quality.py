@@ -1,7 +1,10 @@
 """The quantized paths' quality check: texts, and the tolerances stated against bfloat16 on them (measured values
-in docs/inference.md, "Quantization"). Shared by the precision test and ``bench/compiled_step.py --quality``."""
+in docs/inference.md, "Quantization"). Shared by the precision test and ``bench/compiled_step.py --quality``; and
+how two greedy decodes compare, for the bench scripts that run one step against another."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from kubellm.contract import Quantization
 
@@ -17,3 +20,13 @@ TEXTS = [
 # mean negative log-likelihood of the texts, in nats per token.
 MIN_TOP1_AGREEMENT = {Quantization.int8: 0.95, Quantization.int4: 0.80}
 MAX_NLL_INCREASE = {Quantization.int8: 0.03, Quantization.int4: 0.05}
+
+
+def greedy_agreement(first: Sequence[object], second: Sequence[object]) -> str:
+    """'identical', or from which step on two greedy decodes' tokens (one entry per step) part."""
+    if list(first) == list(second):
+        return "identical"
+    step = next(
+        (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), min(len(first), len(second))
+    )
+    return f"DIFFER from step {step} of {len(first)}"
