@@ -69,7 +69,8 @@ def main() -> None:
         same = greedy_agreement(p_tokens, k_tokens)
         print(
             f"pair {pair + 1}: prefill {args.prompt_tokens} tokens {p_pre:.0f} vs {k_pre:.0f} ms "
-            f"({p_pre / k_pre:.2f}x); decode {p_step:.1f} vs {k_step:.1f} ms/step ({p_step / k_step:.2f}x); tokens {same}"
+            f"({p_pre / k_pre:.2f}x); decode {p_step:.1f} vs {k_step:.1f} ms/step ({p_step / k_step:.2f}x); "
+            f"tokens {same}"
         )
 
 

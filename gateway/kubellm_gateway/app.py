@@ -530,7 +530,7 @@ class GatewayApp:
     """The gateway's ASGI app. The relaying routes are dispatched here, straight to their handlers; FastAPI serves
     the rest (models, health, metrics, 404s). A relayed request thus skips FastAPI's routing, its dependency
     solving and its four middleware layers (whose wrapped ``send`` every chunk also went through): with the relay
-    on aiohttp, half of what the gateway still spent per request (`bench/gateway_relay.py`)."""
+    on aiohttp, 2.3 of the 15 ms of CPU the gateway still spent on a 48-token request (`bench/gateway_relay.py`)."""
 
     def __init__(self, api: FastAPI) -> None:
         self.api = api

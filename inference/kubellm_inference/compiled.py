@@ -16,9 +16,9 @@ recompiles or pads. Prefill stays eager.
 
 The graph ("bucket", named by the most rows it serves; the code builds a list of them) is built in a
 background thread after the server is Ready on the eager step, and the engine switches to it when it is
-built (a graph is never used while another one is being compiled for the same function). Inductor's caches live under ``<cache dir>/compiled/<key>``, keyed
-by model, dtype, quantization, torch version and CPU flags, so a restart on the same volume compiles from
-cache.
+built (a graph is never used while another one is being compiled for the same function). Inductor's caches
+live under ``<cache dir>/compiled/<key>``, keyed by model, dtype, quantization, torch version and CPU flags,
+so a restart on the same volume compiles from cache.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ LLMService, request) and decodes one event, or one list page, at a time.
 
 It is client-go's reflector in small: a paged list (500 a page, as client-go's pager) read at one revision, each
 page within a byte cap (pods are tenant-written, up to 1.5 MiB each: a page over the cap is asked again, from the
-same continue token, a tenth as long, down to one pod), then a watch from that revision with bookmarks; a watch the server ends is reopened from the last revision seen, and a
-revision the server no longer has (410 Expired, an ERROR event) starts a new list. Every failure waits a backoff
+same continue token, a tenth as long, down to one pod), then a watch from that revision with bookmarks; a watch
+the server ends is reopened from the last revision seen, and a revision the server no longer has (410 Expired,
+an ERROR event) starts a new list. Every failure waits a backoff
 (1 s doubling to 30 s) before the next list, and :meth:`PodTally.health` says so after ``stall_s``.
 
 One :class:`PodWatch` per scope: the whole cluster, or one namespace each with ``--namespaces`` (the operator's
