@@ -168,7 +168,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, options {compiled._INDUCTOR_OPTIONS}")
 
     decoder = compiled.CompiledDecoder(
-        model, args.buckets or compiled.batch_buckets(max(args.batches)), loaded.pad_token_id
+        model,
+        args.buckets or compiled.batch_buckets(max(args.batches), loaded.quantization),
+        loaded.pad_token_id,
+        loaded.quantization,
     )
     print(f"resident memory before the compile: {_rss_mb():.0f} MB")
     started = time.monotonic()

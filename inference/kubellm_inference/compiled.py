@@ -70,12 +70,28 @@ class CompileState(enum.StrEnum):
     failed = "failed"  # the eager step keeps serving
 
 
-def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
-    """The graphs to build, by the most rows each serves: one, for 1 to ``max_batch_size`` rows. Measured on
-    SmolLM2 bf16 (issue 22, docs/benchmarks.md): as fast per step as one static graph per power of two (1, 2,
-    4, 8, ...) and as a batch-1 graph beside a symbolic one, at a quarter and a half of their compile and load
-    time for a max batch of 8, and no padding rows."""
-    return (max(1, max_batch_size),)
+def batch_buckets(max_batch_size: int, quantization: Quantization = Quantization.none) -> tuple[int, ...]:
+    """The graphs to build, by the most rows each serves. Unquantized: a single-row graph whose linears are
+    matrix-vector reductions (``matvec``: 1.4x the packed oneDNN linears' speed at one row, and cacheable, as
+    it freezes nothing), and one for 2 to ``max_batch_size`` rows on packed weights. Quantized: one graph for 1
+    to ``max_batch_size`` rows (their matmuls are not ``mm``s the pass rewrites). One symbolic graph was measured
+    on SmolLM2 bf16 as fast per step as one static graph per power of two (1, 2, 4, 8, ...), at a quarter of
+    the compile and load time for a max batch of 8, with no padding rows (issue 22, docs/benchmarks.md)."""
+    top = max(1, max_batch_size)
+    if quantization is Quantization.none and top > 1:
+        return (1, top)
+    return (top,)
+
+
+def inductor_options(size: int, quantization: Quantization = Quantization.none) -> dict[str, Any]:
+    """The Inductor options of the graph for at most ``size`` rows."""
+    from kubellm_inference.matvec import MAX_ROWS, MatVecPass
+
+    if quantization is Quantization.none and size <= MAX_ROWS:
+        # No freezing: the reductions read the weights as they are, and a graph without packed constants is one
+        # that Inductor's FX graph cache and AOTAutograd's cache keep (a restart loads it instead of compiling).
+        return {"freezing": False, "post_grad_custom_pre_pass": MatVecPass()}
+    return dict(_INDUCTOR_OPTIONS)
 
 
 def bucket_for(rows: int, buckets: Sequence[int]) -> int:
@@ -262,11 +278,32 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return [found[i] for i in sorted(found)]
 
 
+def _step_function(model: nn.Module, size: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The function compiled for the bucket of ``size`` rows: the model's forward for one token per row."""
+
+    def step(input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        output = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+        logits: torch.Tensor = output.logits[:, -1, :]
+        return logits
+
+    # Dynamo keeps the graphs it compiles on the function's code object, shared by every closure of one def: a
+    # code object of each bucket's own keeps a bucket's graph (and its Inductor options) apart from another's, so
+    # a built bucket serves while the next one is traced and compiled.
+    step.__code__ = step.__code__.replace(co_name=f"decode_step_{size}")
+    return step
+
+
 class CompiledDecoder:
     """The compiled decode step of one model: ``build`` compiles every bucket (slow, any thread), ``forward``
     runs one step (the engine's worker thread)."""
 
-    def __init__(self, model: nn.Module, buckets: Sequence[int], pad_token_id: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        buckets: Sequence[int],
+        pad_token_id: int,
+        quantization: Quantization = Quantization.none,
+    ) -> None:
         import torch
 
         register_attention()
@@ -279,45 +316,40 @@ class CompiledDecoder:
         config: Any = model.config
         if config._attn_implementation != ATTENTION_NAME:
             model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
-        # One graph per bucket; Dynamo's default limit (8) would stop at a max batch over 128.
-        limit = max(int(torch._dynamo.config.recompile_limit), len(self.buckets) + 2)
-        torch._dynamo.config.recompile_limit = limit
-
-        def step(input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-            output = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, logits_to_keep=1)
-            logits: torch.Tensor = output.logits[:, -1, :]
-            return logits
-
+        self._options = {size: inductor_options(size, quantization) for size in self.buckets}
         # dynamic=False: no automatic dynamic shapes; the rows dimension build() marks dynamic stays so.
-        self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
-            step, dynamic=False, options=_INDUCTOR_OPTIONS
-        )
+        self._compiled: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+            size: torch.compile(_step_function(model, size), dynamic=False, options=self._options[size])
+            for size in self.buckets
+        }
+        self._built: set[int] = set()
         self._hidden = int(config.hidden_size)
         self._config = config
         self._dtype: torch.dtype = next(model.parameters()).dtype
 
     def build(self, on_bucket: Callable[[int, float], None] | None = None) -> None:
         """Compile (or load from Inductor's cache) the graph of every bucket, by running it once on a throwaway
-        cache."""
+        cache; a bucket serves (``serves``) from the moment its graph is built."""
         import torch
         import torch.fx.experimental._config
 
         from kubellm_inference.engine import _growing_cache
 
         device = next(self._model.parameters()).device
-        # Dynamo decides whether parameters become graph constants (what freezing folds and packs) or graph
-        # inputs while it traces, from the global Inductor config: torch.compile's options reach Inductor only
-        # after the trace, so with them alone the weights stayed inputs, nothing was frozen and every linear
-        # layer ran as a plain aten::mm (measured: 211 calls a step, 67 % of it).
-        # Size-oblivious: a symbolic size that may be 1 is traced as a general size (no broadcasting assumed),
-        # so 1 row runs in the same graph instead of Dynamo specializing (and recompiling) for it.
-        with (
-            torch.inference_mode(),
-            torch._inductor.config.patch(_INDUCTOR_OPTIONS),
-            torch.fx.experimental._config.patch(backed_size_oblivious=True),  # type: ignore[attr-defined]
-        ):
-            for size in self.buckets:
-                started = time.monotonic()
+        for size in self.buckets:
+            started = time.monotonic()
+            # Dynamo decides whether parameters become graph constants (what freezing folds and packs) or graph
+            # inputs while it traces, from the global Inductor config: torch.compile's options reach Inductor only
+            # after the trace, so with them alone the weights stayed inputs, nothing was frozen and every linear
+            # layer ran as a plain aten::mm (measured: 211 calls a step, 67 % of it).
+            # Size-oblivious: a symbolic size that may be 1 is traced as a general size (no broadcasting assumed),
+            # so 1 row runs in the same graph instead of Dynamo specializing (and recompiling) for it.
+            # The inputs are made in inference mode, as the engine's are: Dynamo guards on their dispatch keys.
+            with (
+                torch.inference_mode(),
+                torch._inductor.config.patch(self._options[size]),
+                torch.fx.experimental._config.patch(backed_size_oblivious=True),  # type: ignore[attr-defined]
+            ):
                 ids = torch.full((size, 1), self._pad, dtype=torch.long, device=device)
                 positions = torch.zeros((size, 1), dtype=torch.long, device=device)
                 smaller = [b for b in self.buckets if b < size]
@@ -328,11 +360,16 @@ class CompiledDecoder:
                         torch._dynamo.mark_dynamic(tensor, 0, min=low, max=size)
                 _local.context = _Context(_growing_cache(), None, self._modules)
                 try:
-                    self._compiled(ids, positions)
+                    self._compiled[size](ids, positions)
                 finally:
                     _local.context = None
-                if on_bucket is not None:
-                    on_bucket(size, time.monotonic() - started)
+            self._built.add(size)
+            if on_bucket is not None:
+                on_bucket(size, time.monotonic() - started)
+
+    def serves(self, rows: int) -> bool:
+        """Whether the graph for ``rows`` rows is built."""
+        return rows <= self.buckets[-1] and bucket_for(rows, self.buckets) in self._built
 
     def forward(
         self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
@@ -342,7 +379,7 @@ class CompiledDecoder:
         from transformers.masking_utils import create_causal_mask
 
         rows = input_ids.shape[0]
-        bucket_for(rows, self.buckets)  # raises past the largest bucket (the engine never batches more rows)
+        bucket = bucket_for(rows, self.buckets)  # raises past the largest bucket (the engine never batches more)
         # The eager model builds this mask from the same inputs before its layers run; so does this step.
         shape_only = torch.empty((rows, 1, self._hidden), dtype=self._dtype, device=input_ids.device)
         causal = create_causal_mask(
@@ -354,7 +391,7 @@ class CompiledDecoder:
         )
         _local.context = _Context(cache, causal if isinstance(causal, torch.Tensor) else None, self._modules)
         try:
-            logits = self._compiled(input_ids, positions)
+            logits = self._compiled[bucket](input_ids, positions)
         finally:
             _local.context = None
         return logits[:rows]
@@ -444,15 +481,17 @@ def child_main(argv: Sequence[str]) -> int:
     )
     buckets = tuple(int(b) for b in args.buckets.split(","))
     loaded = load_model(settings)
-    build_into(args.cache_folder, loaded.model, buckets, loaded.pad_token_id)
+    build_into(args.cache_folder, loaded.model, buckets, loaded.pad_token_id, loaded.quantization)
     return 0
 
 
-def build_into(folder: Path, model: nn.Module, buckets: Sequence[int], pad_token_id: int) -> None:
+def build_into(
+    folder: Path, model: nn.Module, buckets: Sequence[int], pad_token_id: int, quantization: Quantization
+) -> None:
     """Compile every bucket with Inductor's cache in ``folder`` and mark it warm (prints one line per bucket)."""
     register_attention()
     model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
-    decoder = CompiledDecoder(model, buckets, pad_token_id)
+    decoder = CompiledDecoder(model, buckets, pad_token_id, quantization)
     decoder.build(lambda size, seconds: print(f"bucket {size} {seconds:.1f}", flush=True))
     warm_marker(folder, buckets).write_text(f"compiled by torch {_torch_version()}\n")
 

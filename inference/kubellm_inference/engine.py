@@ -230,7 +230,8 @@ class GenerationEngine:
         self._compile_cache_dir = compile_cache_dir
         self._compile_prebuilt_dir = compile_prebuilt_dir
         self.compile_status = CompileStatus(setting=compile_mode)
-        # Set once, by the compile thread, when every bucket is built; the worker reads it before each decode.
+        # Set by the compile thread once the first bucket is built (a bucket serves from then on, the others stay
+        # eager until theirs is); the worker reads it before each decode.
         self._compiled: CompiledDecoder | None = None
         self._compile_thread: threading.Thread | None = None
 
@@ -281,7 +282,7 @@ class GenerationEngine:
 
     @property
     def step(self) -> Step:
-        """The decode step serving now."""
+        """The decode step serving now (compiled: for the buckets built, ``compile_status.buckets_done`` of them)."""
         return Step.compiled if self._compiled is not None else Step.eager
 
     def in_flight(self) -> int:
@@ -397,7 +398,7 @@ class GenerationEngine:
             compiled.register_attention()
             loaded.model.set_attn_implementation(compiled.ATTENTION_NAME)
             status.state = CompileState.pending
-            status.buckets = compiled.batch_buckets(self._max_batch_size)
+            status.buckets = compiled.batch_buckets(self._max_batch_size, loaded.quantization)
         return wanted
 
     def _build_compiled(self) -> None:
@@ -412,10 +413,18 @@ class GenerationEngine:
         status = self.compile_status
         status.started_at = time.monotonic()
 
+        decoder: CompiledDecoder | None = None
+
         def compiled_one(size: int, seconds: float) -> None:
             status.buckets_done += 1
             self._metrics.compile_buckets_done.set(status.buckets_done)
             log.info("%s the decode step for batch bucket %d in %.1fs", status.state.value, size, seconds)
+            if decoder is not None and self._compiled is None and not self._stopping:
+                # A loaded bucket serves at once: the single-row graph loads from Inductor's cache in seconds,
+                # the packed one for more rows takes tens of seconds (its constants bypass the cache).
+                self._compiled = decoder
+                self._metrics.decode_step.labels(step=Step.eager.value).set(0)
+                self._metrics.decode_step.labels(step=Step.compiled.value).set(1)
 
         switch_interval = sys.getswitchinterval()
         try:
@@ -438,13 +447,16 @@ class GenerationEngine:
             status.state = CompileState.loading
             status.buckets_done = 0
             loading_from = time.monotonic()
-            decoder = compiled.CompiledDecoder(loaded.model, status.buckets, loaded.pad_token_id)
+            decoder = compiled.CompiledDecoder(loaded.model, status.buckets, loaded.pad_token_id, loaded.quantization)
             # While Dynamo traces here it holds the GIL for long stretches; a shorter switch interval lets the
             # worker's eager steps (hundreds of small ops, each needing the GIL) through more often meanwhile.
             sys.setswitchinterval(min(switch_interval, 0.0005))
             decoder.build(compiled_one)
             status.load_seconds = time.monotonic() - loading_from
         except Exception as error:
+            self._compiled = None
+            self._metrics.decode_step.labels(step=Step.compiled.value).set(0)
+            self._metrics.decode_step.labels(step=Step.eager.value).set(1)
             status.seconds = time.monotonic() - status.started_at
             status.state = CompileState.failed
             status.detail = f"{type(error).__name__}: {error}"
@@ -461,8 +473,6 @@ class GenerationEngine:
             return
         self._compiled = decoder
         status.state = CompileState.ready
-        self._metrics.decode_step.labels(step=Step.eager.value).set(0)
-        self._metrics.decode_step.labels(step=Step.compiled.value).set(1)
         log.info(
             "the compiled decode step serves now (buckets %s; %.1fs: compile %s, load %.1fs)",
             ",".join(map(str, status.buckets)),
@@ -473,6 +483,8 @@ class GenerationEngine:
 
     def _warm_up(self) -> None:
         """One short greedy generation through the batching path: readiness proves the model generates."""
+        import torch
+
         events: list[GenerationEvent] = []
         prompt = self.loaded.tokenizer(WARMUP_PROMPT, add_special_tokens=False)["input_ids"]
         request = GenerationRequest(
@@ -481,9 +493,11 @@ class GenerationEngine:
             deadline=time.monotonic() + 600,
             sink=events.append,
         )
-        batch = self._prefill([request])
-        while batch is not None and len(batch):
-            batch = self._decode(batch)
+        # In inference mode, as the serving loop: no autograd graph is recorded.
+        with torch.inference_mode():
+            batch = self._prefill([request])
+            while batch is not None and len(batch):
+                batch = self._decode(batch)
         if not events or events[-1].finish_reason is not FinishReason.length:
             raise RuntimeError(f"warm-up generation did not complete: {events!r}")
 
@@ -572,7 +586,7 @@ class GenerationEngine:
             if self._debug_step_delay_s and self._state is EngineState.ready:
                 time.sleep(self._debug_step_delay_s)  # test hook: a stalled step (settings.debug_step_delay_s)
             compiled = self._compiled
-            if decode and compiled is not None:
+            if decode and compiled is not None and compiled.serves(input_ids.shape[0]):
                 return compiled.forward(input_ids, mask, positions, cache)
             output = self.loaded.model(
                 input_ids=input_ids,

@@ -134,7 +134,8 @@ def prepare_compiled(settings: ServerSettings, loaded: LoadedModel) -> int:
     key = compiled.cache_key(loaded.source, dtype, loaded.quantization)
     folder = compiled.use_cache_dir(settings.cache_dir / "compiled", key)
     try:
-        compiled.build_into(folder, loaded.model, compiled.batch_buckets(settings.max_batch_size), loaded.pad_token_id)
+        buckets = compiled.batch_buckets(settings.max_batch_size, loaded.quantization)
+        compiled.build_into(folder, loaded.model, buckets, loaded.pad_token_id, loaded.quantization)
     except Exception as error:
         print(f"kubellm serve --prepare: compiling the decode step failed: {error}", file=sys.stderr)
         return EXIT_LOAD_FAILED

@@ -11,9 +11,11 @@ import pytest
 import torch
 from inference_support import RunningServer, serve, wait_until
 from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
 
 from kubellm.contract import CompileMode, DType, Quantization, ServerSettings
-from kubellm_inference.compiled import batch_buckets, bucket_for, cache_key, decide
+from kubellm_inference.compiled import batch_buckets, bucket_for, cache_key, decide, inductor_options
+from kubellm_inference.matvec import MatVecPass
 
 # Compiling the tiny model's graph (a child process, then the load from its cache): 4-10 min on the
 # loaded 2-core dev VM.
@@ -22,15 +24,57 @@ PROMPTS = ["The quick brown fox", "Hello", "A much longer prompt that pads the o
 
 
 @pytest.mark.parametrize(
-    ("max_batch_size", "buckets"),
-    [(1, (1,)), (2, (2,)), (6, (6,)), (8, (8,))],
+    ("max_batch_size", "quantization", "buckets"),
+    [
+        (1, Quantization.none, (1,)),
+        (2, Quantization.none, (1, 2)),
+        (8, Quantization.none, (1, 8)),
+        (1, Quantization.int8, (1,)),
+        (6, Quantization.int4, (6,)),
+        (8, Quantization.int8, (8,)),
+    ],
 )
-def test_batch_buckets(max_batch_size: int, buckets: tuple[int, ...]) -> None:
-    # One graph whose number of rows is symbolic serves every batch size.
-    assert batch_buckets(max_batch_size) == buckets
-    assert {bucket_for(n, buckets) for n in range(1, max_batch_size + 1)} == {max_batch_size}
+def test_batch_buckets(max_batch_size: int, quantization: Quantization, buckets: tuple[int, ...]) -> None:
+    # Unquantized: a single-row graph (matrix-vector reductions) and one symbolic graph for the rest; quantized:
+    # one symbolic graph for every batch size.
+    assert batch_buckets(max_batch_size, quantization) == buckets
+    assert {bucket_for(n, buckets) for n in range(1, max_batch_size + 1)} == set(buckets)
+    assert bucket_for(1, buckets) == buckets[0]
     with pytest.raises(ValueError, match="exceed the largest bucket"):
         bucket_for(max_batch_size + 1, buckets)
+
+
+def test_only_the_unquantized_single_row_graph_goes_through_the_matvec_pass() -> None:
+    single = inductor_options(1)
+    assert single["freezing"] is False and isinstance(single["post_grad_custom_pre_pass"], MatVecPass)
+    assert inductor_options(8) == {"freezing": True}
+    assert inductor_options(1, Quantization.int8) == {"freezing": True}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_matvec_pass_turns_single_row_linears_into_reductions(dtype: torch.dtype, bias: bool) -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96, bias=bias, dtype=dtype)
+
+    def run(rows: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        x = torch.randn(rows, 64, dtype=dtype)
+        torch._dynamo.reset()
+        compiled = torch.compile(layer, dynamic=False, options=inductor_options(1))
+        with torch.inference_mode():
+            out, code = run_and_get_code(compiled, x)
+            return out, layer(x), "\n".join(code)
+
+    out, eager, code = run(1)
+    # The product is a generated reduction, not a call to a matmul kernel; float32 sums in another order.
+    assert "extern_kernels.mm" not in code and "extern_kernels.addmm" not in code, code
+    tolerance = 1e-5 if dtype is torch.float32 else 1e-2
+    torch.testing.assert_close(out, eager, rtol=tolerance, atol=tolerance)
+    # Two rows: left to the matmul (the pass applies to one row only).
+    out, eager, code = run(2)
+    assert "extern_kernels.mm" in code or "extern_kernels.addmm" in code, code
+    torch.testing.assert_close(out, eager, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize(
@@ -109,7 +153,7 @@ def test_ready_on_eager_then_compiled_with_the_same_greedy_output(tiny_settings:
         loadz = client.get("/loadz").json()
         assert loadz["phase"] == "ready" and loadz["compile"]["step"] == "eager", loadz
         assert loadz["compile"]["state"] in ("pending", "compiling"), loadz
-        assert loadz["compile"]["buckets"] == [4]
+        assert loadz["compile"]["buckets"] == [1, 4]
         alone = [_greedy(client, [prompt])[0] for prompt in PROMPTS]
         together = _greedy(client, PROMPTS)
         assert together == alone
@@ -121,15 +165,17 @@ def test_ready_on_eager_then_compiled_with_the_same_greedy_output(tiny_settings:
 
         wait_until(compiled, COMPILE_TIMEOUT_S, "the compiled decode step to be built")
         loadz = client.get("/loadz").json()["compile"]
-        assert loadz["state"] == "ready" and loadz["buckets_done"] == 1 and loadz["seconds"] > 0, loadz
+        wait_until(lambda: client.get("/loadz").json()["compile"]["state"] == "ready", 120, "every bucket to be built")
+        loadz = client.get("/loadz").json()["compile"]
+        assert loadz["buckets_done"] == 2 and loadz["seconds"] > 0, loadz
         assert client.get("/v1/models").json()["data"][0]["step"] == "compiled"
         assert server.metric("kubellm_decode_step", step="compiled") == 1
         assert server.metric("kubellm_decode_step", step="eager") == 0
-        assert server.metric("kubellm_compile_buckets_done") == 1
+        assert server.metric("kubellm_compile_buckets_done") == 2
 
         graphs = dict(counters["stats"])
-        # 1 row, then 3 rows, through the one graph for 1-4 rows (its rows dimension symbolic, no padding), the
-        # cache growing and shrinking.
+        # 1 row through the single-row graph (matrix-vector reductions), then 3 rows through the one graph for 2-4
+        # rows (its rows dimension symbolic, no padding), the cache growing and shrinking.
         assert [_greedy(client, [prompt])[0] for prompt in PROMPTS] == alone
         assert _greedy(client, PROMPTS) == alone
         # Served by the graphs built in the background: nothing was traced or compiled on the serving path.
