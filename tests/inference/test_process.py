@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from inference_support import PROCESS_START_TIMEOUT_S, RunningServer, kubellm_command, serve_process, wait_until
 
 from kubellm.contract import env_name
@@ -83,8 +84,13 @@ def test_tiny_model_command_writes_a_model_folder(tmp_path: Path) -> None:
         assert (target / name).is_file(), name
 
 
-def test_serve_prepare_loads_the_model_and_exits(tiny_model: Path) -> None:
+def test_serve_prepare_loads_the_model_and_exits(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its own cache: --prepare compiles the decode step into the cache folder, which is the user's by default.
+    monkeypatch.setenv(env_name("cache_dir"), str(tmp_path))
     assert serve_main(["--prepare", "--model", str(tiny_model)]) == 0
+    assert any((tmp_path / "compiled").glob("tiny-*/warm-*")), "the compiled step was not prepared into the cache"
     assert serve_main(["--prepare", "--model", str(tiny_model / "missing")]) != 0
 
 
