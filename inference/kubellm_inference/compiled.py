@@ -9,14 +9,15 @@ What is compiled is the whole decoder for one new token per row **except attenti
 attention function the model calls is, inside the compiled graph, the opaque custom op
 ``kubellm::decode_attention``, which at run time writes the new keys and values into the engine's own cache
 (the growing, in-place cache of ``engine.py``) and runs the same SDPA call with the same mask the eager step
-runs. So the graph's shapes depend only on the number of rows, never on the context length, and one graph
-serves 1 to ``max_batch_size`` rows: its rows dimension is symbolic (Dynamo's ``mark_dynamic``, traced
-size-obliviously so that 1 row is not a special case): rows join and leave, caches grow, and nothing
-recompiles or pads. Prefill stays eager.
+runs. So the graph's shapes depend only on the number of rows, never on the context length. A graph serves
+a range of rows: its rows dimension is symbolic (Dynamo's ``mark_dynamic``, traced size-obliviously so that 1
+row is not a special case): rows join and leave, caches grow, and nothing recompiles or pads. An unquantized
+model gets a graph of its own for a single row, whose linear layers are matrix-vector reductions
+(``matvec``), beside the packed graph for more rows. Prefill stays eager.
 
-The graph ("bucket", named by the most rows it serves; the code builds a list of them) is built in a
-background thread after the server is Ready on the eager step, and the engine switches to it when it is
-built (a graph is never used while another one is being compiled for the same function). Inductor's caches
+The graphs ("buckets", each named by the most rows it serves) are built in a background thread after the
+server is Ready on the eager step, and each serves its rows from the moment it is built; each bucket's step
+function has a code object of its own, so a graph in use is never the one being compiled. Inductor's caches
 live under ``<cache dir>/compiled/<key>``, keyed by model, dtype, quantization, torch version and CPU flags,
 so a restart on the same volume compiles from cache.
 """
@@ -77,9 +78,11 @@ def batch_buckets(max_batch_size: int, quantization: Quantization = Quantization
     to ``max_batch_size`` rows (their matmuls are not ``mm``s the pass rewrites). One symbolic graph was measured
     on SmolLM2 bf16 as fast per step as one static graph per power of two (1, 2, 4, 8, ...), at a quarter of
     the compile and load time for a max batch of 8, with no padding rows (issue 22, docs/benchmarks.md)."""
+    from kubellm_inference.matvec import MAX_ROWS
+
     top = max(1, max_batch_size)
-    if quantization is Quantization.none and top > 1:
-        return (1, top)
+    if quantization is Quantization.none and top > MAX_ROWS:
+        return (MAX_ROWS, top)
     return (top,)
 
 

@@ -422,9 +422,7 @@ class GenerationEngine:
             if decoder is not None and self._compiled is None and not self._stopping:
                 # A loaded bucket serves at once: the single-row graph loads from Inductor's cache in seconds,
                 # the packed one for more rows takes tens of seconds (its constants bypass the cache).
-                self._compiled = decoder
-                self._metrics.decode_step.labels(step=Step.eager.value).set(0)
-                self._metrics.decode_step.labels(step=Step.compiled.value).set(1)
+                self._serve_compiled(decoder)
 
         switch_interval = sys.getswitchinterval()
         try:
@@ -454,9 +452,8 @@ class GenerationEngine:
             decoder.build(compiled_one)
             status.load_seconds = time.monotonic() - loading_from
         except Exception as error:
-            self._compiled = None
-            self._metrics.decode_step.labels(step=Step.compiled.value).set(0)
-            self._metrics.decode_step.labels(step=Step.eager.value).set(1)
+            if self._compiled is not None:
+                self._serve_compiled(None)
             status.seconds = time.monotonic() - status.started_at
             status.state = CompileState.failed
             status.detail = f"{type(error).__name__}: {error}"
@@ -471,15 +468,20 @@ class GenerationEngine:
         self._metrics.compile_seconds.set(status.seconds)
         if self._stopping:
             return
-        self._compiled = decoder
         status.state = CompileState.ready
         log.info(
-            "the compiled decode step serves now (buckets %s; %.1fs: compile %s, load %.1fs)",
+            "the compiled decode step serves every bucket now (buckets %s; %.1fs: compile %s, load %.1fs)",
             ",".join(map(str, status.buckets)),
             status.seconds,
             "from cache" if status.compile_seconds is None else f"{status.compile_seconds:.1f}s",
             status.load_seconds or 0.0,
         )
+
+    def _serve_compiled(self, decoder: CompiledDecoder | None) -> None:
+        """Hand the worker the compiled step (None: the eager step again), and say which in kubellm_decode_step."""
+        self._compiled = decoder
+        self._metrics.decode_step.labels(step=Step.compiled.value).set(int(decoder is not None))
+        self._metrics.decode_step.labels(step=Step.eager.value).set(int(decoder is None))
 
     def _warm_up(self) -> None:
         """One short greedy generation through the batching path: readiness proves the model generates."""
@@ -774,9 +776,9 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
     smallest set of most likely tokens whose mass reaches ``top_p`` (always at least the most likely one).
 
     Drawn by inverting the cumulative distribution with one uniform number: ``torch.multinomial`` draws a random
-    number per vocabulary entry (1.06 ms a token over SmolLM2's 49152 on the dev VM, against 0.18 ms this way),
-    and a full sort for top-p took 2.8 ms where ``topk`` of 256 takes 0.1 ms; the full sort stays for the rare
-    distribution whose nucleus is wider than that."""
+    number per vocabulary entry, and top-p sorted the whole vocabulary; on SmolLM2's logits (49152) this takes
+    0.11 ms a token against their 1.07, and 0.28 ms with top_p 0.9 against 3.8 (``bench/sampling.py``, dev VM).
+    The full sort stays for the rare distribution whose nucleus is wider than the candidates looked at first."""
     import torch
 
     scaled = logits.float() / temperature

@@ -164,7 +164,6 @@ def test_ready_on_eager_then_compiled_with_the_same_greedy_output(tiny_settings:
             return state["step"] == "compiled"
 
         wait_until(compiled, COMPILE_TIMEOUT_S, "the compiled decode step to be built")
-        loadz = client.get("/loadz").json()["compile"]
         wait_until(lambda: client.get("/loadz").json()["compile"]["state"] == "ready", 120, "every bucket to be built")
         loadz = client.get("/loadz").json()["compile"]
         assert loadz["buckets_done"] == 2 and loadz["seconds"] > 0, loadz
