@@ -85,6 +85,12 @@ def serve(
         assert not thread.is_alive(), "uvicorn did not stop"
 
 
+def long_completion(tokens: int, **params: object) -> dict[str, object]:
+    """A text completion request that runs its full ``tokens``: a random-weight model samples its end token early
+    often enough (about one request in 60 stops within 20 tokens) to break a test that times a running request."""
+    return {"model": "tiny", "prompt": "hi", "max_tokens": tokens, "ignore_eos": True, **params}
+
+
 # A process needs a few seconds to import torch and transformers on this kind of machine.
 PROCESS_START_TIMEOUT_S = 90
 

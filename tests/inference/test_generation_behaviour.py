@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from inference_support import serve, wait_until
+from inference_support import long_completion, serve, wait_until
 from pydantic import SecretStr
 
 from kubellm.contract import ServerSettings
@@ -105,13 +105,13 @@ def test_load_failure_shows_on_readiness_and_liveness(tiny_settings: ServerSetti
 
 def test_full_queue_answers_429_with_retry_after(tiny_settings: ServerSettings) -> None:
     settings = tiny_settings.model_copy(update={"debug_step_delay_s": 0.05, "max_batch_size": 1, "queue_size": 1})
-    long = {"text": "hi", "max_new_tokens": 40}
+    long = long_completion(40)
     with serve(settings) as server, server.client() as client, ThreadPoolExecutor(max_workers=2) as pool:
-        running = pool.submit(client.post, "/ask", json=long)
+        running = pool.submit(client.post, "/v1/completions", json=long)
         wait_until(lambda: server.metric("kubellm_batch_size") == 1, 10, "the first request to run")
-        queued = pool.submit(client.post, "/ask", json=long)
+        queued = pool.submit(client.post, "/v1/completions", json=long)
         wait_until(lambda: server.metric("kubellm_queue_depth") == 1, 10, "the second request to queue")
-        refused = client.post("/ask", json=long)
+        refused = client.post("/v1/completions", json=long)
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "queue_full"
@@ -123,7 +123,7 @@ def test_deadline_answers_504_and_stops_the_generation(tiny_settings: ServerSett
     settings = tiny_settings.model_copy(update={"debug_step_delay_s": 0.05, "request_timeout_s": 0.5})
     with serve(settings) as server, server.client() as client:
         before = server.metric("kubellm_generated_tokens_total")
-        response = client.post("/ask", json={"text": "hi", "max_new_tokens": 60})
+        response = client.post("/v1/completions", json=long_completion(60))
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "deadline_exceeded"
         wait_until(lambda: server.metric("kubellm_batch_size") == 0, 5, "the batch to empty")
@@ -135,7 +135,7 @@ def test_deadline_answers_504_and_stops_the_generation(tiny_settings: ServerSett
 def test_deadline_ends_a_started_stream_with_an_error_event(tiny_settings: ServerSettings) -> None:
     settings = tiny_settings.model_copy(update={"debug_step_delay_s": 0.05, "request_timeout_s": 0.6})
     with serve(settings) as server, server.client() as client:
-        request = {"model": "tiny", "prompt": "hi", "max_tokens": 60, "ignore_eos": True, "stream": True}
+        request = long_completion(60, stream=True)
         with client.stream("POST", "/v1/completions", json=request) as streaming:
             assert streaming.status_code == 200
             lines = [line for line in streaming.iter_lines() if line]
@@ -168,7 +168,7 @@ def test_client_disconnect_frees_the_slot(tiny_settings: ServerSettings) -> None
     settings = tiny_settings.model_copy(update={"debug_step_delay_s": 0.05, "max_batch_size": 1})
     with serve(settings) as server, server.client() as client:
         before = server.metric("kubellm_generated_tokens_total")
-        request = {"model": "tiny", "prompt": "hi", "max_tokens": 60, "ignore_eos": True, "stream": True}
+        request = long_completion(60, stream=True)
         with client.stream("POST", "/v1/completions", json=request) as response:
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")
@@ -177,7 +177,7 @@ def test_client_disconnect_frees_the_slot(tiny_settings: ServerSettings) -> None
         assert server.metric("kubellm_generated_tokens_total") - before < 50
         # Non-streaming too: a client that gives up waiting frees its place.
         with pytest.raises(httpx.ReadTimeout):
-            client.post("/ask", json={"text": "hi", "max_new_tokens": 60}, timeout=0.3)
+            client.post("/v1/completions", json=long_completion(60), timeout=0.3)
         wait_until(lambda: server.state.engine.in_flight() == 0, 10, "the abandoned request to be dropped")
         assert client.post("/ask", json={"text": "hi", "max_new_tokens": 2}).status_code == 200
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from inference_support import PROCESS_START_TIMEOUT_S, RunningServer, kubellm_command, serve_process, wait_until
+from inference_support import (
+    PROCESS_START_TIMEOUT_S,
+    RunningServer,
+    kubellm_command,
+    long_completion,
+    serve_process,
+    wait_until,
+)
 
 from kubellm.contract import env_name
 from kubellm_inference.probe import main as probe_main
@@ -27,7 +34,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tiny_model: Path) -> None
         first_line = threading.Event()
 
         def stream() -> None:
-            request = {"model": "tiny", "prompt": "hi", "max_tokens": 40, "ignore_eos": True, "stream": True}
+            request = long_completion(40, stream=True)
             with httpx.stream("POST", f"{base_url}/v1/completions", json=request, timeout=30) as response:
                 for line in response.iter_lines():
                     if line:  # events are separated by blank lines
@@ -53,9 +60,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tiny_model: Path) -> None
 def test_sigterm_stops_requests_still_running_after_the_grace_period(tiny_model: Path) -> None:
     with serve_process(tiny_model, debug_step_delay_s="0.1", drain_grace_s="0.5") as (process, base_url):
         outcome: list[httpx.Response] = []
-        request = {"text": "hi", "max_new_tokens": 200}
+        request = long_completion(200)
         worker = threading.Thread(
-            target=lambda: outcome.append(httpx.post(f"{base_url}/ask", json=request, timeout=30))
+            target=lambda: outcome.append(httpx.post(f"{base_url}/v1/completions", json=request, timeout=30))
         )
         worker.start()
         wait_until(lambda: "kubellm_batch_size 1.0" in httpx.get(f"{base_url}/metrics").text, 10, "generation")
