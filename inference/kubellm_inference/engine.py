@@ -373,9 +373,12 @@ class GenerationEngine:
 
     def _decide_compile(self, loaded: LoadedModel) -> bool:
         """Whether to build the compiled step (logged); prepares the model for it on this thread, before the
-        warm-up, so that readiness proves the eager step with the attention the compiled one shares."""
+        warm-up, so that readiness proves the eager step with the attention the compiled one shares. Every
+        model gets that attention (``compiled.one_token_attention`` for a decode step), compiled or not."""
         from kubellm_inference import compiled
 
+        compiled.register_attention()
+        loaded.model.set_attn_implementation(compiled.ATTENTION_NAME)
         status = self.compile_status
         wanted, status.reason = compiled.decide(
             status.setting,
@@ -395,8 +398,6 @@ class GenerationEngine:
             status.reason = f"{status.reason}; {packed}"
             log.info("the eager step's %s", packed)
         if wanted:
-            compiled.register_attention()
-            loaded.model.set_attn_implementation(compiled.ATTENTION_NAME)
             status.state = CompileState.pending
             status.buckets = compiled.batch_buckets(self._max_batch_size, loaded.quantization)
         return wanted

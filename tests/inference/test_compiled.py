@@ -5,6 +5,8 @@ eager step did (float32: the same tokens, not a tolerance)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -12,9 +14,18 @@ import torch
 from inference_support import RunningServer, serve, wait_until
 from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from kubellm.contract import CompileMode, DType, Quantization, ServerSettings
-from kubellm_inference.compiled import batch_buckets, bucket_for, cache_key, decide, inductor_options
+from kubellm_inference.compiled import (
+    ATTENTION_NAME,
+    batch_buckets,
+    bucket_for,
+    cache_key,
+    decide,
+    inductor_options,
+    one_token_attention,
+)
 from kubellm_inference.matvec import MatVecPass
 
 # Compiling the tiny model's graph (a child process, then the load from its cache): 4-10 min on the
@@ -118,7 +129,29 @@ def test_cache_key_separates_models_dtypes_and_quantizations() -> None:
     assert cache_key("/models/a", torch.bfloat16, Quantization.none).startswith("a-")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "masked"), [(1, False), (3, False), (3, True)])
+def test_one_token_attention_computes_what_transformers_sdpa_does(dtype: torch.dtype, rows: int, masked: bool) -> None:
+    # SmolLM2's layout: 9 query heads over 3 key/value heads. Without a mask transformers takes enable_gqa (the slow
+    # CPU path), with one it packs the heads itself; either way the numbers must be the same.
+    generator = torch.Generator().manual_seed(0)
+    module: Any = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    query = torch.randn((rows, 9, 1, 64), generator=generator, dtype=dtype)
+    cache = torch.randn((2, rows, 3, 40, 64), generator=generator, dtype=dtype)
+    keys, values = cache[0, :, :, :33], cache[1, :, :, :33]  # views of a cache with room, as the engine's
+    mask = None
+    if masked:
+        mask = torch.ones((rows, 1, 1, 33), dtype=torch.bool)
+        mask[0, ..., :20] = False  # the first row is left-padded
+    expected, _ = sdpa_attention_forward(module, query, keys, values, mask, scaling=0.125)
+    got = one_token_attention(module, query, keys, values, mask, 0.125)
+    assert got.shape == expected.shape == (rows, 1, 9, 64) and got.is_contiguous()
+    torch.testing.assert_close(got, expected)
+
+
 def test_compile_off_serves_eager_and_says_so(server: RunningServer) -> None:
+    # The eager step decodes with the engine's attention as well (one_token_attention), compiled or not.
+    assert server.state.engine.loaded.model.config._attn_implementation == ATTENTION_NAME
     with server.client() as client:
         compile_info = client.get("/loadz").json()["compile"]
         card = client.get("/v1/models").json()["data"][0]
