@@ -226,10 +226,10 @@ def one_token_attention(
 
     rows, heads, _, dim = query.shape
     groups = int(getattr(module, "num_key_value_groups", 1))
-    packed = query.view(rows, heads // groups, groups, dim)
+    packed = query.reshape(rows, heads // groups, groups, dim)
     # A mask for one query position is [rows, 1, 1, keys]: the same for every head, so it broadcasts as it is.
     out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
-    return out.view(rows, heads, 1, dim).transpose(1, 2).contiguous()
+    return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous()
 
 
 def _decode_attention_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> torch.Tensor:

@@ -136,7 +136,8 @@ def test_one_token_attention_computes_what_transformers_sdpa_does(dtype: torch.d
     # CPU path), with one it packs the heads itself; either way the numbers must be the same.
     generator = torch.Generator().manual_seed(0)
     module: Any = SimpleNamespace(num_key_value_groups=3, is_causal=True)
-    query = torch.randn((rows, 9, 1, 64), generator=generator, dtype=dtype)
+    # [rows, heads, 1, dim] as the model makes it: its projection's [rows, 1, heads, dim], transposed.
+    query = torch.randn((rows, 1, 9, 64), generator=generator, dtype=dtype).transpose(1, 2)
     cache = torch.randn((2, rows, 3, 40, 64), generator=generator, dtype=dtype)
     keys, values = cache[0, :, :, :33], cache[1, :, :, :33]  # views of a cache with room, as the engine's
     mask = None
