@@ -220,8 +220,8 @@ def one_token_attention(
     runs on the cache's own heads with neither ``repeat_kv`` copies nor ``enable_gqa``.
 
     transformers packs the heads this way only when a mask is given; with none (one row, or rows of one length) it
-    passes ``enable_gqa=True``, which CPU SDPA runs 4-6x slower on SmolLM2's shapes (one row, 100 cached tokens:
-    127 against 31 us a layer; 8 rows: 1150 against 200; ``bench/attention.py``)."""
+    passes ``enable_gqa=True``, which CPU SDPA runs 3-5x slower on SmolLM2's shapes (one row, 100 cached tokens:
+    69 against 22 us a layer; 8 rows: 452 against 105; ``bench/attention.py``, quiet dev VM)."""
     import torch
 
     rows, heads, _, dim = query.shape

@@ -5,6 +5,7 @@ eager step did (float32: the same tokens, not a tolerance)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch._inductor.utils import run_and_get_code
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from kubellm.contract import CompileMode, DType, Quantization, ServerSettings
+from kubellm_inference import compiled
 from kubellm_inference.compiled import (
     ATTENTION_NAME,
     batch_buckets,
@@ -25,6 +27,7 @@ from kubellm_inference.compiled import (
     decide,
     inductor_options,
     one_token_attention,
+    register_attention,
 )
 from kubellm_inference.matvec import MatVecPass
 
@@ -148,6 +151,27 @@ def test_one_token_attention_computes_what_transformers_sdpa_does(dtype: torch.d
     got = one_token_attention(module, query, keys, values, mask, 0.125)
     assert got.shape == expected.shape == (rows, 1, 9, 64) and got.is_contiguous()
     torch.testing.assert_close(got, expected)
+
+
+def test_the_models_decode_steps_take_one_token_attention(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the model passes to its attention (position_ids, use_cache, ...) must not send a decode step back to
+    # transformers' path: that would cost nothing in correctness and 3-5x in attention time.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)
+    calls: list[int] = []
+
+    def counted(*args: Any) -> torch.Tensor:
+        calls.append(args[1].shape[0])
+        return one_token_attention(*args)
+
+    monkeypatch.setattr(compiled, "one_token_attention", counted)
+    with torch.inference_mode():
+        model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    layers = model.config.num_hidden_layers
+    assert len(calls) == 2 * layers, "the prompt's step is transformers'; each of the two decode steps is ours"
 
 
 def test_compile_off_serves_eager_and_says_so(server: RunningServer) -> None:
