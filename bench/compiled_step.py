@@ -12,8 +12,15 @@ paths' quality check (kubellm_tools.quality: top-1 agreement with bfloat16 and t
 through the eager and the compiled decode step, token by token on the texts (teacher-forced), against a bfloat16
 model's prefill of them.
 
+``--aot DIR`` adds a third step: AOTInductor packages of the same graphs (``compiled.export_package``; built
+into DIR once, reused after), loaded with ``torch._inductor.aoti_load_package``, with their build and load
+times; ``--no-jit`` leaves out the JIT-compiled graphs (for a process without a compiler, as in the image).
+
     python bench/compiled_step.py --batches 1 2 --steps 24 --pairs 3
     python bench/compiled_step.py --quantization int8 --batches 1 --pairs 1 --quality
+    python bench/compiled_step.py --batches 1 8 --pairs 2 --aot /tmp/aot
+    env -i HOME=$HOME PATH=$PWD/.venv/bin CXX=/nonexistent PYTHONPATH=$PWD/bench:$PWD/tools \
+        .venv/bin/python bench/compiled_step.py --batches 1 8 --pairs 2 --aot /tmp/aot --no-jit
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,6 +143,26 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _aot_decoder(
+    model: Any, buckets: Sequence[int], pad_token_id: int, quantization: Quantization, folder: Path
+) -> compiled.CompiledDecoder:
+    """A decoder serving AOTInductor packages of ``buckets``, built into ``folder`` unless already there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    runners = {}
+    for size in buckets:
+        path = folder / f"decode-{size}.pt2"
+        if not path.exists():
+            started = time.monotonic()
+            compiled.export_package(model, size, buckets, pad_token_id, quantization, path)
+            print(f"aot bucket {size}: built in {time.monotonic() - started:.1f} s, {path.stat().st_size / 1e6:.0f} MB")
+        started = time.monotonic()
+        runners[size] = torch._inductor.aoti_load_package(str(path))
+        print(f"aot bucket {size}: loaded in {time.monotonic() - started:.2f} s; resident memory {_rss_mb():.0f} MB")
+    decoder = compiled.CompiledDecoder(model, buckets, pad_token_id, quantization)
+    decoder.serve_packages(runners)
+    return decoder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a model folder (default: the embedded SmolLM2)")
@@ -150,7 +178,11 @@ def main() -> None:
     parser.add_argument("--skip-guards", action="store_true", help="measure with Dynamo's guard check skipped")
     parser.add_argument("--buckets", type=int, nargs="*", help="the graphs to build (default: the server's)")
     parser.add_argument("--quality", action="store_true", help="the quality check through both steps (above)")
+    parser.add_argument("--aot", type=Path, default=None, help="also AOTInductor packages, kept in this folder")
+    parser.add_argument("--no-jit", action="store_true", help="without the JIT-compiled graphs (needs --aot)")
     args = parser.parse_args()
+    if args.no_jit and args.aot is None:
+        parser.error("--no-jit needs --aot")
 
     model_dir = args.model or str(converted_embedded_folder(ServerSettings().cache_dir))
     settings = ServerSettings(model=model_dir, dtype=DType(args.dtype), quantization=Quantization(args.quantization))
@@ -167,20 +199,18 @@ def main() -> None:
     model.set_attn_implementation(compiled.ATTENTION_NAME)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, options {compiled._INDUCTOR_OPTIONS}")
 
-    decoder = compiled.CompiledDecoder(
-        model,
-        args.buckets or compiled.batch_buckets(max(args.batches), loaded.quantization),
-        loaded.pad_token_id,
-        loaded.quantization,
-    )
+    buckets = args.buckets or compiled.batch_buckets(max(args.batches), loaded.quantization)
+    decoder = compiled.CompiledDecoder(model, buckets, loaded.pad_token_id, loaded.quantization)
     print(f"resident memory before the compile: {_rss_mb():.0f} MB")
-    started = time.monotonic()
-    decoder.build(lambda size, seconds: print(f"bucket {size}: built in {seconds:.1f} s", flush=True))
-    print(f"compile: {time.monotonic() - started:.1f} s; resident memory after it: {_rss_mb():.0f} MB")
     from torch._dynamo.utils import counters
 
-    print("aot_autograd counters:", dict(counters["aot_autograd"]))
-    print("inductor counters:", {k: v for k, v in counters["inductor"].items() if "mkldnn" not in k})
+    if not args.no_jit:
+        started = time.monotonic()
+        decoder.build(lambda size, seconds: print(f"bucket {size}: built in {seconds:.1f} s", flush=True))
+        print(f"compile: {time.monotonic() - started:.1f} s; resident memory after it: {_rss_mb():.0f} MB")
+        print("aot_autograd counters:", dict(counters["aot_autograd"]))
+        print("inductor counters:", {k: v for k, v in counters["inductor"].items() if "mkldnn" not in k})
+    aot = _aot_decoder(model, buckets, loaded.pad_token_id, loaded.quantization, args.aot) if args.aot else None
 
     eager = _eager(model)
     if args.skip_guards:
@@ -193,12 +223,18 @@ def main() -> None:
         for rows in args.batches:
             for pair in range(args.pairs):
                 eager_times, eager_tokens = decode(model, tokenizer, eager, rows, args.steps)
-                compiled_times, compiled_tokens = decode(model, tokenizer, decoder.forward, rows, args.steps)
-                e, c = statistics.median(eager_times), statistics.median(compiled_times)
-                same = greedy_agreement(eager_tokens, compiled_tokens)
-                line = (
-                    f"batch {rows} pair {pair}: eager {e:.1f} ms/step, compiled {c:.1f} ms/step, {e / c:.2f}x, {same}"
-                )
+                e = statistics.median(eager_times)
+                line = f"batch {rows} pair {pair}: eager {e:.1f} ms/step"
+                if not args.no_jit:
+                    compiled_times, compiled_tokens = decode(model, tokenizer, decoder.forward, rows, args.steps)
+                    c = statistics.median(compiled_times)
+                    line += (
+                        f", compiled {c:.1f} ms/step, {e / c:.2f}x, {greedy_agreement(eager_tokens, compiled_tokens)}"
+                    )
+                if aot is not None:
+                    aot_times, aot_tokens = decode(model, tokenizer, aot.forward, rows, args.steps)
+                    a = statistics.median(aot_times)
+                    line += f"; aot {a:.1f} ms/step, {e / a:.2f}x, {greedy_agreement(eager_tokens, aot_tokens)}"
                 if packed is not None:
                     packed_times, packed_tokens = decode(packed, tokenizer, _eager(packed), rows, args.steps)
                     p = statistics.median(packed_times)
@@ -210,7 +246,9 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                decode(model, tokenizer, decoder.forward, args.batches[0], 10)
+                decode(
+                    model, tokenizer, (aot if aot is not None and args.no_jit else decoder).forward, args.batches[0], 10
+                )
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
 
 

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,8 +286,10 @@ def register_attention() -> None:
             **kwargs: Any,
         ) -> tuple[torch.Tensor, None]:
             # Not is_compiling(): that is a process-wide flag, true for the worker's eager steps as well while
-            # the compile thread traces; Dynamo answers is_dynamo_compiling() itself, per trace.
-            if torch.compiler.is_dynamo_compiling():
+            # the compile thread traces; Dynamo answers is_dynamo_compiling() itself, per trace. torch.export
+            # traces in Python (non-strict) and says so with is_exporting(): an AOTInductor package of the step
+            # calls the op as the compiled graph does (bench/compiled_step.py --aot).
+            if torch.compiler.is_dynamo_compiling() or torch.compiler.is_exporting():
                 layer: Any = module.layer_idx
                 return torch.ops.kubellm.decode_attention(query, key, value, int(layer)), None
             if _one_token(query, attention_mask, dropout, kwargs):
@@ -324,6 +326,58 @@ def _step_function(model: nn.Module, size: int) -> Callable[[torch.Tensor, torch
     # a built bucket serves while the next one is traced and compiled.
     step.__code__ = step.__code__.replace(co_name=f"decode_step_{size}")
     return step
+
+
+def lowest_rows(size: int, buckets: Sequence[int]) -> int:
+    """The fewest rows the bucket of ``size`` serves: one more than the next smaller bucket's most."""
+    smaller = [b for b in buckets if b < size]
+    return smaller[-1] + 1 if smaller else 1
+
+
+def export_package(
+    model: nn.Module, size: int, buckets: Sequence[int], pad_token_id: int, quantization: Quantization, path: Path
+) -> Path:
+    """An AOTInductor package of the bucket of ``size`` rows at ``path``: the same one-token step and Inductor
+    options as ``CompiledDecoder.build``'s graph, exported (``torch.export``, rows symbolic across the bucket) and
+    compiled ahead of time. Loading it (``torch._inductor.aoti_load_package``) needs no compiler and traces
+    nothing, and it calls ``kubellm::decode_attention`` like the graph; ``CompiledDecoder.serve_packages`` serves
+    it. Not yet used by the engine (docs/benchmarks.md: what it measured, and what is left)."""
+    import torch
+    from torch import nn
+
+    from kubellm_inference.engine import _growing_cache
+
+    step = _step_function(model, size)
+
+    class Step(nn.Module):
+        """The step as a module that owns the model: torch.export makes its parameters the program's."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+            return step(input_ids, position_ids)
+
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
+    device = next(model.parameters()).device
+    ids = torch.full((size, 1), pad_token_id, dtype=torch.long, device=device)
+    positions = torch.zeros((size, 1), dtype=torch.long, device=device)
+    low = lowest_rows(size, buckets)
+    shapes = None
+    if size > low:
+        rows = torch.export.Dim(f"rows_{low}_{size}", min=low, max=size)
+        shapes = ({0: rows}, {0: rows})
+    options = inductor_options(size, quantization)
+    _local.context = _Context(_growing_cache(), None, attention_modules(model))
+    try:
+        with torch.no_grad(), torch._inductor.config.patch(options):
+            program = torch.export.export(Step(), (ids, positions), dynamic_shapes=shapes)
+            built = torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
+    finally:
+        _local.context = None
+    return Path(built)
 
 
 class CompiledDecoder:
@@ -385,8 +439,7 @@ class CompiledDecoder:
             ):
                 ids = torch.full((size, 1), self._pad, dtype=torch.long, device=device)
                 positions = torch.zeros((size, 1), dtype=torch.long, device=device)
-                smaller = [b for b in self.buckets if b < size]
-                low = smaller[-1] + 1 if smaller else 1
+                low = lowest_rows(size, self.buckets)
                 if size > low:
                     # Every number of rows above the next smaller bucket, up to this one, in one graph.
                     for tensor in (ids, positions):
@@ -399,6 +452,15 @@ class CompiledDecoder:
             self._built.add(size)
             if on_bucket is not None:
                 on_bucket(size, time.monotonic() - started)
+
+    def serve_packages(self, runners: Mapping[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> None:
+        """Serve buckets with graphs built elsewhere (AOTInductor packages of ``_step_function``, loaded), in
+        place of compiling them here."""
+        for size, runner in runners.items():
+            if size not in self.buckets:
+                raise ValueError(f"no bucket of {size} rows; the buckets are {list(self.buckets)}")
+            self._compiled[size] = runner
+            self._built.add(size)
 
     def serves(self, rows: int) -> bool:
         """Whether the graph for ``rows`` rows is built."""

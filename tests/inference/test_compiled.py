@@ -4,11 +4,17 @@ eager step did (float32: the same tokens, not a tolerance)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aot_decode
 import httpx
 import pytest
 import torch
@@ -25,6 +31,7 @@ from kubellm_inference.compiled import (
     bucket_for,
     cache_key,
     decide,
+    export_package,
     inductor_options,
     one_token_attention,
     register_attention,
@@ -172,6 +179,37 @@ def test_the_models_decode_steps_take_one_token_attention(tiny_model: Path, monk
         model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, min_new_tokens=3, do_sample=False)
     layers = model.config.num_hidden_layers
     assert len(calls) == 2 * layers, "the prompt's step is transformers'; each of the two decode steps is ours"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(COMPILE_TIMEOUT_S)
+def test_aot_packages_serve_the_compiled_step_without_a_compiler(tiny_model: Path, tmp_path: Path) -> None:
+    # A single-row graph (the matvec pass) and a frozen one whose rows (2..3) are symbolic, exported and compiled
+    # ahead of time, then loaded and decoded with in a process that finds no C++ compiler (as in the image).
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    pad = int(AutoTokenizer.from_pretrained(tiny_model).pad_token_id)
+    for size in aot_decode.BUCKETS:
+        target = aot_decode.package_path(tmp_path, size)
+        assert export_package(model, size, aot_decode.BUCKETS, pad, Quantization.none, target) == target
+    script = Path(aot_decode.__file__)
+    eager = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), "eager"], capture_output=True, text=True, timeout=300
+    )
+    assert eager.returncode == 0, eager.stderr
+    bare = {name: os.environ[name] for name in ("HOME", "PYTHONPATH") if name in os.environ}
+    bare |= {"PATH": str(Path(sys.executable).parent), "CXX": str(tmp_path / "no-compiler")}
+    assert shutil.which("g++", path=bare["PATH"]) is None and shutil.which("c++", path=bare["PATH"]) is None
+    packaged = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=bare,
+    )
+    assert packaged.returncode == 0, packaged.stderr
+    assert json.loads(packaged.stdout) == json.loads(eager.stdout)
 
 
 def test_compile_off_serves_eager_and_says_so(server: RunningServer) -> None:
