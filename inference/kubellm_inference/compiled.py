@@ -339,9 +339,8 @@ def export_package(
 ) -> Path:
     """An AOTInductor package of the bucket of ``size`` rows at ``path``: the same one-token step and Inductor
     options as ``CompiledDecoder.build``'s graph, exported (``torch.export``, rows symbolic across the bucket) and
-    compiled ahead of time. Loading it (``torch._inductor.aoti_load_package``) needs no compiler and traces
-    nothing, and it calls ``kubellm::decode_attention`` like the graph; ``CompiledDecoder.serve_packages`` serves
-    it. Not yet used by the engine (docs/benchmarks.md: what it measured, and what is left)."""
+    compiled ahead of time. Loading it (``load_package``) needs no compiler and traces nothing, and it calls
+    ``kubellm::decode_attention`` like the graph."""
     import torch
     from torch import nn
 
@@ -370,14 +369,41 @@ def export_package(
         rows = torch.export.Dim(f"rows_{low}_{size}", min=low, max=size)
         shapes = ({0: rows}, {0: rows})
     options = inductor_options(size, quantization)
+    # A graph that freezes nothing reads the model's own weights: the package leaves them out and the server
+    # hands it the model's tensors (load_package). A frozen graph's constants are its packed copies: kept inside.
+    package_options = {**options, "aot_inductor.package_constants_in_so": bool(options["freezing"])}
     _local.context = _Context(_growing_cache(), None, attention_modules(model))
     try:
         with torch.no_grad(), torch._inductor.config.patch(options):
             program = torch.export.export(Step(), (ids, positions), dynamic_shapes=shapes)
-            built = torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
+            built = torch._inductor.aoti_compile_and_package(
+                program, package_path=str(path), inductor_configs=package_options
+            )
     finally:
         _local.context = None
     return Path(built)
+
+
+def load_package(
+    path: Path, model: nn.Module, weights_inside: bool
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The package at ``path``, ready to run; one built without its weights (``export_package``: a graph that
+    freezes nothing) gets the model's own tensors, shared rather than copied (``user_managed``)."""
+    import torch
+
+    runner = torch._inductor.aoti_load_package(str(path))
+    if weights_inside:
+        return runner
+    # The program's names are the step module's, whose attribute ``model`` is the model; the state dict has the
+    # tied output weight under its own name, the buffers the rotary frequencies it leaves out.
+    tensors = {**dict(model.named_buffers()), **model.state_dict(keep_vars=True)}
+    names = runner.get_constant_fqns()
+    missing = sorted(name for name in names if name.removeprefix("model.") not in tensors)
+    if missing:
+        raise RuntimeError(f"{path} wants tensors the model does not have: {', '.join(missing[:5])}")
+    wanted = {name: tensors[name.removeprefix("model.")] for name in names}
+    runner.load_constants(wanted, check_full_update=True, user_managed=True)
+    return runner
 
 
 class CompiledDecoder:
@@ -453,6 +479,16 @@ class CompiledDecoder:
             if on_bucket is not None:
                 on_bucket(size, time.monotonic() - started)
 
+    def load(self, folder: Path, on_bucket: Callable[[int, float], None] | None = None) -> None:
+        """Load every bucket's package from ``folder`` (``build_into``'s); a bucket serves from the moment it is
+        loaded."""
+        for size in self.buckets:
+            started = time.monotonic()
+            inside = bool(self._options[size]["freezing"])
+            self.serve_packages({size: load_package(package_path(folder, size), self._model, inside)})
+            if on_bucket is not None:
+                on_bucket(size, time.monotonic() - started)
+
     def serve_packages(self, runners: Mapping[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> None:
         """Serve buckets with graphs built elsewhere (AOTInductor packages of ``_step_function``, loaded), in
         place of compiling them here."""
@@ -505,9 +541,24 @@ WARM_MARKER_PREFIX = "warm-"
 CHILD_TIMEOUT_S = 3600.0
 
 
-def warm_marker(folder: Path, buckets: Sequence[int]) -> Path:
-    """Written by a child that compiled every one of ``buckets`` into ``folder``."""
-    return folder / (WARM_MARKER_PREFIX + "-".join(map(str, buckets)))
+def warm_marker(folder: Path, buckets: Sequence[int], quantization: Quantization) -> Path:
+    """Written by a child that compiled every one of ``buckets`` into ``folder`` (named apart for packages, so
+    that a folder an earlier version warmed with Inductor's cache alone is built again)."""
+    kind = "packages-" if packaged(quantization) else ""
+    return folder / (WARM_MARKER_PREFIX + kind + "-".join(map(str, buckets)))
+
+
+def packaged(quantization: Quantization) -> bool:
+    """Whether the buckets are AOTInductor packages (unquantized models) rather than graphs compiled in the
+    serving process from Inductor's cache (quantized ones: their export is not tried yet). A package loads in
+    about a second and runs its graph from C++, without Dynamo's guards and the Python wrapper around the
+    kernels: on SmolLM2 bf16 11.5-13.3 against 15.8-16.3 ms a step at one row, 21.5-22.0 against 24.8-25.1 at
+    eight (docs/benchmarks.md)."""
+    return quantization is Quantization.none
+
+
+def package_path(folder: Path, size: int) -> Path:
+    return folder / f"decode-{size}.pt2"
 
 
 def compile_in_child(
@@ -583,12 +634,22 @@ def child_main(argv: Sequence[str]) -> int:
 def build_into(
     folder: Path, model: nn.Module, buckets: Sequence[int], pad_token_id: int, quantization: Quantization
 ) -> None:
-    """Compile every bucket with Inductor's cache in ``folder`` and mark it warm (prints one line per bucket)."""
+    """Compile every bucket into ``folder`` (a package each, or Inductor's cache) and mark it warm (prints one
+    line per bucket)."""
+
+    def built(size: int, seconds: float) -> None:
+        print(f"bucket {size} {seconds:.1f}", flush=True)
+
     register_attention()
     model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
-    decoder = CompiledDecoder(model, buckets, pad_token_id, quantization)
-    decoder.build(lambda size, seconds: print(f"bucket {size} {seconds:.1f}", flush=True))
-    warm_marker(folder, buckets).write_text(f"compiled by torch {_torch_version()}\n")
+    if packaged(quantization):
+        for size in buckets:
+            started = time.monotonic()
+            export_package(model, size, buckets, pad_token_id, quantization, package_path(folder, size))
+            built(size, time.monotonic() - started)
+    else:
+        CompiledDecoder(model, buckets, pad_token_id, quantization).build(built)
+    warm_marker(folder, buckets, quantization).write_text(f"compiled by torch {_torch_version()}\n")
 
 
 def _torch_version() -> str:

@@ -426,12 +426,13 @@ class GenerationEngine:
                 self._serve_compiled(decoder)
 
         switch_interval = sys.getswitchinterval()
+        folder: Path | None = None
         try:
             if self._compile_cache_dir is not None:
                 key = compiled.cache_key(loaded.source, dtype, loaded.quantization)
                 folder = compiled.use_cache_dir(self._compile_cache_dir, key, self._compile_prebuilt_dir)
                 status.cache_dir = str(folder)
-                if not compiled.warm_marker(folder, status.buckets).exists():
+                if not compiled.warm_marker(folder, status.buckets, loaded.quantization).exists():
                     status.state = CompileState.compiling
                     compiled.compile_in_child(
                         folder,
@@ -447,10 +448,13 @@ class GenerationEngine:
             status.buckets_done = 0
             loading_from = time.monotonic()
             decoder = compiled.CompiledDecoder(loaded.model, status.buckets, loaded.pad_token_id, loaded.quantization)
-            # While Dynamo traces here it holds the GIL for long stretches; a shorter switch interval lets the
-            # worker's eager steps (hundreds of small ops, each needing the GIL) through more often meanwhile.
-            sys.setswitchinterval(min(switch_interval, 0.0005))
-            decoder.build(compiled_one)
+            if folder is not None and compiled.packaged(loaded.quantization):
+                decoder.load(folder, compiled_one)
+            else:
+                # While Dynamo traces here it holds the GIL for long stretches; a shorter switch interval lets the
+                # worker's eager steps (hundreds of small ops, each needing the GIL) through more often meanwhile.
+                sys.setswitchinterval(min(switch_interval, 0.0005))
+                decoder.build(compiled_one)
             status.load_seconds = time.monotonic() - loading_from
         except Exception as error:
             if self._compiled is not None:

@@ -1,5 +1,6 @@
-"""Greedy decoding of the tiny model through its eager step or through AOTInductor packages of its compiled step,
-printed as JSON: run as a process by test_compiled.py, the packages in one that finds no C++ compiler.
+"""Greedy decoding of the tiny model through its eager step or through the AOTInductor packages of its compiled step
+(``compiled.build_into``'s folder, loaded as the server does), printed as JSON: run as a process by
+test_compiled.py, the packages in one that finds no C++ compiler.
 
     python aot_decode.py MODEL_FOLDER eager
     python aot_decode.py MODEL_FOLDER PACKAGE_FOLDER
@@ -21,10 +22,6 @@ from kubellm_inference.engine import _growing_cache
 BUCKETS = (1, 3)
 PROMPTS = (["The quick brown fox"], ["Hello", "A longer prompt, left-padded beside the others", "The quick brown fox"])
 STEPS = 12
-
-
-def package_path(folder: Path, size: int) -> Path:
-    return folder / f"decode-{size}.pt2"
 
 
 def greedy(model: torch.nn.Module, tokenizer: object, prompts: list[str], step: object) -> list[list[int]]:
@@ -58,8 +55,7 @@ def main(model_folder: str, packages: str) -> None:
             return logits
 
     else:
-        load = torch._inductor.aoti_load_package
-        decoder.serve_packages({size: load(str(package_path(Path(packages), size))) for size in BUCKETS})
+        decoder.load(Path(packages))
         step = decoder.forward  # type: ignore[assignment]
     with torch.inference_mode():
         print(json.dumps([greedy(model, tokenizer, prompts, step) for prompts in PROMPTS]))

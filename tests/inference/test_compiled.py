@@ -29,12 +29,13 @@ from kubellm_inference.compiled import (
     ATTENTION_NAME,
     batch_buckets,
     bucket_for,
+    build_into,
     cache_key,
     decide,
-    export_package,
     inductor_options,
     one_token_attention,
     register_attention,
+    warm_marker,
 )
 from kubellm_inference.matvec import MatVecPass
 
@@ -190,9 +191,8 @@ def test_aot_packages_serve_the_compiled_step_without_a_compiler(tiny_model: Pat
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     pad = int(AutoTokenizer.from_pretrained(tiny_model).pad_token_id)
-    for size in aot_decode.BUCKETS:
-        target = aot_decode.package_path(tmp_path, size)
-        assert export_package(model, size, aot_decode.BUCKETS, pad, Quantization.none, target) == target
+    build_into(tmp_path, model, aot_decode.BUCKETS, pad, Quantization.none)
+    assert warm_marker(tmp_path, aot_decode.BUCKETS, Quantization.none).exists()
     script = Path(aot_decode.__file__)
     eager = subprocess.run(
         [sys.executable, str(script), str(tiny_model), "eager"], capture_output=True, text=True, timeout=300
