@@ -15,11 +15,15 @@ row is not a special case): rows join and leave, caches grow, and nothing recomp
 model gets a graph of its own for a single row, whose linear layers are matrix-vector reductions
 (``matvec``), beside the packed graph for more rows. Prefill stays eager.
 
-The graphs ("buckets", each named by the most rows it serves) are built in a background thread after the
-server is Ready on the eager step, and each serves its rows from the moment it is built; each bucket's step
-function has a code object of its own, so a graph in use is never the one being compiled. Inductor's caches
-live under ``<cache dir>/compiled/<key>``, keyed by model, dtype, quantization, torch version and CPU flags,
-so a restart on the same volume compiles from cache.
+The graphs ("buckets", each named by the most rows it serves) are built after the server is Ready on the eager
+step, by a child process, into ``<cache dir>/compiled/<key>`` (keyed by model, dtype, quantization, torch version
+and CPU flags, so a restart on the same volume finds them). For an unquantized model each bucket is an
+AOTInductor package (``export_package``: the same step and Inductor options, exported and compiled ahead of
+time) that the server loads in about a second and that runs its graph from C++, without Dynamo's guards or the
+Python around the kernels; the single-row package holds no weights and runs on the model's own. A quantized
+model's buckets are compiled again in the serving process from Inductor's warm cache (``CompiledDecoder.build``;
+each bucket's step function has a code object of its own, so a graph in use is never the one being compiled).
+Either way a bucket serves its rows from the moment it is loaded.
 """
 
 from __future__ import annotations
@@ -534,7 +538,8 @@ class CompiledDecoder:
 # eager step then waits for the GIL (measured: an eager decode on SmolLM2 made no visible progress for 14 minutes
 # while bucket 1 compiled in a thread beside it). So the cold compile runs in a child process, which fills the
 # cache folder; the server then loads the graphs from that warm cache (Dynamo's trace again, Inductor's work from
-# the cache), a much shorter window.
+# the cache), a much shorter window; for an unquantized model the child exports AOTInductor packages instead, and
+# loading them takes about a second and traces nothing.
 
 WARM_MARKER_PREFIX = "warm-"
 # The longest a cold compile may take before it is abandoned (and the eager step keeps serving).

@@ -421,8 +421,8 @@ class GenerationEngine:
             self._metrics.compile_buckets_done.set(status.buckets_done)
             log.info("%s the decode step for batch bucket %d in %.1fs", status.state.value, size, seconds)
             if decoder is not None and self._compiled is None and not self._stopping:
-                # A loaded bucket serves at once: the single-row graph loads from Inductor's cache in seconds,
-                # the packed one for more rows takes tens of seconds (its constants bypass the cache).
+                # A loaded bucket serves at once: a package loads in about a second; a quantized model's graph
+                # re-traced from Inductor's cache takes seconds to tens of seconds.
                 self._serve_compiled(decoder)
 
         switch_interval = sys.getswitchinterval()
