@@ -376,16 +376,21 @@ def export_package(
     # A graph that freezes nothing reads the model's own weights: the package leaves them out and the server
     # hands it the model's tensors (load_package). A frozen graph's constants are its packed copies: kept inside.
     package_options = {**options, "aot_inductor.package_constants_in_so": bool(options["freezing"])}
+    # Written under a name of this process's, then renamed: a replica sharing the cache volume that builds the same
+    # package meanwhile never has its half-written file loaded by another.
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
     _local.context = _Context(_growing_cache(), None, attention_modules(model))
     try:
         with torch.no_grad(), torch._inductor.config.patch(options):
             program = torch.export.export(Step(), (ids, positions), dynamic_shapes=shapes)
-            built = torch._inductor.aoti_compile_and_package(
-                program, package_path=str(path), inductor_configs=package_options
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(partial), inductor_configs=package_options
             )
+        os.replace(partial, path)
     finally:
         _local.context = None
-    return Path(built)
+        partial.unlink(missing_ok=True)
+    return path
 
 
 def load_package(
