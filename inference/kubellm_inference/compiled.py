@@ -549,6 +549,9 @@ class CompiledDecoder:
 WARM_MARKER_PREFIX = "warm-"
 # The longest a cold compile may take before it is abandoned (and the eager step keeps serving).
 CHILD_TIMEOUT_S = 3600.0
+# The child's scheduling niceness: it shares the pod's CPUs with the server it compiles for, whose eager step
+# serves meanwhile and comes first (building SmolLM2's packages keeps two cores busy for about 100 s).
+CHILD_NICENESS = 10
 
 
 def warm_marker(folder: Path, buckets: Sequence[int], quantization: Quantization) -> Path:
@@ -631,6 +634,7 @@ def child_main(argv: Sequence[str]) -> int:
     parser.add_argument("--cache-folder", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.nice(CHILD_NICENESS)  # inherited by the C++ compiler processes Inductor starts
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.cache_folder)
     settings = ServerSettings(
         model=args.model, dtype=DType(args.dtype), quantization=Quantization(args.quantization), device=Device.cpu
