@@ -146,20 +146,22 @@ def _rss_mb() -> float:
 def _aot_decoder(
     model: Any, buckets: Sequence[int], pad_token_id: int, quantization: Quantization, folder: Path
 ) -> compiled.CompiledDecoder:
-    """A decoder serving AOTInductor packages of ``buckets``, built into ``folder`` unless already there."""
+    """A decoder serving the AOTInductor packages of ``buckets``, as the server loads them; built into ``folder``
+    unless already there."""
     folder.mkdir(parents=True, exist_ok=True)
-    runners = {}
     for size in buckets:
-        path = folder / f"decode-{size}.pt2"
+        path = compiled.package_path(folder, size)
         if not path.exists():
             started = time.monotonic()
             compiled.export_package(model, size, buckets, pad_token_id, quantization, path)
             print(f"aot bucket {size}: built in {time.monotonic() - started:.1f} s, {path.stat().st_size / 1e6:.0f} MB")
-        started = time.monotonic()
-        runners[size] = torch._inductor.aoti_load_package(str(path))
-        print(f"aot bucket {size}: loaded in {time.monotonic() - started:.2f} s; resident memory {_rss_mb():.0f} MB")
     decoder = compiled.CompiledDecoder(model, buckets, pad_token_id, quantization)
-    decoder.serve_packages(runners)
+    decoder.load(
+        folder,
+        lambda size, seconds: print(
+            f"aot bucket {size}: loaded in {seconds:.2f} s; resident memory {_rss_mb():.0f} MB"
+        ),
+    )
     return decoder
 
 

@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -338,6 +338,32 @@ def lowest_rows(size: int, buckets: Sequence[int]) -> int:
     return smaller[-1] + 1 if smaller else 1
 
 
+def _example_inputs(size: int, pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a bucket's step is traced with: ``size`` rows of the padding token, at position 0."""
+    import torch
+
+    ids = torch.full((size, 1), pad_token_id, dtype=torch.long, device=device)
+    return ids, torch.zeros_like(ids)
+
+
+@contextlib.contextmanager
+def _throwaway_context(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """The attention op's context while a step is traced: a cache of its own, dropped afterwards."""
+    from kubellm_inference.engine import _growing_cache
+
+    _local.context = _Context(_growing_cache(), None, modules)
+    try:
+        yield
+    finally:
+        _local.context = None
+
+
+def _weights_inside(options: dict[str, Any]) -> bool:
+    """Whether a bucket's package holds its weights: a frozen graph's constants are its packed copies; a graph
+    that freezes nothing reads the model's own, left out of the package and handed to it at load."""
+    return bool(options["freezing"])
+
+
 def export_package(
     model: nn.Module, size: int, buckets: Sequence[int], pad_token_id: int, quantization: Quantization, path: Path
 ) -> Path:
@@ -347,8 +373,6 @@ def export_package(
     ``kubellm::decode_attention`` like the graph."""
     import torch
     from torch import nn
-
-    from kubellm_inference.engine import _growing_cache
 
     step = _step_function(model, size)
 
@@ -364,44 +388,38 @@ def export_package(
 
     register_attention()
     model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
-    device = next(model.parameters()).device
-    ids = torch.full((size, 1), pad_token_id, dtype=torch.long, device=device)
-    positions = torch.zeros((size, 1), dtype=torch.long, device=device)
+    ids, positions = _example_inputs(size, pad_token_id, next(model.parameters()).device)
     low = lowest_rows(size, buckets)
     shapes = None
     if size > low:
         rows = torch.export.Dim(f"rows_{low}_{size}", min=low, max=size)
         shapes = ({0: rows}, {0: rows})
     options = inductor_options(size, quantization)
-    # A graph that freezes nothing reads the model's own weights: the package leaves them out and the server
-    # hands it the model's tensors (load_package). A frozen graph's constants are its packed copies: kept inside.
-    package_options = {**options, "aot_inductor.package_constants_in_so": bool(options["freezing"])}
+    package_options = {**options, "aot_inductor.package_constants_in_so": _weights_inside(options)}
     # Written under a name of this process's, then renamed: a replica sharing the cache volume that builds the same
     # package meanwhile never has its half-written file loaded by another.
     partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
-    _local.context = _Context(_growing_cache(), None, attention_modules(model))
     try:
-        with torch.no_grad(), torch._inductor.config.patch(options):
+        with _throwaway_context(attention_modules(model)), torch.no_grad(), torch._inductor.config.patch(options):
             program = torch.export.export(Step(), (ids, positions), dynamic_shapes=shapes)
             torch._inductor.aoti_compile_and_package(
                 program, package_path=str(partial), inductor_configs=package_options
             )
         os.replace(partial, path)
     finally:
-        _local.context = None
         partial.unlink(missing_ok=True)
     return path
 
 
 def load_package(
-    path: Path, model: nn.Module, weights_inside: bool
+    path: Path, model: nn.Module, options: dict[str, Any]
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The package at ``path``, ready to run; one built without its weights (``export_package``: a graph that
-    freezes nothing) gets the model's own tensors, shared rather than copied (``user_managed``)."""
+    """The package at ``path`` (built with Inductor ``options``), ready to run; one built without its weights
+    gets the model's own tensors, shared rather than copied (``user_managed``)."""
     import torch
 
     runner = torch._inductor.aoti_load_package(str(path))
-    if weights_inside:
+    if _weights_inside(options):
         return runner
     # The program's names are the step module's, whose attribute ``model`` is the model; the state dict has the
     # tied output weight under its own name, the buffers the rotary frequencies it leaves out.
@@ -455,8 +473,6 @@ class CompiledDecoder:
         import torch
         import torch.fx.experimental._config
 
-        from kubellm_inference.engine import _growing_cache
-
         device = next(self._model.parameters()).device
         for size in self.buckets:
             started = time.monotonic()
@@ -472,18 +488,14 @@ class CompiledDecoder:
                 torch._inductor.config.patch(self._options[size]),
                 torch.fx.experimental._config.patch(backed_size_oblivious=True),  # type: ignore[attr-defined]
             ):
-                ids = torch.full((size, 1), self._pad, dtype=torch.long, device=device)
-                positions = torch.zeros((size, 1), dtype=torch.long, device=device)
+                ids, positions = _example_inputs(size, self._pad, device)
                 low = lowest_rows(size, self.buckets)
                 if size > low:
                     # Every number of rows above the next smaller bucket, up to this one, in one graph.
                     for tensor in (ids, positions):
                         torch._dynamo.mark_dynamic(tensor, 0, min=low, max=size)
-                _local.context = _Context(_growing_cache(), None, self._modules)
-                try:
+                with _throwaway_context(self._modules):
                     self._compiled[size](ids, positions)
-                finally:
-                    _local.context = None
             self._built.add(size)
             if on_bucket is not None:
                 on_bucket(size, time.monotonic() - started)
@@ -493,19 +505,10 @@ class CompiledDecoder:
         loaded."""
         for size in self.buckets:
             started = time.monotonic()
-            inside = bool(self._options[size]["freezing"])
-            self.serve_packages({size: load_package(package_path(folder, size), self._model, inside)})
+            self._compiled[size] = load_package(package_path(folder, size), self._model, self._options[size])
+            self._built.add(size)
             if on_bucket is not None:
                 on_bucket(size, time.monotonic() - started)
-
-    def serve_packages(self, runners: Mapping[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> None:
-        """Serve buckets with graphs built elsewhere (AOTInductor packages of ``_step_function``, loaded), in
-        place of compiling them here."""
-        for size, runner in runners.items():
-            if size not in self.buckets:
-                raise ValueError(f"no bucket of {size} rows; the buckets are {list(self.buckets)}")
-            self._compiled[size] = runner
-            self._built.add(size)
 
     def serves(self, rows: int) -> bool:
         """Whether the graph for ``rows`` rows is built."""
@@ -654,8 +657,6 @@ def build_into(
     def built(size: int, seconds: float) -> None:
         print(f"bucket {size} {seconds:.1f}", flush=True)
 
-    register_attention()
-    model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
     if packaged(quantization):
         for size in buckets:
             started = time.monotonic()
