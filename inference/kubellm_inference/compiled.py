@@ -568,7 +568,7 @@ def packaged(quantization: Quantization) -> bool:
     """Whether the buckets are AOTInductor packages (unquantized models) rather than graphs compiled in the
     serving process from Inductor's cache (quantized ones: their export is not tried yet). A package loads in
     about a second and runs its graph from C++, without Dynamo's guards and the Python wrapper around the
-    kernels: on SmolLM2 bf16 11.5-13.3 against 15.8-16.3 ms a step at one row, 21.5-22.0 against 24.8-25.1 at
+    kernels: on SmolLM2 bf16 11.0-11.4 against 16.0-16.7 ms a step at one row, 20.7-22.6 against 26.6-27.5 at
     eight (docs/benchmarks.md)."""
     return quantization is Quantization.none
 
